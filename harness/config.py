@@ -61,7 +61,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "mnist1d"  # mnist1d | cifar10 | cifar100
-    root: str = "${oc.env:LRWD_DATA_DIR,~/.cache/lrwd}"  # cache (mnist1d) / dataset dir (cifar)
+    root: str = "${oc.env:LRWD_DATA_DIR,'~/.cache/lrwd'}"  # cache (mnist1d) / dataset dir (cifar)
     num_samples: int = 5000  # mnist1d: total generated samples (train+test)
     train_fraction: float = 0.8  # mnist1d: train share of num_samples (rest is the test set)
     n_train: int = 0  # if > 0, keep only this many training samples (after the val split)
@@ -110,7 +110,9 @@ class SweepConfig:
     workers: int = 1  # local worker processes (or Slurm array tasks) on one study
     population: Any = "auto"  # 1 = sequential; P = cells trained together; auto
     heartbeat_s: int = 60  # RDB heartbeat; stale trials are re-run after 2x this
-    study_name: str = ""  # default: derived from experiment and variant
+    study_name: str = ""  # default: <name>; each variant's study is <study_name>-<opt>-<decay>
+    variants: list[str] = field(default_factory=list)  # e.g. [adam/l2, adam/independent]
+    action: str = "run"  # run | report (results + figures from the storage only) | status
 
 
 @dataclass
@@ -160,5 +162,132 @@ class LrwdConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    experiment: str = "default"
-    output_dir: str = ""  # default: Hydra's run dir
+    name: str = "quick"  # experiment name: output dir and study names derive from it
+    output_dir: str = ""  # default: Hydra's run dir (outputs/<name>)
+
+
+ACTIONS = ("run", "report", "status")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], field_name: str) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{field_name}: '{value}' is not one of {', '.join(allowed)}; "
+            f"pass {field_name}=<one of those>"
+        )
+
+
+def _positive(value: float, field_name: str, *, zero_ok: bool = False) -> None:
+    ok = value >= 0 if zero_ok else value > 0
+    if not ok:
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(
+            f"{field_name}: {value} must be {bound}; pass {field_name}=<a value {bound}>"
+        )
+
+
+def _range(r: Any, field_name: str) -> None:
+    _positive(float(r.min), f"{field_name}.min")
+    _positive(float(r.max), f"{field_name}.max")
+    if float(r.max) < float(r.min):
+        raise ConfigError(
+            f"{field_name}: the range [{r.min}, {r.max}] is empty; "
+            f"make {field_name}.max >= {field_name}.min"
+        )
+    if int(r.num) < 1:
+        raise ConfigError(f"{field_name}.num: {r.num} cells; pass {field_name}.num=<1 or more>")
+    if int(r.num) > 1 and float(r.max) == float(r.min):
+        raise ConfigError(
+            f"{field_name}: {r.num} cells over a single value {r.min}; "
+            f"widen the range or pass {field_name}.num=1"
+        )
+
+
+def validate(cfg: Any) -> None:
+    """Semantic checks that types cannot express. Raises ConfigError (one line) on the first."""
+    o = cfg.optimizer
+    _choice(o.name, OPTIMIZERS, "optimizer.name")
+    _choice(o.decay, DECAYS, "optimizer.decay")
+    _positive(float(o.lr), "optimizer.lr")
+    _positive(float(o.weight_decay), "optimizer.weight_decay", zero_ok=True)
+    if not 0.0 <= float(o.momentum) < 1.0:
+        raise ConfigError(f"optimizer.momentum: {o.momentum} is outside [0, 1); e.g. 0.9")
+    if len(o.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in o.betas):
+        raise ConfigError(
+            f"optimizer.betas: {list(o.betas)} must be two values in [0, 1); e.g. [0.9,0.999]"
+        )
+    _positive(float(o.eps), "optimizer.eps", zero_ok=True)
+    _choice(o.param_groups, PARAM_GROUPS, "optimizer.param_groups")
+    _choice(o.wd_schedule, WD_SCHEDULES, "optimizer.wd_schedule")
+    _choice(cfg.model.name, MODELS, "model.name")
+    _choice(cfg.data.name, DATASETS, "data.name")
+    _positive(int(cfg.data.batch_size), "data.batch_size")
+    _choice(cfg.schedule.name, SCHEDULES, "schedule.name")
+    if int(cfg.train.epochs) < 1 and int(cfg.train.max_steps) < 1:
+        raise ConfigError("train.epochs: must be >= 1 (or set train.max_steps >= 1)")
+    if cfg.train.dtype not in ("float32", "float64"):
+        raise ConfigError(f"train.dtype: '{cfg.train.dtype}' is not float32 or float64")
+    s = cfg.sweep
+    _range(s.lr, "sweep.lr")
+    _range(s.weight_decay, "sweep.weight_decay")
+    if int(s.seeds) < 1:
+        raise ConfigError(f"sweep.seeds: {s.seeds}; pass sweep.seeds=<1 or more>")
+    _choice(s.sampler, SAMPLERS, "sweep.sampler")
+    _choice(s.pruner, PRUNERS, "sweep.pruner")
+    _choice(s.action, ACTIONS, "sweep.action")
+    if int(s.workers) < 1:
+        raise ConfigError(f"sweep.workers: {s.workers}; pass sweep.workers=<1 or more>")
+    if int(s.heartbeat_s) < 1:
+        raise ConfigError(f"sweep.heartbeat_s: {s.heartbeat_s}; pass sweep.heartbeat_s=<1 or more>")
+    pop = s.population
+    if not (pop == "auto" or (str(pop).isdigit() and int(pop) >= 1)):
+        raise ConfigError(f"sweep.population: '{pop}'; pass sweep.population=auto or an int >= 1")
+    for v in s.variants:
+        parts = str(v).split("/")
+        if len(parts) != 2:
+            raise ConfigError(
+                f"sweep.variants: '{v}' is not optimizer/decay; e.g. adam/independent"
+            )
+        _choice(parts[0], OPTIMIZERS, f"sweep.variants ('{v}') optimizer")
+        _choice(parts[1], DECAYS, f"sweep.variants ('{v}') decay")
+    st = cfg.storage
+    _choice(st.kind, STORAGES, "storage.kind")
+    if st.kind == "url" and not st.url:
+        raise ConfigError(
+            "storage.url: empty; pass storage.url=postgresql://user@host/db (any SQLAlchemy URL)"
+        )
+    if st.kind == "sqlite" and int(s.workers) > 1:
+        raise ConfigError(
+            f"storage.kind: SQLite cannot be shared by {s.workers} workers; use storage=journal "
+            "(a file on a shared filesystem) or storage=url storage.url=postgresql://..."
+        )
+    if st.kind == "memory" and (int(s.workers) > 1 or cfg.launcher.name != "local"):
+        raise ConfigError("storage.kind: memory is private to one process; use sqlite or journal")
+    _choice(cfg.tracking.mode, TRACKING_MODES, "tracking.mode")
+    _choice(cfg.launcher.name, LAUNCHERS, "launcher.name")
+    if cfg.launcher.name == "slurm" and st.kind == "sqlite":
+        raise ConfigError(
+            "storage.kind: SQLite is not safe on a cluster; use storage=journal or storage=url"
+        )
+
+
+CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+
+
+def register_schema() -> None:
+    """Register :class:`LrwdConfig` as ``lrwd_schema`` (conf/config.yaml's first default)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="lrwd_schema", node=LrwdConfig)
+
+
+def compose_config(overrides: list[str] | None = None, config_dir: str | None = None) -> Any:
+    """Compose ``conf/config.yaml`` with Hydra overrides outside a Hydra app (tests, workers)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schema()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir or CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides or []))

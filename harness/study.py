@@ -1,0 +1,956 @@
+"""Optuna studies for lr x weight-decay sweeps: storage, grid enqueueing, claiming, resume.
+
+How a grid runs exactly once
+----------------------------
+Optuna's ``GridSampler`` samples inside ``ask()``; two workers can draw the same point, and its
+cost grows with the number of finished trials. lrwd instead *enqueues* every grid cell as a
+``WAITING`` trial (one process, the driver, before any worker starts) and workers *claim* waiting
+trials with the storage's own compare-and-set (``set_trial_state_values(RUNNING)`` returns
+``False`` to all but one claimant: a row lock on RDB storages, log order on a journal file).
+
+A claimed trial carries a heartbeat (system attr ``lrwd:heartbeat``, refreshed by a thread every
+``sweep.heartbeat_s``) and its owner (``host:pid``). A running trial is *stale* when its owner is a
+dead process on this host, or its heartbeat is older than ``2 * sweep.heartbeat_s``. Whoever moves
+a stale trial RUNNING -> FAIL first (the same compare-and-set; every later attempt raises
+``UpdateFinishedTrialError``) re-enqueues its cell, so a cell is never queued twice. A worker
+whose trial was failed under it cannot ``tell`` COMPLETE (the storage refuses), so no cell is
+COMPLETE twice.
+
+Resume: re-running the same command re-opens the study; cells with a COMPLETE (or PRUNED) trial
+are skipped, WAITING and live RUNNING ones are left alone, FAILed and stale ones are enqueued again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.config import ConfigError
+
+log = logging.getLogger("lrwd.study")
+
+HEARTBEAT_KEY = "lrwd:heartbeat"
+OWNER_KEY = "lrwd:owner"
+CELL_KEY = "cell"
+RESULT_KEYS = (
+    "test_error",
+    "val_error",
+    "final_val_error",
+    "train_loss",
+    "weight_norm",
+    "diverged",
+    "steps",
+    "wall_s",
+)
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --------------------------------------------------------------------------------------------
+# Variants and names
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One optimizer variant: a family and a decay form, e.g. ``adam/independent``."""
+
+    optimizer: str
+    decay: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.optimizer}/{self.decay}"
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        parts = str(text).split("/")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"sweep.variants: '{text}' is not 'optimizer/decay'; write e.g. adam/independent"
+            )
+        return cls(parts[0], parts[1])
+
+
+def variants(cfg: DictConfig) -> list[Variant]:
+    """The variants a run covers: ``sweep.variants`` or the single configured optimizer."""
+    listed = list(cfg.sweep.get("variants") or [])
+    if not listed:
+        return [Variant(cfg.optimizer.name, cfg.optimizer.decay)]
+    return [Variant.parse(v) for v in listed]
+
+
+def study_name(cfg: DictConfig, variant: Variant) -> str:
+    base = cfg.sweep.study_name or cfg.name
+    return f"{base}-{variant.optimizer}-{variant.decay}"
+
+
+def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
+    """A copy of ``cfg`` whose optimizer is ``variant`` (family defaults kept from cfg)."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out.optimizer.name = variant.optimizer
+    out.optimizer.decay = variant.decay
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The grid
+
+
+def log_range(lo: float, hi: float, num: int) -> list[float]:
+    """``num`` log-spaced values from ``lo`` to ``hi`` inclusive, rounded to 6 significant digits."""
+    if num == 1:
+        return [float(f"{lo:.6g}")]
+    values = np.geomspace(lo, hi, num)
+    return [float(f"{v:.6g}") for v in values]
+
+
+def grid_axes(sweep: DictConfig) -> tuple[list[float], list[float], list[int]]:
+    lrs = log_range(sweep.lr.min, sweep.lr.max, sweep.lr.num)
+    wds = log_range(sweep.weight_decay.min, sweep.weight_decay.max, sweep.weight_decay.num)
+    if sweep.include_zero_wd:
+        wds = [0.0] + wds
+    seeds = list(range(sweep.seeds))
+    return lrs, wds, seeds
+
+
+def cell_key(lr: float, wd: float, seed: int) -> str:
+    return f"lr={lr:.6g}|wd={wd:.6g}|seed={int(seed)}"
+
+
+def grid_cells(sweep: DictConfig) -> list[dict[str, Any]]:
+    """Every (lr, weight_decay, seed) cell, seed-major so early results cover the whole grid."""
+    lrs, wds, seeds = grid_axes(sweep)
+    return [{"lr": lr, "weight_decay": wd, "seed": s} for s in seeds for lr in lrs for wd in wds]
+
+
+def distributions(sweep: DictConfig) -> dict[str, Any]:
+    lr = FloatDistribution(sweep.lr.min, sweep.lr.max, log=True)
+    if sweep.include_zero_wd:
+        wd = FloatDistribution(0.0, sweep.weight_decay.max)
+    else:
+        wd = FloatDistribution(sweep.weight_decay.min, sweep.weight_decay.max, log=True)
+    return {"lr": lr, "weight_decay": wd, "seed": IntDistribution(0, max(sweep.seeds - 1, 0))}
+
+
+# --------------------------------------------------------------------------------------------
+# Storage
+
+
+def storage_url(cfg: DictConfig, output_dir: str | Path) -> str:
+    """The storage's URL or file path as a string (for messages, after masking)."""
+    kind = cfg.storage.kind
+    if kind == "sqlite":
+        path = Path(cfg.storage.path or Path(output_dir) / "study.db").expanduser().resolve()
+        return f"sqlite:///{path}"
+    if kind == "journal":
+        return str(
+            Path(cfg.storage.path or Path(output_dir) / "study.journal").expanduser().resolve()
+        )
+    if kind == "url":
+        return cfg.storage.url
+    return "memory"
+
+
+_MEMORY: dict[str, optuna.storages.BaseStorage] = {}
+
+
+def open_storage(cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+    """Open (and with ``create`` make) the configured storage. Errors are one ``ConfigError`` line."""
+    kind = cfg.storage.kind
+    url = storage_url(cfg, output_dir)
+    if kind == "memory":
+        return _MEMORY.setdefault(str(output_dir), optuna.storages.InMemoryStorage())
+    if kind == "journal":
+        path = Path(url)
+        if not path.parent.exists():
+            if not create:
+                raise ConfigError(f"storage.path: {path.parent} does not exist")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
+    if kind == "sqlite":
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return _rdb(url, cfg)
+    return _rdb(url, cfg)
+
+
+def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
+    from harness.tracking import mask_secrets as mask_url
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one config line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"storage.url: cannot open {mask_url(url)} ({mask_url(reason)[:200]}); "
+            "check the host, port, credentials and that the database exists"
+        ) from None
+    if url.startswith("sqlite"):
+        _sqlite_wal(storage)
+    return storage
+
+
+def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    """WAL journal + NORMAL sync: one fsync per checkpoint instead of per commit."""
+    from sqlalchemy import event
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragma(dbapi_conn, _record):  # pragma: no cover - exercised through sqlite
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    storage.engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# Environment recorded on every trial
+
+
+@lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    """Git revision of the harness checkout and the versions of the packages that matter."""
+    import importlib.metadata as md
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        if rev and dirty:
+            rev += "-dirty"
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    versions = {}
+    for pkg in ("lrwd", "torch", "optuna", "hydra-core", "wandb", "numpy", "mnist1d"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {"git_rev": rev or "unknown", "versions": versions}
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing studies (driver side, one process)
+
+
+@dataclass
+class CellStatus:
+    done: int = 0
+    queued: int = 0
+    running: int = 0
+    requeued: int = 0
+    total: int = 0
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_dead(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def is_stale(trial: FrozenTrial, heartbeat_s: float, now: float | None = None) -> bool:
+    """A RUNNING trial whose owner died on this host, or whose heartbeat is too old."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    owner = trial.system_attrs.get(OWNER_KEY)
+    if owner and owner != owner_id() and _pid_dead(owner):
+        return True
+    beat = trial.system_attrs.get(HEARTBEAT_KEY)
+    if beat is None:
+        start = trial.datetime_start
+        beat = start.timestamp() if start is not None else None
+    if beat is None:
+        return False
+    return (now or time.time()) - float(beat) > 2 * heartbeat_s
+
+
+def create_study(
+    cfg: DictConfig, storage, variant: Variant, *, load_only: bool = False
+) -> optuna.Study:
+    name = study_name(cfg, variant)
+    sampler = make_sampler(cfg)
+    pruner = make_pruner(cfg)
+    if load_only:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
+    lrs, wds, seeds = grid_axes(cfg.sweep)
+    attrs = {
+        "experiment": cfg.name,
+        "optimizer": variant.optimizer,
+        "decay": variant.decay,
+        "grid": {"lr": lrs, "weight_decay": wds, "seed": seeds},
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "sampler": cfg.sweep.sampler,
+    }
+    existing = study.user_attrs
+    for key, value in attrs.items():
+        if existing.get(key) != value:
+            study.set_user_attr(key, value)
+    return study
+
+
+def make_sampler(cfg: DictConfig) -> optuna.samplers.BaseSampler:
+    kind = cfg.sweep.sampler
+    seed = int(cfg.train.seed)
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
+    kind = cfg.sweep.pruner
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
+    """Enqueue every grid cell that has no finished, waiting or live trial. Driver only."""
+    cells = grid_cells(cfg.sweep)
+    status = CellStatus(total=len(cells))
+    trials = study.get_trials(deepcopy=False)
+    by_cell: dict[str, list[FrozenTrial]] = {}
+    for t in trials:
+        by_cell.setdefault(t.user_attrs.get(CELL_KEY, ""), []).append(t)
+    storage = study._storage
+    heartbeat = float(cfg.sweep.heartbeat_s)
+    to_add = []
+    for cell in cells:
+        key = cell_key(cell["lr"], cell["weight_decay"], cell["seed"])
+        states = by_cell.get(key, [])
+        if any(t.state in DONE_STATES for t in states):
+            status.done += 1
+            continue
+        if any(t.state == TrialState.WAITING for t in states):
+            status.queued += 1
+            continue
+        live = [t for t in states if t.state == TrialState.RUNNING]
+        stale = [t for t in live if is_stale(t, heartbeat)]
+        for t in stale:
+            _fail(storage, t._trial_id, reason="stale")
+        if len(live) > len(stale):
+            status.running += 1
+            continue
+        if states:
+            status.requeued += 1
+        to_add.append(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs={"fixed_params": cell},
+                user_attrs={CELL_KEY: key},
+            )
+        )
+    if to_add:
+        study.add_trials(to_add)
+        status.queued += len(to_add) - status.requeued
+    return status
+
+
+def _fail(storage, trial_id: int, reason: str) -> bool:
+    """Move a trial to FAIL. True only for the one caller whose transition took effect."""
+    try:
+        ok = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+    if ok:
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        except UpdateFinishedTrialError:
+            pass
+    return bool(ok)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    cell = trial.system_attrs.get("fixed_params") or dict(trial.params)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            system_attrs={"fixed_params": cell},
+            user_attrs={CELL_KEY: trial.user_attrs.get(CELL_KEY, "")},
+        )
+    )
+
+
+def reclaim_stale(study: optuna.Study, heartbeat_s: float) -> int:
+    """Fail stale RUNNING trials and re-enqueue the cells whose transition this caller won."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if is_stale(t, heartbeat_s) and _fail(study._storage, t._trial_id, reason="stale"):
+            if t.user_attrs.get(CELL_KEY):
+                requeue(study, t)
+            n += 1
+    return n
+
+
+def cell_counts(study: optuna.Study) -> dict[str, int]:
+    counts = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Claiming and running (worker side)
+
+
+@dataclass
+class Claim:
+    trial: optuna.Trial
+    params: dict[str, Any]
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+class Heartbeat:
+    """Refreshes ``lrwd:heartbeat`` on the trials a worker holds, from a daemon thread."""
+
+    def __init__(self, storage, interval: float) -> None:
+        self.storage = storage
+        self.interval = max(float(interval), 0.2)
+        self.trial_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lrwd-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.discard(trial_id)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.trial_ids)
+            for tid in ids:
+                try:
+                    self.storage.set_trial_system_attr(tid, HEARTBEAT_KEY, time.time())
+                except Exception:  # noqa: BLE001 - a finished or lost trial needs no beat
+                    self.discard(tid)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def claim_cells(study: optuna.Study, n: int, dists: dict[str, Any]) -> list[Claim]:
+    """Claim up to ``n`` WAITING trials; the storage's compare-and-set makes each claim unique."""
+    storage = study._storage
+    claims: list[Claim] = []
+    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    for frozen in waiting:
+        if len(claims) >= n:
+            break
+        try:
+            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        now = time.time()
+        storage.set_trial_system_attr(frozen._trial_id, OWNER_KEY, owner_id())
+        storage.set_trial_system_attr(frozen._trial_id, HEARTBEAT_KEY, now)
+        trial = optuna.Trial(study, frozen._trial_id)
+        params = {
+            "lr": trial.suggest_float("lr", dists["lr"].low, dists["lr"].high, log=dists["lr"].log),
+            "weight_decay": trial.suggest_float(
+                "weight_decay",
+                dists["weight_decay"].low,
+                dists["weight_decay"].high,
+                log=dists["weight_decay"].log,
+            ),
+            "seed": trial.suggest_int("seed", dists["seed"].low, dists["seed"].high),
+        }
+        claims.append(Claim(trial, params))
+    return claims
+
+
+def ask_sampled(study: optuna.Study, cfg: DictConfig, dists: dict[str, Any]) -> Claim:
+    """Random / TPE: the sampler proposes lr and wd inside the grid's box."""
+    trial = study.ask()
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner_id())
+    study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_KEY, time.time())
+    params = {
+        "lr": trial.suggest_float("lr", dists["lr"].low, dists["lr"].high, log=True),
+        "weight_decay": trial.suggest_float(
+            "weight_decay",
+            dists["weight_decay"].low,
+            dists["weight_decay"].high,
+            log=dists["weight_decay"].log,
+        ),
+        "seed": trial.suggest_int("seed", dists["seed"].low, dists["seed"].high),
+    }
+    trial.set_user_attr(CELL_KEY, cell_key(params["lr"], params["weight_decay"], params["seed"]))
+    return Claim(trial, params)
+
+
+def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out.optimizer.lr = float(params["lr"])
+    out.optimizer.weight_decay = float(params["weight_decay"])
+    out.train.seed = int(params["seed"])
+    return out
+
+
+def trial_record_config(cfg: DictConfig) -> dict[str, Any]:
+    """The parts of the resolved config that define a trial (secrets masked)."""
+    from harness.tracking import mask_config
+
+    keep = ("name", "optimizer", "model", "data", "schedule", "train")
+    full = OmegaConf.to_container(cfg, resolve=True)
+    return mask_config({k: full[k] for k in keep if k in full})
+
+
+@dataclass
+class WorkerStats:
+    completed: int = 0
+    failed: int = 0
+    pruned: int = 0
+    lost: int = 0  # trials failed under us (stale) whose results were discarded
+    preempted: bool = False
+    per_variant: dict[str, int] = field(default_factory=dict)
+
+
+class Preempted(Exception):
+    """Raised from the report hook when the worker was asked to stop (Slurm's warning signal)."""
+
+
+TrainBatch = Callable[[list[DictConfig], list[Callable[[int, dict], None]]], list[Any]]
+
+
+def finish_claim(study: optuna.Study, claim: Claim, result: Any, extra: dict[str, Any]) -> bool:
+    """Write the result attrs and tell COMPLETE. False if the trial was failed under us."""
+    trial = claim.trial
+    rec = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    try:
+        for key in RESULT_KEYS:
+            value = rec.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None  # JSON has no NaN; None means "not defined" (diverged loss)
+            trial.set_user_attr(key, value)
+        for key, value in extra.items():
+            trial.set_user_attr(key, value)
+        objective = rec.get("val_error")
+        if objective is None or not math.isfinite(float(objective)):
+            objective = 1.0
+        study.tell(trial, float(objective))
+        return True
+    except UpdateFinishedTrialError:
+        return False
+
+
+def fail_claim(study: optuna.Study, claim: Claim, reason: str, *, requeue_cell: bool) -> None:
+    trial = claim.trial
+    try:
+        trial.set_user_attr("fail_reason", reason[:500])
+    except UpdateFinishedTrialError:
+        return
+    if _fail(study._storage, trial._trial_id, reason=reason[:500]) and requeue_cell:
+        requeue(study, study._storage.get_trial(trial._trial_id))
+
+
+def pending(study: optuna.Study, heartbeat_s: float) -> tuple[int, int]:
+    """(waiting, live running) trial counts."""
+    waiting = running = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        if t.state == TrialState.WAITING:
+            waiting += 1
+        elif not is_stale(t, heartbeat_s):
+            running += 1
+    return waiting, running
+
+
+def sampled_budget(cfg: DictConfig) -> int:
+    n = int(cfg.sweep.n_trials)
+    if n > 0:
+        return n
+    lrs, wds, seeds = grid_axes(cfg.sweep)
+    return len(lrs) * len(wds) * len(seeds)
+
+
+def results_rows(
+    study: optuna.Study, summary: optuna.study.StudySummary | None = None
+) -> Iterable[dict]:
+    attrs = study.user_attrs
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            continue
+        ua = t.user_attrs
+        cfg = ua.get("config") or {}
+        if isinstance(cfg, str):
+            try:
+                cfg = json.loads(cfg)
+            except ValueError:
+                cfg = {}
+        row = {
+            "study": study.study_name,
+            "experiment": attrs.get("experiment", ""),
+            "optimizer": attrs.get("optimizer", ua.get("optimizer", "")),
+            "decay": attrs.get("decay", ua.get("decay", "")),
+            "model": attrs.get("model", ""),
+            "data": attrs.get("data", ""),
+            "trial": t.number,
+            "lr": t.params.get("lr", (t.system_attrs.get("fixed_params") or {}).get("lr")),
+            "weight_decay": t.params.get(
+                "weight_decay", (t.system_attrs.get("fixed_params") or {}).get("weight_decay")
+            ),
+            "seed": t.params.get("seed", (t.system_attrs.get("fixed_params") or {}).get("seed")),
+            "state": t.state.name,
+        }
+        for key in RESULT_KEYS:
+            row[key] = ua.get(key)
+        if row["train_loss"] is None and ua.get("diverged"):
+            row["train_loss"] = float("nan")
+        row["wandb_run_id"] = ua.get("wandb_run_id") or ""
+        yield row
+
+
+RESULTS_COLUMNS: Sequence[str] = (
+    "study",
+    "experiment",
+    "optimizer",
+    "decay",
+    "model",
+    "data",
+    "trial",
+    "lr",
+    "weight_decay",
+    "seed",
+    "state",
+    "test_error",
+    "val_error",
+    "final_val_error",
+    "train_loss",
+    "weight_norm",
+    "diverged",
+    "steps",
+    "wall_s",
+    "wandb_run_id",
+)
+
+
+def write_results(studies: Sequence[optuna.Study], path: str | Path) -> Path:
+    """Write ``results.csv`` (one row per non-waiting trial), atomically."""
+    import pandas as pd
+
+    rows = [row for s in studies for row in results_rows(s)]
+    frame = pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The worker loop
+
+
+class _WorkerState:
+    """What a running worker holds, so a signal handler can hand it back."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.held: list[tuple[optuna.Study, Claim]] = []
+
+
+_CURRENT: _WorkerState | None = None
+
+
+def request_stop() -> None:
+    """Ask the running worker to stop taking cells; its current trials end at the next report."""
+    if _CURRENT is not None:
+        _CURRENT.stop.set()
+
+
+def handback() -> int:
+    """Fail and re-enqueue every trial the running worker holds (preemption, time limit)."""
+    if _CURRENT is None:
+        return 0
+    _CURRENT.stop.set()
+    n = 0
+    for study, claim in list(_CURRENT.held):
+        fail_claim(study, claim, "preempted", requeue_cell=True)
+        n += 1
+    _CURRENT.held.clear()
+    return n
+
+
+def population_size(cfg: DictConfig) -> int:
+    """``sweep.population`` as an int; ``auto`` asks the population trainer (1 if it is absent)."""
+    value = cfg.sweep.population
+    if isinstance(value, str):
+        if value != "auto":
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(
+                    f"sweep.population: '{value}' is not an int or 'auto'; use e.g. 1, 16 or auto"
+                ) from None
+        else:
+            try:
+                from harness.population import auto_population_size
+            except ImportError:
+                return 1
+            return int(auto_population_size(cfg))
+    return max(int(value), 1)
+
+
+def _train_fn(p: int):
+    if p > 1:
+        from harness.population import run_population
+
+        return run_population
+    from harness.train import run_trial
+
+    def sequential(cfgs, reports):
+        out = []
+        for c, r in zip(cfgs, reports):
+            try:
+                out.append(run_trial(c, report=r))
+            except (Preempted, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded on the trial
+                out.append(exc)
+        return out
+
+    return sequential
+
+
+def run_worker(
+    cfg: DictConfig,
+    *,
+    on_result: Callable[[str, Claim, Any], None] | None = None,
+) -> int:
+    """Join the studies named by ``cfg`` and train cells until none are left. Returns 0.
+
+    ``cfg`` is fully resolved (the driver has set ``output_dir`` and ``sweep.variants``).
+    Studies must exist (the driver creates and enqueues them); a worker never enqueues a new
+    cell except to hand back one it holds or one whose stale trial it failed.
+    """
+    global _CURRENT
+    from harness.tracking import Tracker
+
+    output_dir = cfg.output_dir
+    storage = open_storage(cfg, output_dir)
+    heartbeat_s = float(cfg.sweep.heartbeat_s)
+    beat = Heartbeat(storage, heartbeat_s)
+    state = _WorkerState()
+    _CURRENT = state
+    stats = WorkerStats()
+    p = population_size(cfg)
+    train = _train_fn(p)
+    pruning = cfg.sweep.pruner != "none"
+    env = environment()
+    try:
+        for variant in variants(cfg):
+            vcfg = variant_config(cfg, variant)
+            study = create_study(vcfg, storage, variant, load_only=True)
+            dists = distributions(vcfg.sweep)
+            tracker = Tracker(vcfg.tracking, output_dir, study.study_name)
+            budget = sampled_budget(vcfg) if vcfg.sweep.sampler != "grid" else 0
+            while not state.stop.is_set():
+                if budget:
+                    started = len(
+                        study.get_trials(
+                            deepcopy=False,
+                            states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
+                        )
+                    )
+                    if started >= budget:
+                        break
+                    claims = [ask_sampled(study, vcfg, dists)]
+                else:
+                    claims = claim_cells(study, p, dists)
+                if not claims:
+                    if reclaim_stale(study, heartbeat_s):
+                        continue
+                    waiting, running = pending(study, heartbeat_s)
+                    if waiting == 0 and running == 0:
+                        break
+                    time.sleep(min(1.0, heartbeat_s / 4))
+                    continue
+                _run_claims(
+                    study,
+                    vcfg,
+                    variant,
+                    claims,
+                    train,
+                    tracker,
+                    beat,
+                    state,
+                    stats,
+                    pruning,
+                    env,
+                    on_result,
+                )
+    except KeyboardInterrupt:
+        handback()
+        raise
+    finally:
+        beat.close()
+        _CURRENT = None
+    log.info(
+        "worker %s done: %d complete, %d failed, %d pruned, %d lost",
+        owner_id(),
+        stats.completed,
+        stats.failed,
+        stats.pruned,
+        stats.lost,
+    )
+    return 0
+
+
+def _run_claims(
+    study, vcfg, variant, claims, train, tracker, beat, state, stats, pruning, env, on_result
+) -> None:
+    cfgs, reports, runs = [], [], []
+    for claim in claims:
+        tcfg = trial_config(vcfg, claim.params)
+        record_cfg = trial_record_config(tcfg)
+        beat.add(claim.trial._trial_id)
+        state.held.append((study, claim))
+        claim.trial.set_user_attr("optimizer", variant.optimizer)
+        claim.trial.set_user_attr("decay", variant.decay)
+        claim.trial.set_user_attr("config", record_cfg)
+        claim.trial.set_user_attr("git_rev", env["git_rev"])
+        claim.trial.set_user_attr("versions", env["versions"])
+        name = (
+            f"{variant.key} lr={claim.params['lr']:.3g} wd={claim.params['weight_decay']:.3g} "
+            f"s{claim.params['seed']}"
+        )
+        run = tracker.start(
+            name,
+            job_type=variant.key,
+            config={
+                **_flatten(record_cfg),
+                **claim.params,
+                "trial": claim.number,
+                "study": study.study_name,
+            },
+        )
+        if run.id:
+            claim.trial.set_user_attr("wandb_run_id", run.id)
+        cfgs.append(tcfg)
+        runs.append(run)
+        reports.append(_report_hook(claim, run, state, pruning))
+    try:
+        results = train(cfgs, reports)
+    except Preempted:
+        results = [Preempted()] * len(claims)
+    for claim, run, result in zip(claims, runs, results):
+        beat.discard(claim.trial._trial_id)
+        if (study, claim) in state.held:
+            state.held.remove((study, claim))
+        if isinstance(result, optuna.TrialPruned):
+            try:
+                study.tell(claim.trial, state=TrialState.PRUNED)
+            except UpdateFinishedTrialError:
+                pass
+            run.finish({"pruned": True}, state="failed")
+            stats.pruned += 1
+        elif isinstance(result, Preempted):
+            fail_claim(study, claim, "preempted", requeue_cell=True)
+            run.finish({"preempted": True}, state="failed")
+            stats.preempted = True
+        elif isinstance(result, BaseException):
+            reason = f"{type(result).__name__}: {result}"
+            log.error("trial %d failed: %s", claim.number, reason)
+            fail_claim(study, claim, reason, requeue_cell=False)
+            run.finish({"error": reason[:500]}, state="failed")
+            stats.failed += 1
+        else:
+            rec = result.to_dict()
+            if finish_claim(study, claim, result, {}):
+                stats.completed += 1
+            else:
+                stats.lost += 1
+            run.finish(rec, state="diverged" if rec.get("diverged") else "finished")
+        if on_result is not None:
+            on_result(study.study_name, claim, result)
+
+
+def _report_hook(claim: Claim, run, state: _WorkerState, pruning: bool):
+    def report(step: int, metrics: dict) -> None:
+        if state.stop.is_set():
+            raise Preempted()
+        run.log(step, metrics)
+        if pruning and "val_error" in metrics:
+            claim.trial.report(float(metrics["val_error"]), step)
+            if claim.trial.should_prune():
+                raise optuna.TrialPruned()
+
+    return report
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

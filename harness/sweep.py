@@ -1,0 +1,315 @@
+"""``python -m harness.sweep``: the main job, and the only place that wires the pieces together.
+
+config (Hydra, validated) -> studies (one per optimizer variant, grid enqueued once)
+-> workers (in-process, local processes or a Slurm array) -> results.csv -> summary + figures.
+
+Run ``python -m harness.sweep --help`` for the config groups and examples.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from harness import study as st
+from harness.config import ConfigError, register_schema, validate
+
+log = logging.getLogger("lrwd.sweep")
+
+SECRET_ENV = "LRWD_STORAGE_URL"
+_ENV_PREFIX = "env:"
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving what the user asked for
+
+
+def _explicit_optimizer(overrides: list[str]) -> bool:
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    single = any(k in ("optimizer", "optimizer.name", "optimizer.decay") for k in keys)
+    listed = any(k == "sweep.variants" for k in keys)
+    return single and not listed
+
+
+def resolve(cfg: DictConfig, overrides: list[str], output_dir: str) -> DictConfig:
+    """Validate and freeze the config a sweep runs with (variants, output dir, secrets)."""
+    validate(cfg)
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if _explicit_optimizer(overrides):
+        # `optimizer.decay=l2` (or a multirun over it) names the one variant to run.
+        out.sweep.variants = []
+    out.output_dir = str(Path(cfg.output_dir or output_dir).resolve())
+    url = out.storage.url
+    if out.storage.kind == "url" and url and not url.startswith(_ENV_PREFIX):
+        from harness.tracking import mask_secrets
+
+        if mask_secrets(url) != url:
+            # The password travels in the environment (inherited by local and Slurm workers),
+            # never in a saved config, a pickle or a log line.
+            os.environ[SECRET_ENV] = url
+            out.storage.url = _ENV_PREFIX + SECRET_ENV
+    return out
+
+
+def real_url(cfg: DictConfig) -> DictConfig:
+    """A copy whose storage URL is the real one (read back from the environment)."""
+    url = cfg.storage.url
+    if not url.startswith(_ENV_PREFIX):
+        return cfg
+    name = url[len(_ENV_PREFIX) :]
+    if name not in os.environ:
+        raise ConfigError(f"storage.url: the environment variable {name} is not set on this node")
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out.storage.url = os.environ[name]
+    return out
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    from harness.tracking import mask_config
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = mask_config(OmegaConf.to_container(cfg, resolve=True))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
+    """Open the storage, create each variant's study and enqueue its missing grid cells."""
+    storage = st.open_storage(real_url(cfg), cfg.output_dir)
+    studies = []
+    for variant in st.variants(cfg):
+        vcfg = st.variant_config(cfg, variant)
+        study = st.create_study(vcfg, storage, variant)
+        if vcfg.sweep.sampler == "grid":
+            status = st.enqueue_grid(study, vcfg)
+            log.info(
+                "%s: %d cells, %d done, %d queued, %d running, %d re-queued",
+                study.study_name,
+                status.total,
+                status.done,
+                status.queued,
+                status.running,
+                status.requeued,
+            )
+        studies.append(study)
+    return storage, studies
+
+
+def _count_done(studies: list[Any]) -> int:
+    return sum(len(s.get_trials(deepcopy=False, states=st.DONE_STATES)) for s in studies)
+
+
+def _total(cfg: DictConfig) -> int:
+    n = len(st.grid_cells(cfg.sweep)) if cfg.sweep.sampler == "grid" else st.sampled_budget(cfg)
+    return n * len(st.variants(cfg))
+
+
+def _worker_entry(cfg_container: dict) -> None:
+    """Entry point of a local worker process (spawned; inherits the environment)."""
+    logging.basicConfig(level=logging.WARNING)
+    cfg = real_url(OmegaConf.create(cfg_container))
+    st.run_worker(cfg)
+
+
+def run_local(cfg: DictConfig, studies: list[Any]) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    total = _total(cfg)
+    done0 = _count_done(studies)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[last]}"),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(cfg.name, total=total, completed=done0, last="")
+        if int(cfg.sweep.workers) == 1:
+
+            def on_result(study_name: str, claim: st.Claim, result: Any) -> None:
+                if isinstance(result, BaseException):
+                    last = f"{study_name} #{claim.number}: {type(result).__name__}"
+                else:
+                    r = result.to_dict()
+                    tag = " diverged" if r.get("diverged") else ""
+                    last = (
+                        f"{study_name.split('-', 1)[-1]} lr={claim.params['lr']:.2g} "
+                        f"wd={claim.params['weight_decay']:.2g}: "
+                        f"test err {r['test_error']:.3f}{tag}"
+                    )
+                progress.update(task, completed=_count_done(studies), last=last)
+
+            st.run_worker(real_url(cfg), on_result=on_result)
+            progress.update(task, completed=_count_done(studies))
+            return 0
+        ctx = mp.get_context("spawn")
+        container = OmegaConf.to_container(cfg, resolve=True)
+        procs = [
+            ctx.Process(target=_worker_entry, args=(container,), name=f"lrwd-worker-{i}")
+            for i in range(int(cfg.sweep.workers))
+        ]
+        for p in procs:
+            p.start()
+        try:
+            while any(p.is_alive() for p in procs):
+                progress.update(task, completed=_count_done(studies))
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            for p in procs:
+                p.join(timeout=30)
+            raise
+        for p in procs:
+            p.join()
+        progress.update(task, completed=_count_done(studies))
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        log.error("%d of %d workers exited with errors: %s", len(bad), len(procs), bad)
+        return 1
+    return 0
+
+
+def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
+    """results.csv, a summary table and figures from the storage alone."""
+    out = Path(cfg.output_dir)
+    paths = {"results": st.write_results(studies, out / "results.csv")}
+    import pandas as pd
+
+    frame = pd.read_csv(paths["results"])
+    print_summary(frame, total_per_study=len(st.grid_cells(cfg.sweep)))
+    try:
+        paths.update(draw_figures(paths["results"], out / "figures"))
+    except Exception as exc:  # noqa: BLE001 - figures never lose the results
+        log.warning("figures skipped: %s", exc)
+    return paths
+
+
+def print_summary(frame, total_per_study: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lr x weight-decay sweep", show_lines=False)
+    for col in ("variant", "cells", "diverged", "best test err", "at lr", "at wd", "median wall s"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    if frame.empty:
+        Console().print("no finished trials yet")
+        return
+    for _, g in frame.groupby("study", sort=False):
+        done = g[g.state == "COMPLETE"]
+        variant = f"{g.optimizer.iloc[0]}/{g.decay.iloc[0]}"
+        if done.empty:
+            table.add_row(variant, f"0/{total_per_study}", "-", "-", "-", "-", "-")
+            continue
+        cells = done.groupby(["lr", "weight_decay"])["test_error"].mean()
+        (lr, wd), err = cells.idxmin(), cells.min()
+        table.add_row(
+            variant,
+            f"{done[['lr', 'weight_decay', 'seed']].drop_duplicates().shape[0]}/{total_per_study}",
+            str(int(done.diverged.astype(bool).sum())),
+            f"{err:.4f}",
+            f"{lr:.3g}",
+            f"{wd:.3g}",
+            f"{done.wall_s.median():.2f}",
+        )
+    Console().print(table)
+
+
+def draw_figures(results_csv: Path, out: Path) -> dict[str, Path]:
+    """Heatmaps and metrics via ``analysis`` (the paper-style figure)."""
+    from analysis.figures import main as figures_main
+
+    out.mkdir(parents=True, exist_ok=True)
+    rc = figures_main([str(results_csv), "--out", str(out)])
+    if rc:
+        raise RuntimeError(f"analysis.figures exited {rc}")
+    return {"figures": out}
+
+
+def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
+    cfg = resolve(cfg, overrides, output_dir)
+    out = Path(cfg.output_dir)
+    from harness.tracking import mask_secrets
+
+    url = mask_secrets(st.storage_url(real_url(cfg), out))
+    if cfg.sweep.action == "status":
+        storage = st.open_storage(real_url(cfg), out)
+        for variant in st.variants(cfg):
+            try:
+                s = st.create_study(
+                    st.variant_config(cfg, variant), storage, variant, load_only=True
+                )
+            except KeyError:
+                print(f"{st.study_name(cfg, variant)}: no such study in {url}")
+                continue
+            counts = {k: v for k, v in st.cell_counts(s).items() if v}
+            print(f"{s.study_name}: {counts}")
+        return 0
+    storage, studies = prepare(cfg)
+    save_config(cfg, out / "config.yaml")
+    if cfg.sweep.action == "run":
+        print(
+            f"lrwd: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'} x "
+            f"{len(st.grid_cells(cfg.sweep))} cells in {url}; output {out}"
+        )
+        if cfg.launcher.name == "slurm":
+            from harness.launch import submit_slurm
+
+            submit_slurm(cfg)
+            if not cfg.launcher.wait:
+                return 0
+        else:
+            rc = run_local(cfg, studies)
+            if rc:
+                return rc
+    paths = report(cfg, studies)
+    print("\nOutputs:")
+    print(f"  study      {url}")
+    for key, path in paths.items():
+        print(f"  {key:<10} {path}")
+    print(f"  config     {out / 'config.yaml'}")
+    if cfg.tracking.mode != "disabled":
+        print(f"  wandb      {Path(cfg.tracking.dir or out) / 'wandb'}")
+    return 0
+
+
+register_schema()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    try:
+        rc = sweep(cfg, list(hc.overrides.task), hc.runtime.output_dir)
+    except ConfigError as exc:
+        from harness.tracking import mask_secrets
+
+        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
+        sys.exit(2)
+    if rc:
+        sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
