@@ -8,8 +8,8 @@ cost grows with the number of finished trials. lrwd instead *enqueues* every gri
 trials with the storage's own compare-and-set (``set_trial_state_values(RUNNING)`` returns
 ``False`` to all but one claimant: a row lock on RDB storages, log order on a journal file).
 
-A claimed trial carries a heartbeat (system attr ``lrwd:heartbeat``, refreshed by a thread every
-``sweep.heartbeat_s``) and its owner (``host:pid``). A running trial is *stale* when its owner is a
+A claimed trial carries a lease (system attr ``lrwd:lease`` = owner ``host:pid`` and the time of
+its last heartbeat, refreshed by a thread every ``sweep.heartbeat_s``). A running trial is *stale* when its owner is a
 dead process on this host, or its heartbeat is older than ``2 * sweep.heartbeat_s``. Whoever moves
 a stale trial RUNNING -> FAIL first (the same compare-and-set; every later attempt raises
 ``UpdateFinishedTrialError``) re-enqueues its cell, so a cell is never queued twice. A worker
@@ -47,8 +47,7 @@ from harness.config import ConfigError
 
 log = logging.getLogger("lrwd.study")
 
-HEARTBEAT_KEY = "lrwd:heartbeat"
-OWNER_KEY = "lrwd:owner"
+LEASE_KEY = "lrwd:lease"  # [owner "host:pid", unix time of the last heartbeat]
 CELL_KEY = "cell"
 RESULT_KEYS = (
     "test_error",
@@ -299,10 +298,9 @@ def is_stale(trial: FrozenTrial, heartbeat_s: float, now: float | None = None) -
     """A RUNNING trial whose owner died on this host, or whose heartbeat is too old."""
     if trial.state != TrialState.RUNNING:
         return False
-    owner = trial.system_attrs.get(OWNER_KEY)
+    owner, beat = trial.system_attrs.get(LEASE_KEY) or (None, None)
     if owner and owner != owner_id() and _pid_dead(owner):
         return True
-    beat = trial.system_attrs.get(HEARTBEAT_KEY)
     if beat is None:
         start = trial.datetime_start
         beat = start.timestamp() if start is not None else None
@@ -371,6 +369,7 @@ def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
         by_cell.setdefault(t.user_attrs.get(CELL_KEY, ""), []).append(t)
     storage = study._storage
     heartbeat = float(cfg.sweep.heartbeat_s)
+    dists = distributions(cfg.sweep)
     to_add = []
     for cell in cells:
         key = cell_key(cell["lr"], cell["weight_decay"], cell["seed"])
@@ -390,13 +389,7 @@ def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
             continue
         if states:
             status.requeued += 1
-        to_add.append(
-            optuna.trial.create_trial(
-                state=TrialState.WAITING,
-                system_attrs={"fixed_params": cell},
-                user_attrs={CELL_KEY: key},
-            )
-        )
+        to_add.append(_waiting_trial(cell, key, dists))
     if to_add:
         study.add_trials(to_add)
         status.queued += len(to_add) - status.requeued
@@ -417,14 +410,21 @@ def _fail(storage, trial_id: int, reason: str) -> bool:
     return bool(ok)
 
 
+def _waiting_trial(cell: dict[str, Any], key: str, dists: dict[str, Any]) -> FrozenTrial:
+    """A WAITING trial that already carries its params, so claiming it writes no params."""
+    return optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=dict(cell),
+        distributions=dict(dists),
+        system_attrs={"fixed_params": dict(cell)},
+        user_attrs={CELL_KEY: key},
+    )
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     cell = trial.system_attrs.get("fixed_params") or dict(trial.params)
     study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            system_attrs={"fixed_params": cell},
-            user_attrs={CELL_KEY: trial.user_attrs.get(CELL_KEY, "")},
-        )
+        _waiting_trial(cell, trial.user_attrs.get(CELL_KEY, ""), dict(trial.distributions))
     )
 
 
@@ -461,7 +461,7 @@ class Claim:
 
 
 class Heartbeat:
-    """Refreshes ``lrwd:heartbeat`` on the trials a worker holds, from a daemon thread."""
+    """Refreshes ``lrwd:lease`` on the trials a worker holds, from a daemon thread."""
 
     def __init__(self, storage, interval: float) -> None:
         self.storage = storage
@@ -486,7 +486,7 @@ class Heartbeat:
                 ids = list(self.trial_ids)
             for tid in ids:
                 try:
-                    self.storage.set_trial_system_attr(tid, HEARTBEAT_KEY, time.time())
+                    self.storage.set_trial_system_attr(tid, LEASE_KEY, [owner_id(), time.time()])
                 except Exception:  # noqa: BLE001 - a finished or lost trial needs no beat
                     self.discard(tid)
 
@@ -495,42 +495,60 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def claim_cells(study: optuna.Study, n: int, dists: dict[str, Any]) -> list[Claim]:
-    """Claim up to ``n`` WAITING trials; the storage's compare-and-set makes each claim unique."""
-    storage = study._storage
-    claims: list[Claim] = []
-    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-    for frozen in waiting:
-        if len(claims) >= n:
-            break
-        try:
-            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+class WaitingQueue:
+    """A worker's cached list of WAITING trial ids for one study.
+
+    Listing WAITING trials costs O(remaining) on every storage, so a worker lists them once
+    and walks the list; ids that another worker claimed meanwhile fail the compare-and-set
+    cheaply. The list is refreshed only when it runs dry.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        self.ids: list[int] = []
+
+    def refresh(self) -> int:
+        storage = self.study._storage
+        waiting = storage.get_all_trials(
+            self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+        )
+        self.ids = [t._trial_id for t in waiting]
+        self.ids.reverse()  # pop() from the end takes the oldest first
+        return len(self.ids)
+
+    def claim(self, n: int) -> list[Claim]:
+        """Claim up to ``n`` cells; the storage's compare-and-set makes each claim unique."""
+        claims: list[Claim] = []
+        storage = self.study._storage
+        refreshed = False
+        while len(claims) < n:
+            if not self.ids:
+                if refreshed or not self.refresh():
+                    break
+                refreshed = True
+            tid = self.ids.pop()
+            try:
+                if not storage.set_trial_state_values(tid, state=TrialState.RUNNING):
+                    continue
+            except UpdateFinishedTrialError:
                 continue
-        except UpdateFinishedTrialError:
-            continue
-        now = time.time()
-        storage.set_trial_system_attr(frozen._trial_id, OWNER_KEY, owner_id())
-        storage.set_trial_system_attr(frozen._trial_id, HEARTBEAT_KEY, now)
-        trial = optuna.Trial(study, frozen._trial_id)
-        params = {
-            "lr": trial.suggest_float("lr", dists["lr"].low, dists["lr"].high, log=dists["lr"].log),
-            "weight_decay": trial.suggest_float(
-                "weight_decay",
-                dists["weight_decay"].low,
-                dists["weight_decay"].high,
-                log=dists["weight_decay"].log,
-            ),
-            "seed": trial.suggest_int("seed", dists["seed"].low, dists["seed"].high),
-        }
-        claims.append(Claim(trial, params))
-    return claims
+            storage.set_trial_system_attr(tid, LEASE_KEY, [owner_id(), time.time()])
+            trial = optuna.Trial(self.study, tid)
+            params = dict(trial.params)
+            params["seed"] = int(params["seed"])
+            claims.append(Claim(trial, params))
+        return claims
+
+
+def claim_cells(study: optuna.Study, n: int) -> list[Claim]:
+    """Claim up to ``n`` WAITING cells of ``study`` (no cache; see :class:`WaitingQueue`)."""
+    return WaitingQueue(study).claim(n)
 
 
 def ask_sampled(study: optuna.Study, cfg: DictConfig, dists: dict[str, Any]) -> Claim:
     """Random / TPE: the sampler proposes lr and wd inside the grid's box."""
     trial = study.ask()
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner_id())
-    study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_KEY, time.time())
+    study._storage.set_trial_system_attr(trial._trial_id, LEASE_KEY, [owner_id(), time.time()])
     params = {
         "lr": trial.suggest_float("lr", dists["lr"].low, dists["lr"].high, log=True),
         "weight_decay": trial.suggest_float(
@@ -545,21 +563,33 @@ def ask_sampled(study: optuna.Study, cfg: DictConfig, dists: dict[str, Any]) -> 
     return Claim(trial, params)
 
 
-def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    out.optimizer.lr = float(params["lr"])
-    out.optimizer.weight_decay = float(params["weight_decay"])
-    out.train.seed = int(params["seed"])
-    return out
+TRIAL_GROUPS = ("name", "optimizer", "model", "data", "schedule", "train")
 
 
-def trial_record_config(cfg: DictConfig) -> dict[str, Any]:
-    """The parts of the resolved config that define a trial (secrets masked)."""
+def trial_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The groups that define a trial, as plain resolved containers (computed once a variant)."""
+    full = OmegaConf.to_container(cfg, resolve=True)
+    return {k: full[k] for k in TRIAL_GROUPS if k in full}
+
+
+def trial_config(
+    cfg: DictConfig | dict[str, Any], params: dict[str, Any]
+) -> tuple[DictConfig, dict[str, Any]]:
+    """(trial config, plain record of it) for one cell: lr, weight decay and seed set."""
+    import copy
+
+    plain = copy.deepcopy(cfg if isinstance(cfg, dict) else trial_plain(cfg))
+    plain["optimizer"]["lr"] = float(params["lr"])
+    plain["optimizer"]["weight_decay"] = float(params["weight_decay"])
+    plain["train"]["seed"] = int(params["seed"])
+    return OmegaConf.create(plain), plain
+
+
+def trial_record_config(plain: dict[str, Any]) -> dict[str, Any]:
+    """The trial's resolved config as stored on the trial and the W&B run (secrets masked)."""
     from harness.tracking import mask_config
 
-    keep = ("name", "optimizer", "model", "data", "schedule", "train")
-    full = OmegaConf.to_container(cfg, resolve=True)
-    return mask_config({k: full[k] for k in keep if k in full})
+    return mask_config(plain)
 
 
 @dataclass
@@ -783,6 +813,7 @@ def run_worker(
     cfg: DictConfig,
     *,
     on_result: Callable[[str, Claim, Any], None] | None = None,
+    train: TrainBatch | None = None,
 ) -> int:
     """Join the studies named by ``cfg`` and train cells until none are left. Returns 0.
 
@@ -801,7 +832,7 @@ def run_worker(
     _CURRENT = state
     stats = WorkerStats()
     p = population_size(cfg)
-    train = _train_fn(p)
+    train = train or _train_fn(p)
     pruning = cfg.sweep.pruner != "none"
     env = environment()
     try:
@@ -810,6 +841,8 @@ def run_worker(
             study = create_study(vcfg, storage, variant, load_only=True)
             dists = distributions(vcfg.sweep)
             tracker = Tracker(vcfg.tracking, output_dir, study.study_name)
+            queue = WaitingQueue(study)
+            vplain = trial_plain(vcfg)
             budget = sampled_budget(vcfg) if vcfg.sweep.sampler != "grid" else 0
             while not state.stop.is_set():
                 if budget:
@@ -823,7 +856,7 @@ def run_worker(
                         break
                     claims = [ask_sampled(study, vcfg, dists)]
                 else:
-                    claims = claim_cells(study, p, dists)
+                    claims = queue.claim(p)
                 if not claims:
                     if reclaim_stale(study, heartbeat_s):
                         continue
@@ -834,7 +867,7 @@ def run_worker(
                     continue
                 _run_claims(
                     study,
-                    vcfg,
+                    vplain,
                     variant,
                     claims,
                     train,
@@ -864,12 +897,12 @@ def run_worker(
 
 
 def _run_claims(
-    study, vcfg, variant, claims, train, tracker, beat, state, stats, pruning, env, on_result
+    study, vplain, variant, claims, train, tracker, beat, state, stats, pruning, env, on_result
 ) -> None:
     cfgs, reports, runs = [], [], []
     for claim in claims:
-        tcfg = trial_config(vcfg, claim.params)
-        record_cfg = trial_record_config(tcfg)
+        tcfg, plain = trial_config(vplain, claim.params)
+        record_cfg = trial_record_config(plain)
         beat.add(claim.trial._trial_id)
         state.held.append((study, claim))
         claim.trial.set_user_attr("optimizer", variant.optimizer)

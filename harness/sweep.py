@@ -150,17 +150,19 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
         if int(cfg.sweep.workers) == 1:
 
             def on_result(study_name: str, claim: st.Claim, result: Any) -> None:
+                variant = study_name.split("-", 1)[-1]
                 if isinstance(result, BaseException):
-                    last = f"{study_name} #{claim.number}: {type(result).__name__}"
+                    last = f"{variant} #{claim.number}: {type(result).__name__}"
                 else:
                     r = result.to_dict()
                     tag = " diverged" if r.get("diverged") else ""
                     last = (
-                        f"{study_name.split('-', 1)[-1]} lr={claim.params['lr']:.2g} "
+                        f"{variant} lr={claim.params['lr']:.2g} "
                         f"wd={claim.params['weight_decay']:.2g}: "
                         f"test err {r['test_error']:.3f}{tag}"
                     )
-                progress.update(task, completed=_count_done(studies), last=last)
+                    progress.advance(task)
+                progress.update(task, last=last)
 
             st.run_worker(real_url(cfg), on_result=on_result)
             progress.update(task, completed=_count_done(studies))
