@@ -1,0 +1,225 @@
+"""The sweep driver end to end through the real CLI: studies, workers, resume, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness import study as st
+from harness.config import compose_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A grid of tiny trials: 3 x 3 cells, a 32-wide MLP, 1 epoch on 1,000 MNIST-1D samples.
+TINY = [
+    "sweep.variants=[]",
+    "optimizer=adam",
+    "optimizer.decay=independent",
+    "sweep.lr.min=1e-3",
+    "sweep.lr.max=1e-2",
+    "sweep.lr.num=3",
+    "sweep.weight_decay.min=1e-4",
+    "sweep.weight_decay.max=1e-2",
+    "sweep.weight_decay.num=3",
+    "sweep.population=1",
+    "model.width=32",
+    "data.num_samples=1000",
+    "data.val_size=200",
+    "train.epochs=1",
+    "train.threads=1",
+    "tracking=disabled",
+]
+
+
+def sweep_cmd(out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "harness.sweep", f"hydra.run.dir={out}", *overrides]
+
+
+def run_sweep(out: Path, *overrides: str, timeout: float = 300, env=None):
+    return subprocess.run(
+        sweep_cmd(out, *overrides),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def load(out: Path, storage: str, overrides: list[str], url: str = "") -> optuna.Study:
+    cfg = compose_config([*overrides, f"storage={storage}"] + ([f"storage.url={url}"] if url else []))
+    cfg.output_dir = str(out)
+    variant = st.variants(cfg)[0]
+    return optuna.load_study(
+        study_name=st.study_name(cfg, variant), storage=st.open_storage(cfg, out)
+    )
+
+
+def assert_exactly_once(study: optuna.Study, n_cells: int) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    per_cell = Counter(t.user_attrs["cell"] for t in complete)
+    assert len(per_cell) == n_cells, f"missing cells: {n_cells - len(per_cell)}"
+    assert set(per_cell.values()) == {1}, f"duplicated cells: {per_cell.most_common(3)}"
+    assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+    return complete
+
+
+# --------------------------------------------------------------------------------------------
+# Config and grid
+
+
+def test_grid_is_log_spaced_and_seed_major():
+    cfg = compose_config(TINY + ["sweep.seeds=2", "sweep.include_zero_wd=true"])
+    cells = st.grid_cells(cfg.sweep)
+    assert len(cells) == 3 * 4 * 2
+    lrs = sorted({c["lr"] for c in cells})
+    assert lrs == pytest.approx([1e-3, 10**-2.5, 1e-2], rel=1e-5)
+    assert sorted({c["weight_decay"] for c in cells})[0] == 0.0
+    assert [c["seed"] for c in cells[:12]] == [0] * 12
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        (["sweep.lr.min=0.1", "sweep.lr.max=0.01"], "sweep.lr"),
+        (["sweep.lr.min=-1"], "sweep.lr.min"),
+        (["optimizer.name=rmsprop"], "optimizer.name"),
+        (["optimizer.decay=l3"], "optimizer.decay"),
+        (["sweep.weight_decay.num=0"], "sweep.weight_decay.num"),
+        (["sweep.workers=3"], "storage.kind"),  # SQLite with 3 workers
+        (["storage=url", "storage.url=postgresql://lrwd:hunter2@127.0.0.1:9/nope"], "storage.url"),
+    ],
+)
+def test_bad_input_is_one_line_and_creates_nothing(tmp_path, override, field):
+    out = tmp_path / "out"
+    proc = run_sweep(out, *TINY, *override, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {field}"), lines[0]
+    assert "hunter2" not in proc.stderr + proc.stdout
+    made = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert made == [], made
+
+
+def test_schema_rejects_typo_and_wrong_type(tmp_path):
+    proc = run_sweep(tmp_path / "o", "optimizer.lrr=0.1", timeout=120)
+    assert proc.returncode != 0 and "lrr" in proc.stderr
+    proc = run_sweep(tmp_path / "o", "optimizer.lr=fast", timeout=120)
+    assert proc.returncode != 0 and "optimizer.lr" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# One worker, resume, SIGKILL
+
+
+def test_sweep_runs_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    proc = run_sweep(out, *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "study.db").exists() and (out / "results.csv").exists()
+    assert "results.csv" in proc.stdout and "study.db" in proc.stdout
+    study = load(out, "sqlite", TINY)
+    complete = assert_exactly_once(study, 9)
+    t = complete[0]
+    for key in ("test_error", "val_error", "train_loss", "weight_norm", "steps", "wall_s"):
+        assert key in t.user_attrs
+    assert t.user_attrs["config"]["optimizer"]["decay"] == "independent"
+    assert t.user_attrs["git_rev"] and t.user_attrs["versions"]["torch"]
+    import pandas as pd
+
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 9 and set(frame.state) == {"COMPLETE"}
+    assert set(st.RESULTS_COLUMNS) <= set(frame.columns)
+    # resume: a second run trains nothing new
+    again = run_sweep(out, *TINY)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(load(out, "sqlite", TINY).get_trials()) == 9
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_mid_trial_then_rerun_completes_grid(tmp_path):
+    out = tmp_path / "kill"
+    slow = [*TINY, "train.epochs=4", "data.num_samples=3000"]
+    proc = subprocess.Popen(
+        sweep_cmd(out, *slow), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+
+        def one_done_one_running() -> bool:
+            if not (out / "study.db").exists():
+                return False
+            try:
+                trials = load(out, "sqlite", slow).get_trials(deepcopy=False)
+            except Exception:  # noqa: BLE001 - the study is still being created
+                return False
+            states = Counter(t.state for t in trials)
+            return states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] == 1
+
+        _wait_for(one_done_one_running, 180, "a finished and a running trial")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = [
+        t for t in load(out, "sqlite", slow).get_trials() if t.state == TrialState.RUNNING
+    ]
+    assert len(killed) == 1
+    rerun = run_sweep(out, *slow)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = load(out, "sqlite", slow)
+    assert_exactly_once(study, 9)
+    stale = study.trials[killed[0].number]
+    assert stale.state == TrialState.FAIL and stale.user_attrs.get("fail_reason") == "stale"
+
+
+# --------------------------------------------------------------------------------------------
+# Several workers on one study
+
+
+def _three_workers(out: Path, storage_args: list[str], env=None) -> None:
+    proc = run_sweep(out, *TINY, *storage_args, "sweep.workers=3", timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _owners(trials) -> set[str]:
+    return {t.system_attrs[st.LEASE_KEY][0] for t in trials}
+
+
+def test_three_workers_journal_exactly_once(tmp_path):
+    out = tmp_path / "journal"
+    _three_workers(out, ["storage=journal"])
+    complete = assert_exactly_once(load(out, "journal", TINY), 9)
+    assert len(_owners(complete)) >= 2  # the cells really were shared
+
+
+@pytest.mark.postgres
+def test_three_workers_postgres_exactly_once(tmp_path, postgres_url):
+    out = tmp_path / "pg"
+    _three_workers(out, ["storage=url", f"storage.url={postgres_url}", "sweep.study_name=pg3"])
+    study = load(out, "url", TINY + ["sweep.study_name=pg3"], url=postgres_url)
+    complete = assert_exactly_once(study, 9)
+    assert len(_owners(complete)) >= 2
+    # the password never reached the files the sweep wrote
+    password = postgres_url.split(":")[2].split("@")[0]
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
