@@ -1,0 +1,280 @@
+"""One trial: build, train, evaluate, report. Returns a :class:`TrialResult`; never raises on NaN.
+
+``python -m harness.train [overrides...]`` trains one trial from the Hydra config and prints the
+result, e.g. ``python -m harness.train model=cnn optimizer.lr=3e-3 train.epochs=30``.
+
+What varies across seeds (``train.seed``): the initialization (``torch.manual_seed(seed)``
+before the model is built) and the data order (a generator seeded with ``seed``; augmentation
+draws from it too). Nothing else does: all cells of a grid with the same seed see the same
+initial weights and the same batches (common random numbers). The task itself (MNIST-1D's
+samples, the validation split) depends on ``data.*`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.data import Dataset, load_data
+from harness.models import build_model
+from harness.optim import (
+    SGD,
+    Adam,
+    WeightDecayScheduler,
+    l2_penalty,
+    normalized_weight_decay,
+    param_groups,
+)
+from harness.schedules import lr_multiplier
+
+Report = Callable[[int, dict[str, float]], None]
+EVAL_BATCH = 2000
+
+
+@dataclass
+class TrialResult:
+    test_error: float
+    val_error: float  # best over evaluations
+    final_val_error: float
+    train_loss: float  # mean over the last epoch (or the last report interval); nan if diverged
+    weight_norm: float  # global L2 norm of all parameters at the end
+    steps: int
+    wall_s: float
+    diverged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_threads(threads: int) -> None:
+    n = int(threads) or cpu_count()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def total_steps(cfg: Any, data: Dataset) -> tuple[int, int]:
+    """(total steps, steps per epoch); the last partial batch of an epoch is dropped."""
+    per_epoch = max(data.n_train // int(cfg.data.batch_size), 1)
+    if int(cfg.train.max_steps) > 0:
+        return int(cfg.train.max_steps), per_epoch
+    return int(cfg.train.epochs) * per_epoch, per_epoch
+
+
+def effective_weight_decay(cfg: Any, data: Dataset) -> float:
+    wd = float(cfg.optimizer.weight_decay)
+    if cfg.optimizer.normalized:
+        total, per_epoch = total_steps(cfg, data)
+        wd = normalized_weight_decay(wd, int(cfg.data.batch_size), data.n_train, total / per_epoch)
+    return wd
+
+
+def build_optimizer(
+    cfg: Any, model: nn.Module, wd: float
+) -> tuple[torch.optim.Optimizer, list[nn.Parameter], float]:
+    """(optimizer, parameters of the loss penalty, penalty wd) for ``cfg.optimizer``.
+
+    ``decay="loss"``: the optimizer runs with no decay and the trainer adds
+    ``l2_penalty(decayed params, wd)`` (= wd/2 * ||w||^2) to the loss.
+    """
+    o = cfg.optimizer
+    groups, _ = param_groups(model, wd, rule=o.param_groups, no_decay_names=list(o.no_decay_names))
+    penalty_params: list[nn.Parameter] = []
+    penalty_wd = 0.0
+    decay = o.decay
+    if decay == "loss":
+        penalty_params, penalty_wd = list(groups[0]["params"]), wd
+        for g in groups:
+            g["weight_decay"] = 0.0
+        decay = "l2"
+    if o.name == "sgd":
+        opt = SGD(
+            groups,
+            lr=float(o.lr),
+            momentum=float(o.momentum),
+            dampening=float(o.dampening),
+            nesterov=bool(o.nesterov),
+            decay=decay,
+            relative=bool(o.relative),
+        )
+    elif o.name == "adam":
+        opt = Adam(
+            groups,
+            lr=float(o.lr),
+            betas=tuple(float(b) for b in o.betas),
+            eps=float(o.eps),
+            decay=decay,
+            amsgrad=bool(o.amsgrad),
+            relative=bool(o.relative),
+        )
+    else:
+        raise ValueError(f"optimizer.name={o.name!r} is not one of sgd, adam")
+    return opt, penalty_params, penalty_wd
+
+
+@torch.no_grad()
+def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for i in range(0, x.shape[0], EVAL_BATCH):
+        logits = model(x[i : i + EVAL_BATCH])
+        wrong += int((logits.argmax(1) != y[i : i + EVAL_BATCH]).sum())
+    model.train(was_training)
+    return wrong / max(int(x.shape[0]), 1)
+
+
+def weight_norm(model: nn.Module) -> float:
+    norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+    return float(torch.stack(norms).square().sum().sqrt())
+
+
+def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = None) -> TrialResult:
+    """Train one (optimizer, decay, lr, wd, seed) cell and evaluate it.
+
+    Non-finite loss stops the trial and returns ``diverged=True`` with errors 1.0 and train loss
+    nan. Exceptions raised by ``report`` (e.g. ``optuna.TrialPruned``) propagate.
+    """
+    t0 = time.perf_counter()
+    setup_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
+    if data is None:
+        data = load_data(cfg.data, device, dtype)
+    seed = int(cfg.train.seed)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device, dtype)
+    wd = effective_weight_decay(cfg, data)
+    opt, penalty_params, penalty_wd = build_optimizer(cfg, model, wd)
+    total, per_epoch = total_steps(cfg, data)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: lr_multiplier(cfg.schedule, t, total)
+    )
+    wd_sched = None
+    if cfg.optimizer.wd_schedule != "constant":
+        wd_sched = WeightDecayScheduler(opt, cfg.optimizer.wd_schedule, total)
+    gen = torch.Generator().manual_seed(seed)
+    eval_every = int(cfg.train.eval_every) or per_epoch
+    batch = int(cfg.data.batch_size)
+    loss_fn = nn.CrossEntropyLoss()
+
+    best_val = math.inf
+    last_val = math.inf
+    loss_sum = torch.zeros((), device=device, dtype=dtype)
+    loss_count = 0
+    train_loss = math.nan
+    diverged = False
+    step = 0
+    model.train()
+    while step < total and not diverged:
+        perm = torch.randperm(data.n_train, generator=gen).to(device)
+        for i in range(per_epoch):
+            if step >= total:
+                break
+            idx = perm[i * batch : (i + 1) * batch]
+            x = data.augment(data.x_train[idx], gen)
+            loss = loss_fn(model(x), data.y_train[idx])
+            full = loss + l2_penalty(penalty_params, penalty_wd) if penalty_wd else loss
+            opt.zero_grad(set_to_none=True)
+            full.backward()
+            opt.step()
+            sched.step()
+            if wd_sched is not None:
+                wd_sched.step()
+            step += 1
+            loss_sum += loss.detach()
+            loss_count += 1
+            if step % eval_every == 0 or step == total:
+                train_loss = float(loss_sum) / loss_count
+                if not math.isfinite(train_loss):
+                    diverged = True
+                    break
+                last_val = error_rate(model, data.x_val, data.y_val)
+                best_val = min(best_val, last_val)
+                if report is not None:
+                    group = opt.param_groups[0]
+                    report(
+                        step,
+                        {
+                            "train_loss": train_loss,
+                            "val_error": last_val,
+                            "lr": group["lr"],
+                            "eta": group["lr"] / group["initial_lr"],
+                            "shrink": group["shrink"],
+                            "weight_norm": weight_norm(model),
+                            "epoch": step / per_epoch,
+                        },
+                    )
+                loss_sum.zero_()
+                loss_count = 0
+            elif step % 25 == 0 and not math.isfinite(float(loss.detach())):
+                diverged = True
+                break
+    norm = weight_norm(model)
+    if diverged or not math.isfinite(norm):
+        return TrialResult(1.0, 1.0, 1.0, math.nan, math.nan, step, time.perf_counter() - t0, True)
+    test = error_rate(model, data.x_test, data.y_test)
+    return TrialResult(
+        test_error=test,
+        val_error=best_val,
+        final_val_error=last_val,
+        train_loss=train_loss,
+        weight_norm=norm,
+        steps=step,
+        wall_s=time.perf_counter() - t0,
+        diverged=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            "usage: python -m harness.train [GROUP=OPTION | KEY=VALUE ...]\n"
+            "Train one trial with the sweep's Hydra config and print its result.\n"
+            "example: python -m harness.train model=cnn optimizer=adam optimizer.lr=1e-2 "
+            "optimizer.weight_decay=1e-4 train.epochs=40"
+        )
+        return 0
+    from harness.config import ConfigError, compose_config, validate
+
+    try:
+        cfg = compose_config(argv)
+        validate(cfg)
+        result = run_trial(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    o = cfg.optimizer
+    print(
+        f"{o.name}/{o.decay} lr={o.lr:g} wd={o.weight_decay:g} model={cfg.model.name} "
+        f"seed={cfg.train.seed}"
+    )
+    for key, value in result.to_dict().items():
+        print(f"  {key:<16} {value:.4f}" if isinstance(value, float) else f"  {key:<16} {value}")
+    print(f"  test_accuracy    {1 - result.test_error:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
