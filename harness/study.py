@@ -397,17 +397,15 @@ def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
 
 
 def _fail(storage, trial_id: int, reason: str) -> bool:
-    """Move a trial to FAIL. True only for the one caller whose transition took effect."""
+    """Move a trial to FAIL. True only for the one caller whose transition took effect.
+
+    The reason is written first: a finished trial's attributes can no longer change.
+    """
     try:
-        ok = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        return bool(storage.set_trial_state_values(trial_id, state=TrialState.FAIL))
     except UpdateFinishedTrialError:
         return False
-    if ok:
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        except UpdateFinishedTrialError:
-            pass
-    return bool(ok)
 
 
 def _waiting_trial(cell: dict[str, Any], key: str, dists: dict[str, Any]) -> FrozenTrial:
@@ -632,10 +630,6 @@ def finish_claim(study: optuna.Study, claim: Claim, result: Any, extra: dict[str
 
 def fail_claim(study: optuna.Study, claim: Claim, reason: str, *, requeue_cell: bool) -> None:
     trial = claim.trial
-    try:
-        trial.set_user_attr("fail_reason", reason[:500])
-    except UpdateFinishedTrialError:
-        return
     if _fail(study._storage, trial._trial_id, reason=reason[:500]) and requeue_cell:
         requeue(study, study._storage.get_trial(trial._trial_id))
 
