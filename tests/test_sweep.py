@@ -56,7 +56,9 @@ def run_sweep(out: Path, *overrides: str, timeout: float = 300, env=None):
 
 
 def load(out: Path, storage: str, overrides: list[str], url: str = "") -> optuna.Study:
-    cfg = compose_config([*overrides, f"storage={storage}"] + ([f"storage.url={url}"] if url else []))
+    cfg = compose_config(
+        [*overrides, f"storage={storage}"] + ([f"storage.url={url}"] if url else [])
+    )
     cfg.output_dir = str(out)
     variant = st.variants(cfg)[0]
     return optuna.load_study(
@@ -160,7 +162,10 @@ def test_sigkill_mid_trial_then_rerun_completes_grid(tmp_path):
     out = tmp_path / "kill"
     slow = [*TINY, "train.epochs=4", "data.num_samples=3000"]
     proc = subprocess.Popen(
-        sweep_cmd(out, *slow), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        sweep_cmd(out, *slow),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -179,9 +184,7 @@ def test_sigkill_mid_trial_then_rerun_completes_grid(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed = [
-        t for t in load(out, "sqlite", slow).get_trials() if t.state == TrialState.RUNNING
-    ]
+    killed = [t for t in load(out, "sqlite", slow).get_trials() if t.state == TrialState.RUNNING]
     assert len(killed) == 1
     rerun = run_sweep(out, *slow)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
