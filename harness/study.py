@@ -786,7 +786,10 @@ def _train_fn(p: int):
     if p > 1:
         from harness.population import run_population
 
-        return run_population
+        def population(cfgs, reports):
+            return run_population(cfgs, reports)
+
+        return population
     from harness.train import run_trial
 
     def sequential(cfgs, reports):
