@@ -1,189 +1,317 @@
-"""The update rules, written once on lists of tensors with ``torch._foreach_*``.
+"""Update rules, written once on lists of tensors with ``torch._foreach_*`` ops.
 
-Notation for one step: base learning rate ``a``, schedule multiplier ``eta_t`` (the group's lr is
-``lr_t = a * eta_t``), weight decay ``wd``, parameter ``w``, gradient ``g``.
+The optimizer classes (:mod:`harness.optim.optimizers`) and population training both call
+:func:`sgd` and :func:`adam`. Notation for one step (``w`` a parameter, ``g`` its gradient)::
 
-- ``decay="l2"``:          ``g <- g + wd * w`` before momentum / moments (coupled L2).
-- ``decay="decoupled"``:   ``w <- w * (1 - lr_t * wd)`` then the plain update (torch AdamW).
-- ``decay="independent"``: ``w <- w * (1 - eta_t * wd)`` then the plain update (Loshchilov &
-  Hutter, Algorithms 1-2: the decay follows the schedule, not the base lr).
-- ``relative=True`` multiplies the decoupled / independent shrink of each tensor by
-  ``max(rms(w), 1e-3)``, ``rms(w) = ||w||_2 / sqrt(numel(w))`` (Adafactor-style, seed Example 6);
-  with ``decay="l2"`` it scales the added ``wd * w`` term the same way.
+    lr   = lr_t = a * eta_t        learning rate this step (a = base lr, lr_0)
+    eta  = eta_t = lr_t / lr_0     schedule multiplier (only decay="independent" reads it)
+    wd   = lambda                  weight decay
+    r    = max(rms(w), 1e-3)       if relative=True (Adafactor style), else r = 1
 
-Hyperparameters ``lr``, ``weight_decay`` and ``eta`` are each a Python float or a list of tensors,
-one per parameter, broadcastable to it. Population training stacks P members' parameters as
-``[P, ...]`` and passes per-member values shaped ``[P, 1, ..., 1]``: the same rule then trains P
-models with P different (lr, wd) in one pass.
+    decay="l2":          g <- g + wd * r * w        before momentum / moments
+    decay="decoupled":   w <- w * (1 - lr  * wd * r) before the update (torch.optim.AdamW)
+    decay="independent": w <- w * (1 - eta * wd * r) before the update (Loshchilov & Hutter)
+
+``lr``, ``weight_decay`` and ``eta`` are each a Python float or a sequence of tensors, one per
+parameter, broadcastable to it (population training stacks P members as ``[P, ...]`` and passes
+``[P, 1, ..., 1]`` hyperparameters). With ``stacked=True`` the RMS of relative decay is taken
+per member (over all dims but the first) instead of per tensor.
+
+State lists may be :class:`FlatList` objects (views into one contiguous buffer): ops that touch
+only that state then run once on the buffer instead of once per tensor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Union
 
 import torch
 from torch import Tensor
 
-Scalar = float | Sequence[Tensor]
-
 DECAY_MODES = ("l2", "decoupled", "independent")
-RELATIVE_FLOOR = 1e-3
+RELATIVE_EPS = 1e-3  # r = max(rms(w), RELATIVE_EPS), Adafactor's eps2
+
+Hyper = Union[float, Sequence[Tensor]]  # noqa: UP007 (a runtime alias; py3.10 has no `type`)
+Step = Union[int, float, Sequence[float]]  # noqa: UP007
+
+__all__ = [
+    "DECAY_MODES",
+    "RELATIVE_EPS",
+    "FlatList",
+    "Hyper",
+    "adam_step",
+    "apply_decay",
+    "decay_factor",
+    "relative_scale",
+    "sgd_step",
+]
 
 
-def _is_scalar(x: Scalar) -> bool:
+class FlatList(list):
+    """A list of tensors shaped like ``like`` that are views into one zeroed buffer ``.flat``.
+
+    It is an ordinary list for every ``torch._foreach_*`` op; :func:`sgd` and :func:`adam` run the
+    ops that touch only this state on ``.flat`` (one kernel instead of one per tensor). Slicing
+    returns a plain list of the views.
+    """
+
+    def __init__(
+        self,
+        like: Sequence[Tensor],
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        numels = [t.numel() for t in like]
+        ref = like[0] if like else torch.empty(0)
+        self.flat = torch.zeros(sum(numels), dtype=dtype or ref.dtype, device=device or ref.device)
+        super().__init__(
+            v.view(t.shape) for v, t in zip(self.flat.split(numels), like, strict=True)
+        )
+
+
+def _whole(*lists: Sequence[Tensor]) -> tuple[Sequence[Tensor], ...]:
+    """The ``.flat`` buffers when every list is a FlatList (same layout), else the lists."""
+    if all(isinstance(x, FlatList) for x in lists):
+        return tuple([x.flat] for x in lists)
+    return lists
+
+
+def _is_float(x: object) -> bool:
     return isinstance(x, (int, float))
 
 
-def _mul(tensors: list[Tensor], s: Scalar) -> list[Tensor]:
-    """New list: ``t * s`` for each tensor (s a float or a per-tensor list)."""
-    return torch._foreach_mul(tensors, s if _is_scalar(s) else list(s))
+def _scalar(value: float, like: Tensor) -> float | Tensor:
+    """``value`` as a CPU 0-d tensor for CPU params (the Tensor overloads of foreach ops are ~3x
+    cheaper per tensor on CPU than the Python-scalar ones; same kernel, same result)."""
+    if like.device.type != "cpu":
+        return value
+    return torch.tensor(
+        value, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32
+    )
 
 
-def _rms_floor(params: list[Tensor]) -> list[Tensor]:
-    norms = torch._foreach_norm(params)
-    inv_sqrt_n = [p.numel() ** -0.5 for p in params]
-    rms = torch._foreach_mul(norms, inv_sqrt_n)
-    return torch._foreach_clamp_min(rms, RELATIVE_FLOOR)
+def _mul(a: Hyper, b: Hyper) -> Hyper:
+    if _is_float(a) and _is_float(b):
+        return float(a) * float(b)
+    if _is_float(a):
+        a, b = b, a
+    return torch._foreach_mul(a, b)
 
 
-def decay_factor(lr: Scalar, weight_decay: Scalar, eta: Scalar, decay: str) -> Scalar | None:
-    """The shrink ``s`` of ``w <- w * (1 - s)`` for decoupled / independent decay, else None."""
-    if decay == "decoupled":
-        base = lr
-    elif decay == "independent":
-        base = eta
-    else:
+def decay_factor(lr: Hyper, weight_decay: Hyper, eta: Hyper, decay: str) -> Hyper | None:
+    """The base shrink ``s`` of ``w <- w * (1 - s)``: ``lr * wd`` for ``"decoupled"``,
+    ``eta * wd`` for ``"independent"``; None for ``"l2"`` (it acts on the gradient).
+
+    With relative decay each tensor's shrink is ``s * max(rms(w), 1e-3)``.
+    """
+    _check_decay(decay)
+    if decay == "l2":
         return None
-    if _is_scalar(base) and _is_scalar(weight_decay):
-        return float(base) * float(weight_decay)
-    if _is_scalar(base):
-        return [float(base) * w for w in weight_decay]
-    if _is_scalar(weight_decay):
-        return [b * float(weight_decay) for b in base]
-    return [b * w for b, w in zip(base, weight_decay)]
+    return _mul(eta if decay == "independent" else lr, weight_decay)
+
+
+def _check_decay(decay: str) -> None:
+    if decay not in DECAY_MODES:
+        raise ValueError(f"decay={decay!r} is invalid; allowed: {', '.join(DECAY_MODES)}")
+
+
+def relative_scale(
+    params: Sequence[Tensor], stacked: bool = False, eps: float = RELATIVE_EPS
+) -> list[Tensor]:
+    """``r = max(rms(w), eps)`` with ``rms(w) = ||w||_2 / sqrt(numel(w))``, one 0-d tensor per
+    parameter; with ``stacked=True`` one value per member (dims 1.. reduced), ``[P, 1, ..., 1]``.
+    """
+    if stacked:  # no foreach op reduces over some dims: one reduction per tensor here
+        out = [
+            torch.linalg.vector_norm(w, dim=tuple(range(1, w.ndim)), keepdim=True)
+            / math.sqrt(w[0].numel())
+            if w.ndim > 1
+            else w.abs()
+            for w in params
+        ]
+    else:
+        out = list(torch._foreach_norm(params))
+        torch._foreach_div_(out, [math.sqrt(w.numel()) for w in params])
+    torch._foreach_clamp_min_(out, eps)
+    return out
+
+
+def _nonzero(wd: Hyper) -> bool:
+    return not _is_float(wd) or wd != 0.0
+
+
+def _decay_params(params: Sequence[Tensor], shrink: Hyper, rel: list[Tensor] | None) -> None:
+    """``w <- w * (1 - shrink * r)`` in place."""
+    if rel is None and _is_float(shrink):
+        if shrink != 0.0:
+            torch._foreach_mul_(params, _scalar(1.0 - shrink, params[0]))
+        return
+    if rel is None:
+        factor = torch._foreach_neg(shrink)
+    else:
+        factor = _mul(rel, shrink)
+        torch._foreach_neg_(factor)
+    torch._foreach_add_(factor, 1.0)
+    torch._foreach_mul_(params, factor)
 
 
 def apply_decay(
-    params: list[Tensor],
-    lr: Scalar,
-    weight_decay: Scalar,
-    eta: Scalar,
+    params: Sequence[Tensor],
+    lr: Hyper,
+    weight_decay: Hyper,
+    eta: Hyper,
     decay: str,
     relative: bool = False,
+    stacked: bool = False,
 ) -> None:
-    """``w <- w * (1 - s)`` in place for decoupled / independent decay (no-op for l2)."""
+    """``w <- w * (1 - s * r)`` in place for decoupled / independent decay; no-op for ``"l2"``.
+
+    ``s`` is :func:`decay_factor`; ``r = max(rms(w), 1e-3)`` if ``relative`` else 1.
+    """
     shrink = decay_factor(lr, weight_decay, eta, decay)
-    if shrink is None or (_is_scalar(shrink) and shrink == 0.0):
+    if shrink is None or not params or not _nonzero(weight_decay):
         return
-    if relative:
-        scale = _rms_floor(params)
-        s = [r * shrink for r in scale] if _is_scalar(shrink) else torch._foreach_mul(scale, shrink)
-        torch._foreach_mul_(params, torch._foreach_neg(torch._foreach_sub(s, 1.0)))
-    elif _is_scalar(shrink):
-        torch._foreach_mul_(params, 1.0 - shrink)
-    else:
-        torch._foreach_mul_(params, [1.0 - s for s in shrink])
+    _decay_params(params, shrink, relative_scale(params, stacked) if relative else None)
 
 
-def _l2_grads(
-    grads: list[Tensor], params: list[Tensor], weight_decay: Scalar, relative: bool
-) -> list[Tensor]:
-    """``g + wd * w`` as a new list (the caller's grads are never modified)."""
-    if relative:
-        scale = _rms_floor(params)
-        wd = torch._foreach_mul(
-            scale, weight_decay if _is_scalar(weight_decay) else list(weight_decay)
-        )
-        return torch._foreach_add(grads, torch._foreach_mul(params, wd))
-    if _is_scalar(weight_decay):
-        return torch._foreach_add(grads, params, alpha=float(weight_decay))
-    return torch._foreach_add(grads, _mul(params, weight_decay))
-
-
-def _nonzero(x: Scalar) -> bool:
-    return not _is_scalar(x) or float(x) != 0.0
+def _decayed_grads(params, grads, lr, weight_decay, eta, decay, relative, stacked):
+    """The decay stage shared by both rules: ``"l2"`` returns new grads ``g + wd*r*w`` (the
+    caller's grads are never modified); the other modes shrink ``params`` and return ``grads``."""
+    _check_decay(decay)
+    if not _nonzero(weight_decay):
+        return grads
+    rel = relative_scale(params, stacked) if relative else None
+    if decay != "l2":
+        _decay_params(params, decay_factor(lr, weight_decay, eta, decay), rel)
+        return grads
+    if rel is None and _is_float(weight_decay):
+        return torch._foreach_add(grads, params, alpha=weight_decay)
+    return torch._foreach_addcmul(
+        grads, params, weight_decay if rel is None else _mul(rel, weight_decay)
+    )
 
 
 def sgd_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor] | None,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor] | None,
     *,
-    lr: Scalar,
-    weight_decay: Scalar,
-    eta: Scalar,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    decay: str,
+    lr: Hyper,
+    weight_decay: Hyper = 0.0,
+    eta: Hyper = 1.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    decay: str = "l2",
     relative: bool = False,
-) -> list[Tensor] | None:
-    """One SGD step in place (torch.optim.SGD semantics). Returns the momentum buffers.
+    stacked: bool = False,
+    init_buffers: bool = False,
+) -> Sequence[Tensor] | None:
+    """One SGD step in place on ``params`` and the momentum buffers (torch.optim.SGD's rule)::
 
-    ``momentum_buffers`` is None on the first step: the buffers start as a copy of the
-    (decayed) gradient, without dampening, as in torch.
+        decay                       l2: g <- g + wd*r*w;  else  w <- w * (1 - s*r)
+        b <- g                      first step (torch clones g; no dampening)
+        b <- momentum*b + (1 - dampening)*g                 later steps
+        u <- g + momentum*b  if nesterov  else  b           (u = g when momentum == 0)
+        w <- w - lr*u
+
+    The lr multiplies after the momentum (torch's convention; Loshchilov & Hutter's Algorithm 1
+    puts ``eta_t*alpha`` inside ``m_t``; the two agree for a constant lr). First step:
+    ``momentum_buffers=None`` (new buffers are returned) or preallocated buffers with
+    ``init_buffers=True``. Returns the buffers (None when momentum == 0).
     """
-    if decay == "l2":
-        d_p = _l2_grads(grads, params, weight_decay, relative) if _nonzero(weight_decay) else grads
-    else:
-        apply_decay(params, lr, weight_decay, eta, decay, relative)
-        d_p = grads
+    if not params:
+        return momentum_buffers
+    grads = _decayed_grads(params, grads, lr, weight_decay, eta, decay, relative, stacked)
+    bufs = momentum_buffers
     if momentum != 0.0:
-        if momentum_buffers is None:
-            momentum_buffers = [torch.clone(d).detach() for d in d_p]
+        if bufs is None:
+            bufs = [g.detach().clone() for g in grads]
+        elif init_buffers:
+            torch._foreach_copy_(bufs, grads)
         else:
-            torch._foreach_mul_(momentum_buffers, momentum)
-            torch._foreach_add_(momentum_buffers, d_p, alpha=1.0 - dampening)
-        if nesterov:
-            d_p = torch._foreach_add(d_p, momentum_buffers, alpha=momentum)
-        else:
-            d_p = momentum_buffers
-    if _is_scalar(lr):
-        torch._foreach_add_(params, d_p, alpha=-float(lr))
+            torch._foreach_mul_(*_whole(bufs), _scalar(momentum, params[0]))
+            torch._foreach_add_(bufs, grads, alpha=1.0 - dampening)
+        grads = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+    if _is_float(lr):
+        torch._foreach_add_(params, grads, alpha=-lr)
     else:
-        torch._foreach_sub_(params, _mul(d_p, lr))
-    return momentum_buffers
+        torch._foreach_addcmul_(params, grads, torch._foreach_neg(lr))
+    return bufs
 
 
 def adam_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor] | None,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    max_exp_avg_sqs: Sequence[Tensor] | None = None,
     *,
-    step: int,
-    lr: Scalar,
-    weight_decay: Scalar,
-    eta: Scalar,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    decay: str,
+    step: Step,
+    lr: Hyper,
+    weight_decay: Hyper = 0.0,
+    eta: Hyper = 1.0,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    decay: str = "l2",
     amsgrad: bool = False,
     relative: bool = False,
+    stacked: bool = False,
+    denom_out: FlatList | None = None,
 ) -> None:
-    """One Adam step in place (torch.optim.Adam / AdamW semantics); ``step`` counts from 1."""
-    if decay == "l2":
-        if _nonzero(weight_decay):
-            grads = _l2_grads(grads, params, weight_decay, relative)
-    else:
-        apply_decay(params, lr, weight_decay, eta, decay, relative)
+    """One Adam step in place (torch.optim.Adam / AdamW's rule, same op order)::
+
+        decay                       l2: g <- g + wd*r*w;  else  w <- w * (1 - s*r)
+        m <- m + (1 - beta1)*(g - m)
+        v <- beta2*v + (1 - beta2)*g*g
+        vhat <- max(vhat, v) if amsgrad (kept in max_exp_avg_sqs), else vhat = v
+        w <- w - lr/(1 - beta1**t) * m / (sqrt(vhat)/sqrt(1 - beta2**t) + eps)
+
+    ``step`` is t after this step's increment (>= 1), one number or one per parameter.
+    ``denom_out``: optional scratch FlatList shaped like the params for the denominator.
+    """
+    if not params:
+        return
+    grads = _decayed_grads(params, grads, lr, weight_decay, eta, decay, relative, stacked)
+    like = params[0]
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_mul_(*_whole(exp_avg_sqs), _scalar(beta2, like))
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
+    del grads
+
+    if _is_float(step):
+        bc1: float | list[float] = 1.0 - beta1**step
+        bc2_sqrt: float | list[float] = (1.0 - beta2**step) ** 0.5
+    else:
+        bc1 = [1.0 - beta1**s for s in step]
+        bc2_sqrt = [(1.0 - beta2**s) ** 0.5 for s in step]
+
+    second = exp_avg_sqs
     if amsgrad:
-        assert max_exp_avg_sqs is not None
-        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
-        denom = torch._foreach_sqrt(max_exp_avg_sqs)
+        if max_exp_avg_sqs is None:
+            raise ValueError("max_exp_avg_sqs: required when amsgrad=True; pass zeroed buffers")
+        torch._foreach_maximum_(*_whole(max_exp_avg_sqs, exp_avg_sqs))
+        second = max_exp_avg_sqs
+    if denom_out is not None and isinstance(second, FlatList):
+        torch.sqrt(second.flat, out=denom_out.flat)
+        denom: Sequence[Tensor] = denom_out
     else:
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, bias_correction2_sqrt)
-    torch._foreach_add_(denom, eps)
-    if _is_scalar(lr):
-        torch._foreach_addcdiv_(params, exp_avgs, denom, -float(lr) / bias_correction1)
+        denom = torch._foreach_sqrt(second)
+    if _is_float(bc2_sqrt):
+        torch._foreach_div_(*_whole(denom), _scalar(bc2_sqrt, like))
     else:
-        update = torch._foreach_div(exp_avgs, denom)
-        torch._foreach_sub_(params, _mul(update, [x / bias_correction1 for x in lr]))
+        torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(*_whole(denom), _scalar(eps, like))
+
+    if _is_float(lr):
+        if _is_float(bc1):
+            torch._foreach_addcdiv_(params, exp_avgs, denom, (lr / bc1) * -1)
+        else:
+            torch._foreach_addcdiv_(params, exp_avgs, denom, [(lr / b) * -1 for b in bc1])
+        return
+    step_size = torch._foreach_div(lr, bc1)  # per-member lr: step size -lr/bc1 as tensors
+    torch._foreach_neg_(step_size)
+    torch._foreach_addcdiv_(params, torch._foreach_mul(exp_avgs, step_size), denom)
