@@ -167,9 +167,7 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
     wd = effective_weight_decay(cfg, data)
     opt, penalty_params, penalty_wd = build_optimizer(cfg, model, wd)
     total, per_epoch = total_steps(cfg, data)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: lr_multiplier(cfg.schedule, t, total)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_multiplier(cfg.schedule, t, total))
     wd_sched = None
     if cfg.optimizer.wd_schedule != "constant":
         wd_sched = WeightDecayScheduler(opt, cfg.optimizer.wd_schedule, total)
@@ -213,13 +211,14 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                 best_val = min(best_val, last_val)
                 if report is not None:
                     group = opt.param_groups[0]
+                    eta = lr_multiplier(cfg.schedule, step - 1, total)  # of the step just taken
                     report(
                         step,
                         {
                             "train_loss": train_loss,
                             "val_error": last_val,
-                            "lr": group["lr"],
-                            "eta": group["lr"] / group["initial_lr"],
+                            "lr": group["initial_lr"] * eta,
+                            "eta": eta,
                             "shrink": group["shrink"],
                             "weight_norm": weight_norm(model),
                             "epoch": step / per_epoch,
