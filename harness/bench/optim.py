@@ -59,8 +59,8 @@ def small_shapes(n: int = 2000, seed: int = 0) -> list[tuple[int, ...]]:
     return [(a * b,) if i % 2 else (a, b) for i, (a, b) in enumerate(sizes)]
 
 
-SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
-    "resnet18": resnet18_shapes,
+SETS: dict[str, Callable[[int], list[tuple[int, ...]]]] = {
+    "resnet18": lambda n: resnet18_shapes(),
     "small": small_shapes,
 }
 
@@ -231,13 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated parameter sets: resnet18, small (default both)",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--small-count", type=int, default=2000, help="tensors in the small set (default 2000)"
+    )
     ap.add_argument("--no-seed-loop", action="store_true", help="skip the seed-loop rows")
     args = ap.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
-    if unknown or args.repeats < 1 or args.steps < 0 or args.warmup < 0:
+    if unknown or args.repeats < 1 or min(args.steps, args.warmup, args.threads) < 0:
         ap.error(
-            f"--sets must be among {', '.join(SETS)}, --repeats >= 1, --steps/--warmup >= 0"
+            f"--sets must be among {', '.join(SETS)}; --repeats >= 1; "
+            "--steps, --warmup, --threads >= 0"
             + (f" (got {', '.join(unknown)})" if unknown else "")
         )
     if args.threads:
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| set | optimizer | decay | ours ms | torch foreach ms | ratio ours/torch |")
     print("| --- | --- | --- | ---: | ---: | ---: |")
     for name in sets:
-        shapes = SETS[name]()
+        shapes = SETS[name](args.small_count)
         steps = args.steps or (3 if name == "resnet18" else 10)
         label = f"{name} ({len(shapes)} tensors, {sum(_numel(s) for s in shapes) / 1e6:.2f}M)"
         for opt_name, decay, make_ours, make_torch in _pairs(shapes, not args.no_seed_loop):
