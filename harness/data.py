@@ -165,8 +165,14 @@ def load_mnist1d(cfg: Any) -> Dataset:
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).unsqueeze(1)  # noqa: E731
     lab = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
     return Dataset(
-        t(x_tr), lab(y_tr), t(x_val), lab(y_val), t(x_test), lab(y_test),
-        num_classes=10, name="mnist1d",
+        t(x_tr),
+        lab(y_tr),
+        t(x_val),
+        lab(y_val),
+        t(x_test),
+        lab(y_test),
+        num_classes=10,
+        name="mnist1d",
     )
 
 
@@ -189,7 +195,9 @@ def check_cifar(cfg: Any) -> Path:
     return folder
 
 
-def _read_batches(folder: Path, files: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _read_batches(
+    folder: Path, files: list[str], label_key: bytes
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in files:
         try:
@@ -217,8 +225,15 @@ def load_cifar(cfg: Any) -> Dataset:
     norm = lambda a: (torch.as_tensor(a, dtype=torch.float32) / 255.0 - mean) / std  # noqa: E731
     lab = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
     return Dataset(
-        (x_tr - mean) / std, lab(y_tr), norm(x_val), lab(y_val), norm(x_test), lab(y_test),
-        num_classes=spec["classes"], name=cfg.name, augment_images=bool(cfg.augment),
+        (x_tr - mean) / std,
+        lab(y_tr),
+        norm(x_val),
+        lab(y_val),
+        norm(x_test),
+        lab(y_test),
+        num_classes=spec["classes"],
+        name=cfg.name,
+        augment_images=bool(cfg.augment),
     )
 
 

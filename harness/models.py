@@ -98,4 +98,6 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
         if len(input_shape) != 3:
             raise ValueError(f"model.name={name} needs images, got inputs {input_shape}")
         return ResNet(3 if name == "resnet20" else 1, width, num_classes, input_shape[0])
-    raise ValueError(f"model.name={name!r} is not one of mlp, mlp_bn, cnn, cnn_bn, resnet20, resnet_tiny")
+    raise ValueError(
+        f"model.name={name!r} is not one of mlp, mlp_bn, cnn, cnn_bn, resnet20, resnet_tiny"
+    )

@@ -21,7 +21,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-_URL_PW = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_URL_PW = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@"
+)
 _KEY = re.compile(r"\b[0-9a-f]{40}\b|\b[a-z0-9]+-[0-9a-f]{40}\b")
 SECRET_WORDS = ("password", "passwd", "api_key", "apikey", "secret", "token")
 
@@ -132,7 +134,7 @@ class Tracker:
             group=self.study_name,
             job_type=job_type,
             name=name,
-            tags=[*self.tags, *tags, job_type],
+            tags=[mask_secrets(str(t))[:64] for t in (*self.tags, *tags, job_type)],
             config=mask_config({**dict(config), "study": self.study_name}),
             dir=str(self.dir),
             mode=self.mode,

@@ -75,14 +75,26 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     files = sorted(run_dir.glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"{run_dir}: no run-*.wandb file")
-    out: dict[str, Any] = {"dir": str(run_dir), "config": {}, "history": [], "summary": {},
-                           "exit_code": None, "tags": []}
+    out: dict[str, Any] = {
+        "dir": str(run_dir),
+        "config": {},
+        "history": [],
+        "summary": {},
+        "exit_code": None,
+        "tags": [],
+    }
     for rec in read_records(files[0]):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            out.update(id=r.run_id, name=r.display_name, group=r.run_group, job_type=r.job_type,
-                       project=r.project, tags=list(r.tags))
+            out.update(
+                id=r.run_id,
+                name=r.display_name,
+                group=r.run_group,
+                job_type=r.job_type,
+                project=r.project,
+                tags=list(r.tags),
+            )
             out["config"].update(_config(r.config.update))
         elif kind == "config":
             out["config"].update(_config(rec.config.update))
@@ -97,8 +109,11 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 
 def _config(items) -> dict[str, Any]:
     raw = _items(items)
-    return {k: (v.get("value") if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()
-            if not k.startswith("_wandb")}
+    return {
+        k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
+        for k, v in raw.items()
+        if not k.startswith("_wandb")
+    }
 
 
 def read_offline_runs(wandb_dir: str | Path) -> list[dict[str, Any]]:

@@ -1,0 +1,60 @@
+"""W&B tracking through the real sweep: offline runs read back; secrets never written (issue 5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.test_sweep import TINY, load, run_sweep
+from tests.wandb_reader import read_offline_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACKED = [o for o in TINY if not o.startswith("tracking=")] + ["tracking.mode=offline"]
+
+
+def test_offline_runs_match_trials(tmp_path):
+    out = tmp_path / "wb"
+    proc = run_sweep(out, *TRACKED, "sweep.lr.num=2", "sweep.weight_decay.num=2", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    overrides = TRACKED + ["sweep.lr.num=2", "sweep.weight_decay.num=2"]
+    study = load(out, "sqlite", overrides)
+    trials = study.get_trials(deepcopy=False)
+    runs = read_offline_runs(out / "wandb")
+    assert len(runs) == len(trials) == 4
+    by_id = {r["id"]: r for r in runs}
+    for t in trials:
+        run = by_id[t.user_attrs["wandb_run_id"]]
+        assert run["group"] == study.study_name
+        assert run["job_type"] == "adam/independent"
+        assert run["name"].startswith("adam/independent lr=")
+        assert run["config"]["trial"] == t.number
+        assert run["config"]["study"] == study.study_name
+        assert run["config"]["lr"] == t.params["lr"]
+        assert run["config"]["optimizer.decay"] == "independent"
+        assert len(run["history"]) == 2  # one report per epoch
+        for key in ("train_loss", "val_error", "lr", "eta", "shrink", "weight_norm"):
+            assert key in run["history"][-1]
+        assert run["summary"]["test_error"] == t.user_attrs["test_error"]
+        assert run["summary"]["diverged"] is False
+        assert run["exit_code"] == 0
+
+
+def test_secrets_never_written(tmp_path, postgres_url=None):
+    out = tmp_path / "sec"
+    key = "0123456789abcdef0123456789abcdef01234567"
+    journal = tmp_path / "shared" / "study.journal"
+    env = {**os.environ, "WANDB_API_KEY": key, "WANDB_MODE": "offline"}
+    url_pw = "s3cr3t-pw"
+    # the URL is unreachable on purpose for its password check; the journal holds the study
+    proc = run_sweep(
+        out, *TRACKED, "sweep.lr.num=2", "sweep.weight_decay.num=1", "storage=journal",
+        f"storage.path={journal}", f"tracking.tags=[postgresql://u:{url_pw}@db/x]", env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert key not in proc.stdout + proc.stderr and url_pw not in proc.stdout + proc.stderr
+    files = [p for p in [*out.rglob("*"), journal] if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert key.encode() not in data, path
+        assert url_pw.encode() not in data, path
