@@ -6,8 +6,9 @@ overhead, not arithmetic. Here the P members' parameters are stacked along a lea
 
 - **Same model, batched.** The sequential model of ``harness.models`` is built once for the seed
   and walked layer by layer: ``Linear`` becomes one ``baddbmm`` over the P members, ``Conv1d`` one
-  grouped convolution (``groups=P``; the first layer's shared input needs no copy), ``ReLU`` and
-  ``Flatten`` act on the batched layout. Every member starts from the sequential model's initial
+  grouped convolution (``groups=P``; the first layer's shared input needs no copy),
+  ``BatchNorm1d`` one batch norm over P*C channels, ``ReLU`` and ``Flatten`` act on the batched
+  layout. Every member starts from the sequential model's initial
   weights for its seed and sees the same batches (common random numbers).
 - **Same update rules.** Members differ in lr and weight decay, which are per-member tensors
   (``[P, 1, ..., 1]`` views) fed to ``harness.optim.functional.sgd_step`` / ``adam_step``, the
@@ -17,8 +18,8 @@ overhead, not arithmetic. Here the P members' parameters are stacked along a lea
   turns non-finite is frozen (lr and wd set to 0) and recorded as diverged; a pruned member is
   frozen the same way; the others carry on untouched.
 
-Supported: ``mlp`` and ``cnn`` (no normalization layers: BatchNorm's batch statistics would need
-a batched norm of its own), SGD and Adam with any decay form (``l2``, ``loss``, ``decoupled``,
+Supported: ``mlp``, ``mlp_bn``, ``cnn``, ``cnn_bn`` (BatchNorm of P members x C channels is one
+batch norm over P*C channels, with per-member running statistics), SGD and Adam with any decay form (``l2``, ``loss``, ``decoupled``,
 ``independent``) and parameter-group rule, constant weight decay. Anything else runs through the
 sequential trial runner, so every config still gets a correct result.
 """
@@ -49,7 +50,7 @@ from harness.train import (
     total_steps,
 )
 
-SUPPORTED_MODELS = ("mlp", "cnn")
+SUPPORTED_MODELS = ("mlp", "mlp_bn", "cnn", "cnn_bn")
 Report = Callable[[int, dict[str, float]], None]
 
 
@@ -90,6 +91,13 @@ class Stacked:
             for q in model.parameters()
         ]
         self._by_name = dict(zip(self.names, self.params))
+        # BatchNorm running statistics, per member: [P, C] (F.batch_norm updates them in place)
+        self.buffers = {
+            n: b.detach().unsqueeze(0).repeat(p, *[1] * b.ndim).clone()
+            for n, b in model.named_buffers()
+            if not n.endswith("num_batches_tracked")
+        }
+        self.training = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, B, C]`` for a shared input batch ``x`` of shape ``[B, ...]``."""
@@ -126,6 +134,23 @@ class Stacked:
                     h = h.unsqueeze(0).expand(p, *h.shape)
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
                 layout = "dense"
+            elif isinstance(module, nn.BatchNorm1d):
+                # P members x C channels are P*C independent channels of one batch norm
+                dense = layout == "dense"
+                if dense:  # [P, B, F] -> [B, P*F]
+                    h = h.transpose(0, 1).reshape(h.shape[1], -1)
+                h = F.batch_norm(
+                    h,
+                    self.buffers[f"{name}.running_mean"].view(-1),
+                    self.buffers[f"{name}.running_var"].view(-1),
+                    self._by_name[f"{name}.weight"].reshape(-1),
+                    self._by_name[f"{name}.bias"].reshape(-1),
+                    training=self.training,
+                    momentum=module.momentum,
+                    eps=module.eps,
+                )
+                if dense:
+                    h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
             elif isinstance(module, nn.ReLU):
                 h = torch.relu(h)
             else:
@@ -135,9 +160,13 @@ class Stacked:
     @torch.no_grad()
     def errors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         wrong = torch.zeros(self.p, device=x.device, dtype=torch.long)
-        for i in range(0, x.shape[0], EVAL_BATCH):
-            logits = self.forward(x[i : i + EVAL_BATCH])
-            wrong += (logits.argmax(-1) != y[i : i + EVAL_BATCH].unsqueeze(0)).sum(1)
+        self.training = False
+        try:
+            for i in range(0, x.shape[0], EVAL_BATCH):
+                logits = self.forward(x[i : i + EVAL_BATCH])
+                wrong += (logits.argmax(-1) != y[i : i + EVAL_BATCH].unsqueeze(0)).sum(1)
+        finally:
+            self.training = True
         return wrong.to(torch.float64) / max(int(x.shape[0]), 1)
 
     @torch.no_grad()
