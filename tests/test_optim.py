@@ -388,6 +388,26 @@ def test_state_dict_round_trip_is_bit_identical(cls, kw, decay):
     assert oa.param_groups[0]["shrink"] == ob.param_groups[0]["shrink"] > 0
 
 
+@pytest.mark.parametrize("family", ["sgd", "adam"])
+def test_resume_from_a_torch_optim_checkpoint(family):
+    """The state dict layout is torch.optim's: a torch checkpoint resumes in ours."""
+    a, b = make_pair()
+    data = batches(40)
+    if family == "sgd":
+        kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-2)
+        ta, tb = torch.optim.SGD(a.parameters(), foreach=True, **kw), None
+    else:
+        kw = dict(lr=3e-3, weight_decay=1e-2, amsgrad=True)
+        ta = torch.optim.Adam(a.parameters(), foreach=True, **kw)
+    train(a, ta, data[:20])
+    b.load_state_dict(a.state_dict())
+    tb = (SGD if family == "sgd" else Adam)(b.parameters(), **kw)
+    tb.load_state_dict(copy.deepcopy(ta.state_dict()))
+    train(a, ta, data[20:])
+    train(b, tb, data[20:])
+    assert rel_err(a, b) <= RTOL
+
+
 def test_state_dict_holds_plain_tensors_per_param():
     a, _ = make_pair()
     opt = Adam(a.parameters(), lr=1e-3, weight_decay=1e-2, decay="independent")
@@ -458,3 +478,30 @@ def test_stacked_population_equals_separate_optimizers(family, decay, relative):
             sched.step()
         for p, t in zip(ps, stacked):
             assert torch.allclose(p.detach(), t[i], rtol=1e-12, atol=1e-14), (i, p.shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_equals_torch_foreach(dtype):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(64, 3, 3, 3), (64,), (5000,), (10, 64)]
+    init = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    grads = [[torch.randn(s, generator=g, dtype=dtype) for s in shapes] for _ in range(30)]
+    cases = [
+        (SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2), "l2"),
+        (Adam, torch.optim.Adam, dict(lr=3e-3, weight_decay=1e-2, amsgrad=True), "l2"),
+        (Adam, torch.optim.AdamW, dict(lr=3e-3, weight_decay=0.1), "decoupled"),
+    ]
+    for ours, ref, kw, decay in cases:
+        pa = [nn.Parameter(t.cuda()) for t in init]
+        pb = [nn.Parameter(t.cuda()) for t in init]
+        oa, ob = ours(pa, decay=decay, **kw), ref(pb, foreach=True, **kw)
+        for gs in grads:
+            for p, q, gg in zip(pa, pb, gs):
+                p.grad, q.grad = gg.cuda(), gg.cuda()
+            oa.step()
+            ob.step()
+        for p, q in zip(pa, pb):
+            tol = 1e-10 if dtype == torch.float64 else 1e-5
+            assert ((p - q).norm() / q.norm()).item() <= tol

@@ -49,12 +49,18 @@ __all__ = [
 ]
 
 
+CHUNK = 2048  # CPU: ATen runs sqrt on more than ~2048 elements (others: 32768) in parallel
+
+
 class FlatList(list):
     """A list of tensors shaped like ``like`` that are views into one zeroed buffer ``.flat``.
 
-    It is an ordinary list for every ``torch._foreach_*`` op; :func:`sgd` and :func:`adam` run the
-    ops that touch only this state on ``.flat`` (one kernel instead of one per tensor). Slicing
-    returns a plain list of the views.
+    It is an ordinary list for every ``torch._foreach_*`` op; :func:`sgd_step` and
+    :func:`adam_step` run the ops that touch only this state on ``.chunks`` instead of once per
+    tensor. ``.chunks`` covers ``.flat``: on a GPU ``[flat]``; on a CPU every tensor of more than
+    ``CHUNK`` elements is its own chunk and runs of smaller tensors are cut into pieces of at most
+    ``CHUNK``, so an op parallelizes exactly where torch's per-tensor op would (an OpenMP region
+    on a busy shared CPU can wait a whole scheduler tick). Slicing returns a plain list.
     """
 
     def __init__(
@@ -65,16 +71,30 @@ class FlatList(list):
     ) -> None:
         numels = [t.numel() for t in like]
         ref = like[0] if like else torch.empty(0)
-        self.flat = torch.zeros(sum(numels), dtype=dtype or ref.dtype, device=device or ref.device)
-        super().__init__(
-            v.view(t.shape) for v, t in zip(self.flat.split(numels), like, strict=True)
-        )
+        flat = torch.zeros(sum(numels), dtype=dtype or ref.dtype, device=device or ref.device)
+        super().__init__(v.view(t.shape) for v, t in zip(flat.split(numels), like, strict=True))
+        self.flat = flat
+        if flat.device.type != "cpu":
+            self.chunks = [flat]
+            return
+        self.chunks = []
+        start = offset = 0  # [start, offset): the current run of small tensors
+        for n in numels:
+            if n > CHUNK:
+                self._cut(start, offset)
+                self.chunks.append(flat[offset : offset + n])
+                start = offset + n
+            offset += n
+        self._cut(start, offset)
+
+    def _cut(self, start: int, stop: int) -> None:
+        self.chunks += [self.flat[i : min(i + CHUNK, stop)] for i in range(start, stop, CHUNK)]
 
 
 def _whole(*lists: Sequence[Tensor]) -> tuple[Sequence[Tensor], ...]:
-    """The ``.flat`` buffers when every list is a FlatList (same layout), else the lists."""
+    """The ``.chunks`` when every list is a FlatList (same layout), else the lists."""
     if all(isinstance(x, FlatList) for x in lists):
-        return tuple([x.flat] for x in lists)
+        return tuple(x.chunks for x in lists)
     return lists
 
 
@@ -296,7 +316,8 @@ def adam_step(
         torch._foreach_maximum_(*_whole(max_exp_avg_sqs, exp_avg_sqs))
         second = max_exp_avg_sqs
     if denom_out is not None and isinstance(second, FlatList):
-        torch.sqrt(second.flat, out=denom_out.flat)
+        for src, dst in zip(second.chunks, denom_out.chunks):  # no foreach sqrt with out=
+            torch.sqrt(src, out=dst)
         denom: Sequence[Tensor] = denom_out
     else:
         denom = torch._foreach_sqrt(second)

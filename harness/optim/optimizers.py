@@ -9,9 +9,12 @@ group's lr at construction; torch's lr schedulers use the same key and keep it),
 
 Speed: per param group and (device, dtype), the parameter list and the state are gathered once
 and cached. The state tensors of a group are views into one flat buffer per kind
-(:class:`~harness.optim.functional.FlatList`), so ops on state alone are one kernel; the
-per-step Python work is one list comprehension (``p.grad``) per group. The cache is rebuilt
-after ``load_state_dict``, ``add_param_group`` or a change of ``amsgrad`` / ``momentum``.
+(:class:`~harness.optim.functional.FlatList`), so ops on state alone run on a few contiguous
+chunks instead of once per tensor; the per-step Python work is one list comprehension
+(``p.grad``) per group. The state dict still holds one tensor per parameter and key, in
+torch.optim's layout (``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``,
+``max_exp_avg_sq``). The cache is rebuilt after ``load_state_dict``, ``add_param_group`` or a
+change of ``amsgrad`` / ``momentum``; do not assign ``optimizer.state`` entries by hand.
 """
 
 from __future__ import annotations
@@ -120,13 +123,22 @@ class _DecayOptimizer(torch.optim.Optimizer):
         group.setdefault("shrink", 0.0)
         try:
             _check_group(group)
+            if any(p.is_complex() or p.is_sparse for p in group["params"]):
+                _fail("params", "complex or sparse tensor", "dense real floating-point tensors")
         except ValueError:
             self.param_groups.pop()
             raise
         self._cache = {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim's, plus: keys a saved group lacks (a torch.optim checkpoint has no
+        ``decay``, ``relative``, ``initial_lr``) keep this optimizer's values for that group."""
+        before = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for old, group in zip(before, self.param_groups, strict=True):
+            for key, value in old.items():
+                group.setdefault(key, value)
+            _check_group(group)
         self._cache = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
