@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import optuna
+import pytest
+
+from tests.pgserver import pg_url  # noqa: F401 - a pytest fixture
 from tests.test_sweep import TINY, load, run_sweep
 from tests.wandb_reader import read_offline_runs
 
@@ -47,8 +51,14 @@ def test_secrets_never_written(tmp_path, postgres_url=None):
     url_pw = "s3cr3t-pw"
     # the URL is unreachable on purpose for its password check; the journal holds the study
     proc = run_sweep(
-        out, *TRACKED, "sweep.lr.num=2", "sweep.weight_decay.num=1", "storage=journal",
-        f"storage.path={journal}", f"tracking.tags=[postgresql://u:{url_pw}@db/x]", env=env,
+        out,
+        *TRACKED,
+        "sweep.lr.num=2",
+        "sweep.weight_decay.num=1",
+        "storage=journal",
+        f"storage.path={journal}",
+        f"tracking.tags=[postgresql://u:{url_pw}@db/x]",
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert key not in proc.stdout + proc.stderr and url_pw not in proc.stdout + proc.stderr
@@ -58,3 +68,35 @@ def test_secrets_never_written(tmp_path, postgres_url=None):
         data = path.read_bytes()
         assert key.encode() not in data, path
         assert url_pw.encode() not in data, path
+
+
+@pytest.mark.postgres
+def test_postgres_password_and_api_key_never_written(tmp_path, pg_url):  # noqa: F811
+    out = tmp_path / "pgsec"
+    key = "fedcba9876543210fedcba9876543210fedcba98"
+    password = pg_url.split(":")[2].split("@")[0]
+    env = {**os.environ, "WANDB_API_KEY": key}
+    proc = run_sweep(
+        out,
+        *TRACKED,
+        "sweep.lr.num=2",
+        "sweep.weight_decay.num=1",
+        "storage=url",
+        f"storage.url={pg_url}",
+        "sweep.study_name=secrets",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert password not in proc.stdout + proc.stderr and key not in proc.stdout + proc.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and (out / "config.yaml").exists()
+    for path in files:
+        data = path.read_bytes()
+        assert key.encode() not in data and password.encode() not in data, path
+    # nor in the study (trial attrs, study attrs) stored in PostgreSQL
+    storage = optuna.storages.RDBStorage(pg_url)
+    for s in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        blob = repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
+        blob += repr([t.system_attrs for t in study.trials])
+        assert password not in blob and key not in blob
