@@ -161,30 +161,38 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def test_sigkill_mid_trial_then_rerun_completes_grid(tmp_path):
     out = tmp_path / "kill"
-    slow = [*TINY, "train.epochs=4", "data.num_samples=3000"]
+    slow = [*TINY, "train.epochs=6", "data.num_samples=3000"]
+    log = open(tmp_path / "first-run.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         sweep_cmd(out, *slow),
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    name = st.study_name(compose_config(slow), st.Variant("adam", "independent"))
     try:
 
         def one_done_one_running() -> bool:
+            if proc.poll() is not None:
+                log.flush()
+                text = (tmp_path / "first-run.log").read_text()[-2000:]
+                raise AssertionError(f"the sweep ended before it was killed:\n{text}")
             if not (out / "study.db").exists():
                 return False
             try:
-                trials = load(out, "sqlite", slow).get_trials(deepcopy=False)
+                storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+                trials = optuna.load_study(study_name=name, storage=storage).get_trials()
             except Exception:  # noqa: BLE001 - the study is still being created
                 return False
             states = Counter(t.state for t in trials)
             return states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] == 1
 
-        _wait_for(one_done_one_running, 180, "a finished and a running trial")
+        _wait_for(one_done_one_running, 240, "a finished and a running trial")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        log.close()
     killed = [t for t in load(out, "sqlite", slow).get_trials() if t.state == TrialState.RUNNING]
     assert len(killed) == 1
     rerun = run_sweep(out, *slow)
