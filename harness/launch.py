@@ -1,0 +1,470 @@
+"""Workers for one sweep: N local processes, or a Slurm job array through submitit.
+
+Every worker runs the same function, :func:`harness.study.run_worker`, on the same resolved
+config: it joins the study (or studies) and pulls grid cells until none are left. Workers never
+talk to each other; the storage (a journal file on a shared filesystem, or PostgreSQL) is the
+only thing they share, so any number of them, started at any time, finish the grid exactly once.
+
+Slurm (``launcher=slurm``): :func:`submit_slurm` submits ``sweep.workers`` array tasks with
+submitit. Each task receives the resolved config as a plain dict (no Hydra on the compute node)
+and runs :class:`SlurmWorker`. Slurm sends submitit's signal (``SIGUSR2``; ``--signal=USR2@S``
+with S = ``launcher.signal_delay_s``) S seconds before the time limit, and on preemption;
+submitit then calls :meth:`SlurmWorker.checkpoint`, which hands the trials this worker holds
+back to the study (FAIL with ``fail_reason=preempted``, the cell re-enqueued) and returns the
+same call as a ``DelayedSubmission``: submitit requeues the task (``scontrol requeue``) and, when
+it starts again, it joins the study anew. Time-limit requeues are capped by
+``launcher.max_requeue``; preemption requeues are not. A task killed outright (``scancel``, node
+failure) leaves RUNNING trials without a heartbeat; any worker re-runs them after
+``2 x sweep.heartbeat_s``.
+
+Passwords in ``storage.url`` never reach the submitted pickle or the sbatch script: the URL
+travels in the ``LRWD_STORAGE_URL`` environment variable (sbatch exports the submitting
+environment to the job) and the config holds ``env:LRWD_STORAGE_URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError
+
+log = logging.getLogger("lrwd.launch")
+
+SECRET_ENV = "LRWD_STORAGE_URL"
+ENV_PREFIX = "env:"
+HANDBACK_TIMEOUT_S = 30.0
+
+Target = Callable[[dict], Any]
+
+
+# --------------------------------------------------------------------------------------------
+# The function every worker runs
+
+
+def real_url(cfg: DictConfig) -> DictConfig:
+    """``storage.url = env:NAME`` -> a copy holding the value of ``$NAME`` on this node."""
+    url = str(cfg.storage.url or "")
+    if not url.startswith(ENV_PREFIX):
+        return cfg
+    name = url[len(ENV_PREFIX) :]
+    if name not in os.environ:
+        raise ConfigError(
+            f"storage.url: the environment variable {name} is not set on this node; "
+            f"export {name}=<the URL> where the workers run (sbatch exports the submit shell's)"
+        )
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out.storage.url = os.environ[name]
+    return out
+
+
+def run_worker_from_dict(cfg_dict: dict) -> int:
+    """The default worker target: ``harness.study.run_worker(cfg)`` on a plain config dict."""
+    from harness.study import run_worker  # lazily: submitting needs neither torch nor optuna
+
+    cfg = real_url(OmegaConf.create(cfg_dict))
+    return int(run_worker(cfg) or 0)
+
+
+def handback(timeout_s: float = HANDBACK_TIMEOUT_S) -> int | None:
+    """Hand the running worker's trials back to the study; ``None`` if that did not finish.
+
+    Runs :func:`harness.study.handback` in a helper thread: the caller is usually a signal
+    handler that interrupted the worker, possibly while it held a storage lock (journal file
+    lock, database row lock) that the helper then has to wait for. Trials that could not be
+    handed back within ``timeout_s`` stay RUNNING and are re-run by any worker once their
+    heartbeat is stale (2 x ``sweep.heartbeat_s``).
+    """
+    from harness import study
+
+    if not hasattr(study, "handback"):
+        return 0
+    result: list[int] = []
+
+    def run() -> None:
+        try:
+            result.append(int(study.handback() or 0))
+        except Exception as exc:  # noqa: BLE001 - best effort; stale reclaim is the fallback
+            log.warning("handing trials back failed: %s", exc)
+
+    t = threading.Thread(target=run, name="lrwd-handback", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return result[0] if result else None
+
+
+class SlurmWorker:
+    """The callable each Slurm array task runs; checkpointable the submitit way.
+
+    ``target(cfg_dict)`` does the work (default :func:`run_worker_from_dict`). On Slurm's warning
+    signal submitit calls :meth:`checkpoint`, pickles the ``DelayedSubmission`` it returns over
+    the task's submitted pickle and requeues the task.
+    """
+
+    def __init__(self, target: Target | None = None) -> None:
+        self.target = target
+        self.checkpoints = 0  # how often this task was checkpointed (travels in the pickle)
+
+    def __call__(self, cfg_dict: dict) -> Any:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        log.info(
+            "lrwd worker: job %s, array task %s, restart %s (checkpointed %d times), node %s",
+            os.environ.get("SLURM_JOB_ID", "?"),
+            os.environ.get("SLURM_ARRAY_TASK_ID", "-"),
+            os.environ.get("SLURM_RESTART_COUNT", "0"),
+            self.checkpoints,
+            os.uname().nodename,
+        )
+        return (self.target or run_worker_from_dict)(cfg_dict)
+
+    def checkpoint(self, cfg_dict: dict) -> Any:
+        """Hand held trials back to the study, then resubmit the same call (requeue)."""
+        import submitit
+
+        n = handback()
+        if n is None:
+            log.warning(
+                "checkpoint: could not hand trials back within %.0f s; they are re-run once "
+                "their heartbeat is stale",
+                HANDBACK_TIMEOUT_S,
+            )
+        else:
+            log.info("checkpoint: handed %d trial(s) back to the study; requeueing", n)
+        self.checkpoints += 1
+        return submitit.helpers.DelayedSubmission(self, cfg_dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Slurm
+
+
+@dataclass
+class SlurmSubmission:
+    """What :func:`submit_slurm` submitted (and, after :meth:`wait`, how each task ended)."""
+
+    array_id: str
+    job_ids: list[str]
+    folder: Path
+    jobs: list[Any] = field(repr=False, default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)
+
+    def wait(self, poll_s: float = 5.0, timeout_s: float | None = None) -> dict[str, str]:
+        """Block until every task has finished; return ``{job id: outcome}``.
+
+        Works without Slurm accounting (no sacct): a task is finished when submitit's result
+        pickle exists, or when ``squeue`` reports a terminal state or no longer knows the task.
+        Outcomes: ``success``, ``error`` (the worker raised; see its log) or the Slurm state
+        (``CANCELLED``, ``TIMEOUT``, ``FAILED``, ...; ``GONE`` if it left the queue silently).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pending = list(zip(self.job_ids, self.jobs))
+        while pending:
+            queue = _squeue_states(self.array_id)
+            still = []
+            for job_id, job in pending:
+                state = "UNKNOWN" if queue is None else queue.get(job_id, "GONE")
+                outcome = _outcome(job, state)
+                if outcome is None:
+                    still.append((job_id, job))
+                else:
+                    self.states[job_id] = outcome
+            pending = still
+            if pending:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{len(pending)} of {len(self.job_ids)} Slurm tasks still running after "
+                        f"{timeout_s} s: {[j for j, _ in pending]}"
+                    )
+                time.sleep(poll_s)
+        return dict(self.states)
+
+
+_ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "CONFIGURING",
+    "COMPLETING",
+    "STAGE_OUT",
+    "SIGNALING",
+    "RESV_DEL_HOLD",
+    "PREEMPTED",  # requeued jobs come back
+    "UNKNOWN",
+}
+
+
+def _squeue_states(array_id: str) -> dict[str, str] | None:
+    """``{task job id: state}`` from squeue (all states, one line per array task); None on error.
+
+    A task missing from a successful answer has left the queue (finished longer ago than the
+    cluster's MinJobAge).
+    """
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i %T"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        # squeue exits 1 with "Invalid job id specified" once the whole job has been purged.
+        return {} if "Invalid job id" in proc.stderr else None
+    states = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def _pickled_outcome(job: Any) -> str | None:
+    if not job.paths.result_pickle.exists():
+        return None
+    try:
+        outcome, _ = job._get_outcome_and_result()
+    except Exception:  # noqa: BLE001 - a half-written pickle: look again next poll
+        return None
+    return str(outcome)
+
+
+def _outcome(job: Any, state: str) -> str | None:
+    """A finished task's outcome (``success``/``error``/a Slurm state), or None while active."""
+    outcome = _pickled_outcome(job)
+    if outcome is not None:
+        return outcome
+    if state in _ACTIVE:
+        return None
+    # Terminal (or gone) without a result: the pickle is written just before the process
+    # exits, so look once more after a moment before calling it a Slurm-side end.
+    time.sleep(1.0)
+    return _pickled_outcome(job) or state
+
+
+def secret_free(cfg: DictConfig) -> DictConfig:
+    """A resolved copy whose ``storage.url`` holds no password (moved to ``$LRWD_STORAGE_URL``).
+
+    Sets ``os.environ["LRWD_STORAGE_URL"]`` in this process: sbatch and local worker processes
+    inherit it, and :func:`real_url` reads it back on the other side.
+    """
+    from harness.tracking import mask_secrets
+
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    url = str(out.storage.url or "")
+    if url and not url.startswith(ENV_PREFIX) and mask_secrets(url) != url:
+        os.environ[SECRET_ENV] = url
+        out.storage.url = ENV_PREFIX + SECRET_ENV
+    return out
+
+
+def storage_for_humans(cfg: DictConfig) -> str:
+    """The storage as ``optuna-dashboard`` takes it, password masked."""
+    from harness.tracking import mask_secrets
+
+    kind = cfg.storage.kind
+    out = Path(cfg.output_dir or ".")
+    if kind == "journal":
+        return str(Path(cfg.storage.path or out / "study.journal").expanduser().resolve())
+    if kind == "sqlite":
+        return f"sqlite:///{Path(cfg.storage.path or out / 'study.db').expanduser().resolve()}"
+    if kind == "url":
+        try:
+            return mask_secrets(str(real_url(cfg).storage.url))
+        except ConfigError:
+            return str(cfg.storage.url)
+    return str(kind)
+
+
+def slurm_folder(cfg: DictConfig) -> Path:
+    """``launcher.folder`` or ``<output dir>/slurm``, absolute (it must be on a shared FS)."""
+    folder = cfg.launcher.folder or Path(cfg.output_dir or ".") / "slurm"
+    return Path(folder).expanduser().resolve()
+
+
+def make_executor(cfg: DictConfig, folder: Path | None = None):
+    """A ``submitit.SlurmExecutor`` configured from ``cfg.launcher`` (one task per array item)."""
+    import submitit
+
+    lc = cfg.launcher
+    folder = folder or slurm_folder(cfg)
+    try:
+        executor = submitit.SlurmExecutor(
+            folder=folder, max_num_timeout=int(lc.max_requeue), python=lc.python or None
+        )
+    except RuntimeError as exc:  # submitit found no srun
+        raise ConfigError(
+            f"launcher.name: slurm, but this machine has no Slurm client ({exc}); submit from "
+            "a login node, or pass launcher=local"
+        ) from None
+    params: dict[str, Any] = {
+        "job_name": f"lrwd-{cfg.name}",
+        "time": int(lc.time_min),
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": int(lc.cpus_per_task),
+        "array_parallelism": int(lc.array_parallelism),
+        "signal_delay_s": int(lc.signal_delay_s),
+    }
+    if int(lc.mem_gb) > 0:
+        params["mem"] = f"{int(lc.mem_gb)}GB"
+    if int(lc.gpus_per_task) > 0:
+        params["gpus_per_task"] = int(lc.gpus_per_task)
+    for key in ("partition", "account", "qos"):
+        if lc[key]:
+            params[key] = str(lc[key])
+    if lc.setup:
+        params["setup"] = [str(line) for line in lc.setup]
+    if lc.additional_parameters:
+        params["additional_parameters"] = dict(
+            OmegaConf.to_container(lc.additional_parameters, resolve=True)
+        )
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit_slurm(
+    cfg: DictConfig,
+    n_workers: int | None = None,
+    overrides: Sequence[str] | None = None,
+    *,
+    target: Target | None = None,
+) -> SlurmSubmission:
+    """Submit ``n_workers`` (default ``sweep.workers``) Slurm array tasks running the sweep.
+
+    ``cfg`` is the resolved sweep config (the driver has created the studies and enqueued the
+    grid). Each task runs ``SlurmWorker(target)(cfg_dict)``; ``target`` defaults to
+    :func:`run_worker_from_dict` (tests inject a stand-in; it must be importable on the nodes).
+    ``overrides`` are the user's command-line overrides (default: Hydra's, else ``sys.argv``),
+    used only to print the exact status / report commands. Prints the job ids, the log folder
+    and how to watch progress; waits for the tasks only if ``launcher.wait`` (the returned
+    submission's ``states`` then holds each task's outcome).
+    """
+    n = int(n_workers if n_workers is not None else cfg.sweep.workers)
+    if n < 1:
+        raise ConfigError(f"sweep.workers: {n}; pass sweep.workers=<1 or more>")
+    cfg = secret_free(cfg)
+    folder = slurm_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = make_executor(cfg, folder)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    jobs = executor.map_array(SlurmWorker(target), [cfg_dict] * n)
+    job_ids = [str(j.job_id) for j in jobs]
+    sub = SlurmSubmission(job_ids[0].split("_")[0], job_ids, folder, jobs)
+    print_submitted(cfg, sub, _user_overrides(overrides))
+    if cfg.launcher.wait:
+        print(f"waiting for {n} task(s) of job {sub.array_id} (launcher.wait=true) ...", flush=True)
+        states = sub.wait()
+        bad = {k: v for k, v in states.items() if v != "success"}
+        if bad:
+            log.error("%d of %d Slurm tasks did not succeed: %s", len(bad), n, bad)
+            print(f"{len(bad)} of {n} task(s) did not succeed: {bad}; logs in {folder}")
+        else:
+            print(f"all {n} task(s) of job {sub.array_id} finished")
+    return sub
+
+
+def _user_overrides(overrides: Sequence[str] | None) -> list[str]:
+    if overrides is not None:
+        return list(overrides)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - outside a Hydra run
+        return [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+
+
+def print_submitted(cfg: DictConfig, sub: SlurmSubmission, overrides: list[str]) -> None:
+    """Job ids, where the logs are and the commands to watch, report and cancel."""
+    from harness.tracking import mask_secrets
+
+    n = len(sub.job_ids)
+    what = f"array job {sub.array_id} ({n} tasks)" if n > 1 else f"job {sub.array_id}"
+    ids = ", ".join(sub.job_ids[:8]) + (" ..." if n > 8 else "")
+    keep = [mask_secrets(o) for o in overrides if not o.lstrip("+~").startswith("launcher")]
+    sweep = " ".join(["python -m harness.sweep", *(shlex.quote(o) for o in keep)])
+    print(
+        "\n".join(
+            [
+                f"submitted {what}: {ids}",
+                f"  logs       {sub.folder}/{sub.job_ids[0]}_0_log.out (.err)",
+                f"  queue      squeue -j {sub.array_id}",
+                f"  cells      {sweep} sweep.action=status",
+                f"  dashboard  optuna-dashboard {shlex.quote(storage_for_humans(cfg))}",
+                f"  results    {sweep} sweep.action=report",
+                f"  cancel     scancel {sub.array_id}",
+            ]
+        ),
+        flush=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Local worker processes
+
+
+def _local_entry(cfg_dict: dict, target: Target | None) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    rc = (target or run_worker_from_dict)(cfg_dict)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
+
+
+def run_local_workers(
+    cfg: DictConfig,
+    n: int | None = None,
+    *,
+    target: Target | None = None,
+    timeout_s: float | None = None,
+) -> list[int]:
+    """Start ``n`` (default ``sweep.workers``) worker processes on one study; wait; exit codes.
+
+    Processes are spawned (a fresh interpreter each, no forked torch state) and inherit the
+    environment (``LRWD_STORAGE_URL`` included). Ctrl-C reaches the workers too (same process
+    group): each hands its trials back and exits, and this waits for them. After ``timeout_s``
+    the remaining workers are terminated (SIGTERM; their exit code is then -15).
+    """
+    n = int(n if n is not None else cfg.sweep.workers)
+    if n < 1:
+        raise ConfigError(f"sweep.workers: {n}; pass sweep.workers=<1 or more>")
+    cfg_dict = OmegaConf.to_container(secret_free(cfg), resolve=True)
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_local_entry, args=(cfg_dict, target), name=f"lrwd-worker-{i}")
+        for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        for p in procs:
+            p.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(30)
+        raise
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+    return [int(p.exitcode if p.exitcode is not None else -1) for p in procs]
