@@ -171,15 +171,21 @@ def _pairs(shapes: list[tuple[int, ...]], seed_loop: bool) -> list[tuple[str, st
     return rows
 
 
-def _time(opt: torch.optim.Optimizer, steps: int) -> float:
-    t0 = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _time(opt: torch.optim.Optimizer, steps: int, clock: Callable[[], float]) -> float:
+    t0 = clock()
     for _ in range(steps):
         opt.step()
-    return (time.perf_counter() - t0) / steps
+    return (clock() - t0) / steps
 
 
-def measure(make_ours: Any, make_torch: Any, repeats: int, steps: int, warmup: int) -> dict:
+def measure(
+    make_ours: Any, make_torch: Any, repeats: int, steps: int, warmup: int, clock: str = "wall"
+) -> dict:
     """Median step times (s) of both and the median of the paired per-repeat ratios."""
+    tick = CLOCKS[clock]
     ours, ref = make_ours(), make_torch()
     for _ in range(warmup):
         ours.step()
@@ -187,15 +193,15 @@ def measure(make_ours: Any, make_torch: Any, repeats: int, steps: int, warmup: i
     t_ours, t_ref = [], []
     for r in range(repeats):
         if r % 2 == 0:
-            t_ours.append(_time(ours, steps))
-            t_ref.append(_time(ref, steps))
+            t_ours.append(_time(ours, steps, tick))
+            t_ref.append(_time(ref, steps, tick))
         else:
-            t_ref.append(_time(ref, steps))
-            t_ours.append(_time(ours, steps))
+            t_ref.append(_time(ref, steps, tick))
+            t_ours.append(_time(ours, steps, tick))
     return {
         "ours": statistics.median(t_ours),
         "torch": statistics.median(t_ref),
-        "ratio": statistics.median(a / b for a, b in zip(t_ours, t_ref)),
+        "ratio": statistics.median(a / b if b > 0 else float("nan") for a, b in zip(t_ours, t_ref)),
     }
 
 
@@ -235,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         "--small-count", type=int, default=2000, help="tensors in the small set (default 2000)"
     )
     ap.add_argument("--no-seed-loop", action="store_true", help="skip the seed-loop rows")
+    ap.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: process CPU time, robust to other processes' "
+        "load on a shared machine (use with --threads 1: it sums all threads)",
+    )
     args = ap.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
@@ -247,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    print(f"repeats: {args.repeats} alternating pairs; float32 on CPU\n")
+    print(
+        f"repeats: {args.repeats} alternating pairs; clock: {args.clock}; float32 on CPU; "
+        f"load average {_loadavg()}\n"
+    )
     print("| set | optimizer | decay | ours ms | torch foreach ms | ratio ours/torch |")
     print("| --- | --- | --- | ---: | ---: | ---: |")
     for name in sets:
@@ -255,13 +271,20 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps or (3 if name == "resnet18" else 10)
         label = f"{name} ({len(shapes)} tensors, {sum(_numel(s) for s in shapes) / 1e6:.2f}M)"
         for opt_name, decay, make_ours, make_torch in _pairs(shapes, not args.no_seed_loop):
-            r = measure(make_ours, make_torch, args.repeats, steps, args.warmup)
+            r = measure(make_ours, make_torch, args.repeats, steps, args.warmup, args.clock)
             print(
                 f"| {label} | {opt_name} | {decay} | {r['ours'] * 1e3:.2f} | "
                 f"{r['torch'] * 1e3:.2f} | {r['ratio']:.3f} |",
                 flush=True,
             )
     return 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -72,7 +72,13 @@ class FlatList(list):
         numels = [t.numel() for t in like]
         ref = like[0] if like else torch.empty(0)
         flat = torch.zeros(sum(numels), dtype=dtype or ref.dtype, device=device or ref.device)
-        super().__init__(v.view(t.shape) for v, t in zip(flat.split(numels), like, strict=True))
+        offsets = [0]
+        for n in numels:
+            offsets.append(offsets[-1] + n)
+        # narrow, not split (views of a multi-output op may not be modified in grad mode), and
+        # in grad mode (views made under no_grad may not be modified in grad mode later)
+        with torch.enable_grad():
+            super().__init__(flat[o : o + t.numel()].view(t.shape) for o, t in zip(offsets, like))
         self.flat = flat
         if flat.device.type != "cpu":
             self.chunks = [flat]
@@ -196,9 +202,10 @@ def apply_decay(
     _decay_params(params, shrink, relative_scale(params, stacked) if relative else None)
 
 
-def _decayed_grads(params, grads, lr, weight_decay, eta, decay, relative, stacked):
-    """The decay stage shared by both rules: ``"l2"`` returns new grads ``g + wd*r*w`` (the
-    caller's grads are never modified); the other modes shrink ``params`` and return ``grads``."""
+def _decayed_grads(params, grads, lr, weight_decay, eta, decay, relative, stacked, out=None):
+    """The decay stage shared by both rules: ``"l2"`` returns ``g + wd*r*w`` as new tensors, or
+    in ``out`` (preallocated, same op, no allocation per step); the caller's grads are never
+    modified. The other modes shrink ``params`` and return ``grads``."""
     _check_decay(decay)
     if not _nonzero(weight_decay):
         return grads
@@ -206,11 +213,17 @@ def _decayed_grads(params, grads, lr, weight_decay, eta, decay, relative, stacke
     if decay != "l2":
         _decay_params(params, decay_factor(lr, weight_decay, eta, decay), rel)
         return grads
-    if rel is None and _is_float(weight_decay):
-        return torch._foreach_add(grads, params, alpha=weight_decay)
-    return torch._foreach_addcmul(
-        grads, params, weight_decay if rel is None else _mul(rel, weight_decay)
-    )
+    coef = weight_decay if rel is None else _mul(rel, weight_decay)
+    if out is None:
+        if _is_float(coef):
+            return torch._foreach_add(grads, params, alpha=coef)
+        return torch._foreach_addcmul(grads, params, coef)
+    torch._foreach_copy_(out, grads)
+    if _is_float(coef):
+        torch._foreach_add_(out, params, alpha=coef)
+    else:
+        torch._foreach_addcmul_(out, params, coef)
+    return out
 
 
 def sgd_step(
@@ -291,11 +304,14 @@ def adam_step(
         w <- w - lr/(1 - beta1**t) * m / (sqrt(vhat)/sqrt(1 - beta2**t) + eps)
 
     ``step`` is t after this step's increment (>= 1), one number or one per parameter.
-    ``denom_out``: optional scratch FlatList shaped like the params for the denominator.
+    ``denom_out``: optional scratch FlatList shaped like the params; it holds ``g + wd*w``
+    (decay="l2") and then the denominator, instead of new tensors each step.
     """
     if not params:
         return
-    grads = _decayed_grads(params, grads, lr, weight_decay, eta, decay, relative, stacked)
+    grads = _decayed_grads(
+        params, grads, lr, weight_decay, eta, decay, relative, stacked, out=denom_out
+    )
     like = params[0]
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(*_whole(exp_avg_sqs), _scalar(beta2, like))

@@ -104,7 +104,7 @@ class _Bucket:
         self.bufs: dict[str, FlatList] = {}
         self.steps: Tensor | None = None  # Adam: per-param step counts (float64, CPU)
         self.uniform: int | None = None  # Adam: the common step count, if all are equal
-        self.denom: FlatList | None = None  # Adam: scratch for the denominator
+        self.denom: FlatList | None = None  # Adam: scratch for g + wd*w, then the denominator
 
 
 class _DecayOptimizer(torch.optim.Optimizer):
@@ -290,22 +290,19 @@ class SGD(_DecayOptimizer):
             nesterov=bool(group["nesterov"]),
             **hyper,
         )
-        if not b.bufs:  # no momentum: no state
-            if present is None:
-                sgd_step(b.params, grads, None, **kw)
-            else:
-                sgd_step([b.params[i] for i in present], [grads[i] for i in present], None, **kw)
-            return
-        bufs = b.bufs["momentum_buffer"]
         n = len(b.params)
-        if present is None and b.n_ready in (0, n):
-            init = b.n_ready == 0
+        bufs = b.bufs.get("momentum_buffer")
+        if present is None and (bufs is None or b.n_ready in (0, n)):  # the common case
+            init = bufs is not None and b.n_ready == 0
             if init:
                 self._register(b, range(n))
             sgd_step(b.params, grads, bufs, init_buffers=init, **kw)
             return
-        # some params have no grad, or got their first grad late: two calls on sublists
+        # some params have no grad, or got their first grad late: calls on sublists
         idx = range(n) if present is None else present
+        if bufs is None:
+            sgd_step([b.params[i] for i in idx], [grads[i] for i in idx], None, **kw)
+            return
         for init in (False, True):
             sub = [i for i in idx if b.ready[i] != init]
             if sub:
