@@ -1,7 +1,7 @@
 """Update rules, written once on lists of tensors with ``torch._foreach_*`` ops.
 
 The optimizer classes (:mod:`harness.optim.optimizers`) and population training both call
-:func:`sgd` and :func:`adam`. Notation for one step (``w`` a parameter, ``g`` its gradient)::
+:func:`sgd_step` and :func:`adam_step`. Notation for one step (``w`` a parameter, ``g`` its gradient)::
 
     lr   = lr_t = a * eta_t        learning rate this step (a = base lr, lr_0)
     eta  = eta_t = lr_t / lr_0     schedule multiplier (only decay="independent" reads it)
@@ -18,7 +18,9 @@ parameter, broadcastable to it (population training stacks P members as ``[P, ..
 per member (over all dims but the first) instead of per tensor.
 
 State lists may be :class:`FlatList` objects (views into one contiguous buffer): ops that touch
-only that state then run once on the buffer instead of once per tensor.
+only that state then run on a few contiguous chunks instead of once per tensor. Call the rules
+under ``torch.no_grad()``. With float params, the op sequence is torch.optim's foreach one, so
+results are bit-identical to ``torch.optim.SGD`` / ``Adam`` / ``AdamW(foreach=True)``.
 """
 
 from __future__ import annotations
