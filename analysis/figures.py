@@ -1,243 +1,323 @@
-"""Paper-style lr x weight-decay heatmaps and the "easier to tune" metrics, from data alone.
+"""Every figure and table of an lr x weight-decay sweep, regenerated from data alone.
 
-``python -m analysis.figures <results.csv | dir | storage URL | x.journal | wandb:e/p[/g]> ...
---out DIR`` writes ``heatmaps.png/.pdf`` (rows = optimizer family, columns = decay form, shared
-colour scale, the ten best cells circled, diverged cells crossed, the valley of the best wd per
-lr drawn), ``regret.png/.pdf``, ``metrics.csv``, ``regret.csv`` and ``cells.csv``, and prints the
-metrics table.
+``python -m analysis.figures SOURCE... --out DIR`` where a SOURCE is a results.csv, a directory
+(searched for results.csv files), an Optuna storage (``sqlite:///x.db``, ``postgresql://...``,
+an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or a W&B export
+(``wandb:entity/project[/group]``, a runs ``.json``). Writes into DIR:
+
+- ``heatmaps.png/.pdf``: the paper's Figure 2 (:func:`analysis.plots.heatmap_figure`);
+- ``regret.png/.pdf``: random-search regret and P(near-optimal) against k;
+- ``valley.png/.pdf``: best wd against lr with the coupling slopes;
+- ``metrics.csv`` (one row per variant), ``regret.csv`` (variant, k), ``valley.csv`` (best wd per
+  lr) and ``cells.csv`` (mean/std/count per grid cell);
+
+and prints the metrics as a table. Results of several experiments (or models, or data sets) are
+never mixed: each gets a subdirectory ``DIR/<experiment>[-<model>-<data>]/``, and ``DIR/metrics.csv``
+lists them all. Files appear only when everything was computed (nothing half-written).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from analysis.load import SourceError, aggregate, load_results, split_groups, variants_in_order
+from analysis.metrics import metrics_table, regret_table, valley_table
 
-from analysis.load import (  # noqa: E402
-    DECAY_ORDER,
-    FAMILY_ORDER,
-    SourceError,
-    aggregate,
-    grid,
-    load_results,
-    variants_in_order,
-)
-from analysis.metrics import all_metrics, best_wd_per_lr, regret_table  # noqa: E402
-
-DECAY_TITLES = {
-    "l2": "coupled L2: g += wd*w",
-    "loss": "L2 in the loss",
-    "decoupled": "decoupled: w *= 1 - lr_t*wd",
-    "independent": "independent: w *= 1 - eta_t*wd",
-}
+METRICS = ("test_error", "val_error", "final_val_error")
 
 
-def _tick(v: float) -> str:
-    if v == 0:
-        return "0"
-    e = np.log10(v)
-    if abs(e - round(e)) < 1e-6:
-        return f"$10^{{{int(round(e))}}}$"
-    e2 = np.log2(v)
-    if abs(e2 - round(e2)) < 1e-6:
-        return f"$2^{{{int(round(e2))}}}$"
-    return f"{v:.1e}".replace("e-0", "e-")
+@dataclass
+class Analysis:
+    """Everything computed for one experiment: the tables the figures are drawn from."""
+
+    label: str
+    trials: pd.DataFrame
+    cells: pd.DataFrame
+    metrics: pd.DataFrame
+    regret: pd.DataFrame
+    valleys: pd.DataFrame
+    metric: str
+    tol: float
 
 
-def heatmaps(
-    cells: pd.DataFrame,
-    variants: list[str],
-    out: Path,
+def analyze(
+    frame: pd.DataFrame,
+    metric: str = "test_error",
+    tol: float = 0.10,
+    reps: int = 200,
+    seed: int = 0,
+    refine: bool = True,
+    separability_log: bool = False,
+    label: str = "",
+) -> Analysis:
+    """Cells, metrics, regret and valley tables of one experiment's tidy frame."""
+    if frame.empty:
+        raise ValueError("frame: no COMPLETE trials to analyze")
+    cells = aggregate(frame, metric)
+    variants = variants_in_order(frame)
+    metrics = metrics_table(
+        frame,
+        metric,
+        variants,
+        tol=tol,
+        reps=reps,
+        seed=seed,
+        refine=refine,
+        separability_log=separability_log,
+    )
+    for col in ("experiment", "model", "data"):
+        metrics.insert(0, col, "/".join(sorted(set(frame[col].astype(str)))))
+    return Analysis(
+        label,
+        frame,
+        cells,
+        metrics,
+        regret_table(cells, variants, tol),
+        valley_table(cells, variants, refine),
+        metric,
+        tol,
+    )
+
+
+def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "viridis") -> dict:
+    """``{"heatmaps": Figure, "regret": Figure, "valley": Figure}`` for one analysis."""
+    from analysis.plots import heatmap_figure, regret_figure, valley_figure
+
+    label = a.metric.replace("_", " ")
+    return {
+        "heatmaps": heatmap_figure(
+            a.cells,
+            a.metrics,
+            variants_in_order(a.cells),
+            metric_label=label,
+            n_best=n_best,
+            annotate=annotate,
+            cmap=cmap,
+        ),
+        "regret": regret_figure(a.regret, a.tol, metric_label=label),
+        "valley": valley_figure(a.valleys, a.metrics),
+    }
+
+
+def write(
+    analyses: list[Analysis],
+    out: str | Path,
+    formats: tuple[str, ...] = ("png", "pdf"),
     annotate: bool = False,
     n_best: int = 10,
-    metric_label: str = "test error",
+    cmap: str = "viridis",
+    dpi: int = 200,
 ) -> list[Path]:
-    families = [f for f in FAMILY_ORDER if any(v.startswith(f + "/") for v in variants)]
-    families += sorted({v.split("/")[0] for v in variants} - set(families))
-    decays = [d for d in DECAY_ORDER if any(v.endswith("/" + d) for v in variants)]
-    decays += sorted({v.split("/")[1] for v in variants} - set(decays))
-    nr, nc = len(families), len(decays)
-    vals = cells["mean"].to_numpy(float)
-    vmin = float(np.nanmin(vals))
-    vmax = float(min(np.nanmax(vals), max(np.nanpercentile(vals, 90), vmin + 1e-3)))
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 9})
-    fig, axes = plt.subplots(
-        nr, nc, figsize=(3.1 * nc + 0.9, 2.8 * nr + 0.4), squeeze=False, constrained_layout=True
-    )
-    im = None
-    for r, fam in enumerate(families):
-        for c, dec in enumerate(decays):
-            ax = axes[r][c]
-            v = f"{fam}/{dec}"
-            if v not in variants:
-                ax.set_axis_off()
-                continue
-            lrs, wds, E = grid(cells, v)
-            _, _, D = grid(cells, v, value="diverged")
-            # rows of the image = weight decay (y), columns = lr (x), like the paper
-            im = ax.imshow(
-                E.T,
-                origin="lower",
-                cmap="viridis_r",
-                vmin=vmin,
-                vmax=vmax,
-                aspect="auto",
-                interpolation="nearest",
-            )
-            ax.set_xticks(range(len(lrs)), [_tick(x) for x in lrs], rotation=45)
-            ax.set_yticks(range(len(wds)), [_tick(x) for x in wds])
-            ax.set_xlabel("initial learning rate")
-            if c == 0:
-                ax.set_ylabel(f"{fam.upper()}\nweight decay")
-            ax.set_title(f"{fam.upper()}, {DECAY_TITLES.get(dec, dec)}")
-            flat = np.where(np.isnan(E), np.inf, E).ravel()
-            # the paper circles 10 of ~100 cells; on small grids circle at most a fifth
-            k_best = min(n_best, max(1, int(np.isfinite(flat).sum()) // 5))
-            order = np.argsort(flat)[:k_best]
-            for k, idx in enumerate(order):
-                i, j = np.unravel_index(idx, E.shape)
-                ax.scatter(
-                    i,
-                    j,
-                    s=150 if k == 0 else 90,
-                    facecolors="none",
-                    edgecolors="white" if k else "red",
-                    linewidths=1.6 if k == 0 else 1.0,
-                )
-            di, dj = np.nonzero(np.nan_to_num(D) >= 0.5)
-            ax.scatter(di, dj, marker="x", color="black", s=28, linewidths=1.0)
-            xs, ys, _ = best_wd_per_lr(lrs, wds, E)
-            if len(xs) >= 2:
-                ix = [int(np.argmin(np.abs(lrs - x))) for x in xs]
-                jy = [int(np.argmin(np.abs(wds - y))) for y in ys]
-                ax.plot(ix, jy, color="red", lw=1.2, alpha=0.8)
-            if annotate:
-                for i in range(E.shape[0]):
-                    for j in range(E.shape[1]):
-                        if np.isfinite(E[i, j]):
-                            ax.text(
-                                i,
-                                j,
-                                f"{100 * E[i, j]:.0f}",
-                                ha="center",
-                                va="center",
-                                fontsize=6,
-                                color="white" if E[i, j] > (vmin + vmax) / 2 else "black",
-                            )
-    if im is not None:
-        cb = fig.colorbar(im, ax=axes, shrink=0.8)
-        cb.set_label(f"{metric_label} (mean over seeds)")
-    fig.suptitle(
-        "circles: 10 best settings (red: best); x: diverged; red line: best wd per lr", fontsize=8
-    )
+    """Write every table and figure of ``analyses`` under ``out`` (see the module docstring).
+
+    Everything is first written to ``out/.partial-<pid>/`` and moved into place at the end, so
+    a failure leaves ``out`` as it was.
+    """
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "heatmaps.png", out / "heatmaps.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
+    tmp = out / f".partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for a in analyses:
+            d = tmp / a.label if a.label else tmp
+            d.mkdir(parents=True, exist_ok=True)
+            a.cells.to_csv(d / "cells.csv", index=False)
+            a.metrics.to_csv(d / "metrics.csv", index=False)
+            a.regret.to_csv(d / "regret.csv", index=False)
+            a.valleys.to_csv(d / "valley.csv", index=False)
+            for name, fig in render(a, annotate, n_best, cmap).items():
+                for fmt in formats:
+                    fig.savefig(d / f"{name}.{fmt}", dpi=dpi)
+                plt.close(fig)
+        if len(analyses) > 1 or analyses[0].label:
+            pd.concat([a.metrics for a in analyses], ignore_index=True).to_csv(
+                tmp / "metrics.csv", index=False
+            )
+        written = []
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            dest = out / f.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+            written.append(dest)
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def regret_figure(regret: pd.DataFrame, out: Path) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), constrained_layout=True)
-    for v, g in regret.groupby("variant", sort=False):
-        ax.plot(g["k"], g["regret"], label=v, lw=1.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("random grid trials k")
-    ax.set_ylabel("expected regret (test error)")
-    ax.set_title("random-search regret on the grid")
-    ax.legend(fontsize=7)
-    paths = [out / "regret.png", out / "regret.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
-
-
-def print_metrics(metrics: pd.DataFrame) -> None:
+def print_metrics(metrics: pd.DataFrame, title: str = "") -> None:
+    """The metrics as a rich table (what ``metrics.csv`` holds, rounded)."""
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="easier to tune? (per variant)")
-    cols = [
+    table = Table(title=title or "easier to tune? one row per variant", title_justify="left")
+    for col in (
         "variant",
         "best err",
         "best lr",
         "best wd",
-        "err @ min wd",
         "coupling slope [95% CI]",
-        "near-opt frac",
-        "separability",
-    ]
-    for col in cols:
+        "near-opt",
+        "separab.",
+        "k (90%)",
+        "diverged",
+        "cells x seeds",
+    ):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for _, m in metrics.iterrows():
         ci = (
             ""
             if np.isnan(m.coupling_slope_lo)
-            else f" [{m.coupling_slope_lo:.2f}, {m.coupling_slope_hi:.2f}]"
+            else (f" [{m.coupling_slope_lo:+.2f}, {m.coupling_slope_hi:+.2f}]")
         )
+        err = f"{m.best_error:.4f}" + (f" ± {m.best_error_std:.4f}" if m.n_seeds > 1 else "")
         table.add_row(
             m.variant,
-            f"{m.best_error:.4f}",
+            err,
             f"{m.best_lr:.3g}",
             f"{m.best_weight_decay:.3g}",
-            f"{m.best_error_smallest_wd:.4f}",
-            f"{m.coupling_slope:.2f}{ci}",
-            f"{m.near_optimal_fraction:.2f}",
+            f"{m.coupling_slope:+.2f}{ci}",
+            f"{100 * m.near_optimal_fraction:.0f}%",
             f"{m.separability:.2f}",
+            str(m.trials_to_near_optimal),
+            f"{100 * m.diverged_fraction:.0f}%",
+            f"{m.n_cells} x {m.n_seeds}",
         )
-    Console(width=140).print(table)
+    Console(width=150).print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        self.exit(2, f"error: {message} (see python -m analysis.figures --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(
         prog="python -m analysis.figures",
-        description="Heatmaps (PNG+PDF), regret curves and metrics.csv from sweep results.",
+        description="Regenerate the lr x weight-decay heatmaps (the paper's Figure 2), the regret "
+        "and valley figures, metrics.csv, regret.csv, valley.csv and cells.csv from sweep results.",
+        epilog="examples:\n"
+        "  python -m analysis.figures outputs/quick --out figures/\n"
+        "  python -m analysis.figures sqlite:///outputs/quick/study.db --out figures/\n"
+        "  python -m analysis.figures runs.journal --study quick-adam-l2 --out figures/\n"
+        "  python -m analysis.figures 'postgresql://user@host/db#fig2-sgd-l2,fig2-sgd-independent' "
+        "--out figures/\n"
+        "  python -m analysis.figures wandb:my-team/lrwd/quick --out figures/\n"
+        "metrics are defined in docs/analysis.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
         "sources",
         nargs="+",
-        help="results.csv, a directory, an Optuna storage URL "
-        "(sqlite:///..., postgresql://...#study), a .journal file or wandb:entity/project[/group]",
+        metavar="SOURCE",
+        help="results.csv, a directory holding results.csv files, an Optuna storage "
+        "(sqlite:///x.db, postgresql://..., a .db or journal file; append #study1,study2 to pick "
+        "studies), or a W&B export (wandb:entity/project[/group], a runs .json file)",
     )
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--metric", default="test_error", choices=["test_error", "val_error"])
-    ap.add_argument("--tol", type=float, default=0.10, help="near-optimal tolerance (relative)")
-    ap.add_argument("--annotate", action="store_true", help="print each cell's error (%%)")
-    ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples over seeds")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    ap.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this Optuna study (repeatable; default: every study)",
+    )
+    ap.add_argument("--experiment", metavar="NAME", help="only rows of this experiment")
+    ap.add_argument(
+        "--metric",
+        default="test_error",
+        choices=METRICS,
+        help="error to analyze (default: test_error)",
+    )
+    ap.add_argument(
+        "--tol",
+        type=float,
+        default=0.10,
+        help="near-optimal tolerance, relative to the best error (default: 0.10)",
+    )
+    ap.add_argument("--n-best", type=int, default=10, help="cells to circle (default: 10)")
+    ap.add_argument("--annotate", action="store_true", help="print each cell's error in %%")
+    ap.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        metavar="B",
+        help="seed resamples for the slope's 95%% CI (default: 200; 0 = none)",
+    )
+    ap.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="valley at grid cells only (default: parabolic refinement in log wd)",
+    )
+    ap.add_argument(
+        "--separability-log",
+        action="store_true",
+        help="fit the additive model to log error (default: error)",
+    )
+    ap.add_argument("--formats", default="png,pdf", help="figure formats (default: png,pdf)")
+    ap.add_argument("--cmap", default="viridis", help="matplotlib colormap (default: viridis)")
+    ap.add_argument("--quiet", action="store_true", help="no table on stdout")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    formats = tuple(f.strip().lstrip(".") for f in args.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        print(f"error: --formats {args.formats}: use png, pdf and/or svg", file=sys.stderr)
+        return 2
+    if not 0 <= args.tol < 10:
+        print(f"error: --tol {args.tol}: give a relative tolerance like 0.1", file=sys.stderr)
+        return 2
     try:
-        frame = load_results(args.sources)
-    except SourceError as exc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            frame = load_results(args.sources, args.study, args.experiment)
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                print(f"warning: {w.message}", file=sys.stderr)
+        if frame.empty:
+            raise SourceError(
+                f"{' '.join(args.sources)}: no COMPLETE trials (is the sweep still running?)"
+            )
+        analyses = [
+            analyze(
+                part,
+                args.metric,
+                args.tol,
+                args.bootstrap,
+                refine=not args.no_refine,
+                separability_log=args.separability_log,
+                label=label,
+            )
+            for label, part in split_groups(frame)
+        ]
+        written = write(analyses, args.out, formats, args.annotate, args.n_best, args.cmap)
+    except (SourceError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if frame.empty:
-        print("error: no COMPLETE trials in the given sources", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cells = aggregate(frame, args.metric)
-    variants = variants_in_order(frame)
-    metrics = all_metrics(
-        frame, cells, variants, metric=args.metric, tol=args.tol, reps=args.bootstrap
-    )
-    regret = regret_table(cells, variants)
-    cells.to_csv(out / "cells.csv", index=False)
-    metrics.to_csv(out / "metrics.csv", index=False)
-    regret.to_csv(out / "regret.csv", index=False)
-    label = args.metric.replace("_", " ")
-    heatmaps(cells, variants, out, annotate=args.annotate, metric_label=label)
-    regret_figure(regret, out)
-    print_metrics(metrics)
-    print(f"figures and metrics in {out}")
+    if not args.quiet:
+        for a in analyses:
+            print_metrics(
+                a.metrics,
+                f"{a.label or 'results'}: {len(a.trials)} trials, "
+                f"{args.metric}, near-opt = within {100 * args.tol:.0f}% of the best",
+            )
+    print(f"wrote {len(written)} files to {args.out}")
     return 0
 
 

@@ -1,141 +1,443 @@
 """Results -> one tidy pandas frame (the results.csv schema), from any source the sweep writes.
 
-Sources (mix freely):
+Sources, mixed freely in one call to :func:`load_results`:
+
 - a ``results.csv`` file, or a directory searched recursively for ``results.csv`` files;
-- an Optuna storage: an SQLAlchemy URL (``sqlite:///path/study.db``, ``postgresql://...``) or a
-  journal file (``*.journal``); all studies, or those named with ``URL#study1,study2``;
-- a W&B project or group: ``wandb:entity/project`` or ``wandb:entity/project/group``.
+- an Optuna storage: an SQLAlchemy URL (``sqlite:///path/study.db``, ``postgresql://...``), an
+  SQLite file path, or a journal file path (read with
+  ``optuna.storages.JournalStorage(JournalFileBackend(path))``); all studies, or the ones named
+  with ``studies=[...]`` or a ``#name1,name2`` suffix on the source;
+- a W&B export: ``wandb:entity/project`` or ``wandb:entity/project/group`` (``wandb.Api()``), a
+  JSON file holding a list of runs (``{"id", "state", "group", "config", "summary"}``), or an
+  iterable of runs; rows come from ``harness.tracking.runs_to_frame``;
+- a pandas DataFrame already in the results.csv schema.
+
+The tidy frame has one row per COMPLETE trial with the results.csv columns (typed: floats,
+``seed`` int, ``diverged`` bool) plus ``variant`` = ``<optimizer>/<decay>``. A diverged trial
+is COMPLETE with ``diverged=True`` and error 1.0 (filled in when a source left it empty).
+:func:`aggregate` turns it into one row per grid cell: mean, std and count over seeds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import re
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from harness.study import RESULTS_COLUMNS
-
+# The results.csv schema (docs/CONTRACTS.md); harness.study writes it, tests check they agree.
+RESULTS_COLUMNS: tuple[str, ...] = (
+    "study",
+    "experiment",
+    "optimizer",
+    "decay",
+    "model",
+    "data",
+    "trial",
+    "lr",
+    "weight_decay",
+    "seed",
+    "state",
+    "test_error",
+    "val_error",
+    "final_val_error",
+    "train_loss",
+    "weight_norm",
+    "diverged",
+    "steps",
+    "wall_s",
+    "wandb_run_id",
+)
+RESULT_ATTRS = (  # trial user_attrs copied into a row (the Optuna trial attribute schema)
+    "test_error",
+    "val_error",
+    "final_val_error",
+    "train_loss",
+    "weight_norm",
+    "diverged",
+    "steps",
+    "wall_s",
+)
+ERROR_COLUMNS = ("test_error", "val_error", "final_val_error")
+FLOAT_COLUMNS = ("lr", "weight_decay", *ERROR_COLUMNS, "train_loss", "weight_norm", "wall_s")
+STRING_COLUMNS = ("study", "experiment", "optimizer", "decay", "model", "data", "state")
 DECAY_ORDER = ("l2", "loss", "decoupled", "independent")
 FAMILY_ORDER = ("sgd", "adam")
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class SourceError(ValueError):
     """A source that cannot be read: one line naming it and what to pass instead."""
 
 
-def _from_storage(spec: str) -> pd.DataFrame:
+def _mask(url: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host`` (errors never leak it)."""
+    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: each returns a raw frame with the RESULTS_COLUMNS (all states, untyped)
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """One ``results.csv``; refuses a CSV that lacks the columns the analysis needs."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
+    need = {"optimizer", "decay", "lr", "weight_decay"}
+    missing = sorted(need - set(frame.columns))
+    if missing or not ({"test_error", "val_error"} & set(frame.columns)):
+        missing = missing or ["test_error"]
+        raise SourceError(
+            f"{path}: not a results.csv (missing column {', '.join(missing)}); "
+            "pass the results.csv the sweep writes"
+        )
+    return frame.reindex(
+        columns=[*RESULTS_COLUMNS, *(c for c in frame if c not in RESULTS_COLUMNS)]
+    )
+
+
+def _open_storage(spec: str):
     import optuna
 
-    from harness.study import results_rows
-
-    url, _, names = spec.partition("#")
-    if url.endswith(".journal") or (
-        Path(url).is_file() and not url.startswith(("sqlite", "postgres"))
-    ):
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        if not Path(url).is_file():
-            raise SourceError(f"{url}: no such journal file")
-        storage = optuna.storages.JournalStorage(
-            JournalFileBackend(url, lock_obj=JournalFileOpenLock(url))
-        )
-    else:
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-            raise SourceError(f"{url}: no such SQLite file")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if "://" in spec:
+        if spec.startswith("sqlite:///"):
+            path = spec[len("sqlite:///") :]
+            if path and path != ":memory:" and not Path(path).is_file():
+                raise SourceError(f"{spec}: no such SQLite file; check the path after sqlite:///")
         try:
-            storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
-        except Exception as exc:  # noqa: BLE001 - one line for any driver error
-            from harness.tracking import mask_secrets
+            return optuna.storages.RDBStorage(spec, skip_table_creation=True)
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
+            raise SourceError(
+                f"{_mask(spec)}: cannot open the Optuna storage ({type(exc).__name__}); "
+                "check the URL, the server and the driver"
+            ) from None
+    path = Path(spec)
+    if not path.is_file():
+        raise SourceError(f"{spec}: no such journal file")
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head == SQLITE_MAGIC:
+        return _open_storage(f"sqlite:///{path.resolve()}")
+    from optuna.storages.journal import JournalFileBackend
 
-            raise SourceError(f"{mask_secrets(url)}: cannot open ({type(exc).__name__})") from None
-    wanted = [n for n in names.split(",") if n]
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # noqa: BLE001
+        raise SourceError(f"{spec}: not an Optuna journal file ({type(exc).__name__})") from None
+
+
+def _config_name(cfg: Any, group: str) -> str:
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except ValueError:
+            return ""
+    if isinstance(cfg, dict):
+        sub = cfg.get(group)
+        if isinstance(sub, dict):
+            return str(sub.get("name", ""))
+        return str(cfg.get(f"{group}.name", ""))
+    return ""
+
+
+def _trial_row(study_name: str, study_attrs: dict, t: Any) -> dict:
+    ua = t.user_attrs
+    fixed = t.system_attrs.get("fixed_params") or {}
+    cfg = ua.get("config")
+    experiment = study_attrs.get("experiment")
+    if experiment is None and isinstance(cfg, str):
+        try:
+            experiment = json.loads(cfg).get("name", "")
+        except (ValueError, AttributeError):
+            experiment = ""
+    row = {
+        "study": study_name,
+        "experiment": experiment or "",
+        "optimizer": study_attrs.get("optimizer", ua.get("optimizer", "")),
+        "decay": study_attrs.get("decay", ua.get("decay", "")),
+        "model": study_attrs.get("model") or _config_name(cfg, "model"),
+        "data": study_attrs.get("data") or _config_name(cfg, "data"),
+        "trial": t.number,
+        "lr": t.params.get("lr", fixed.get("lr")),
+        "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
+        "seed": t.params.get("seed", fixed.get("seed")),
+        "state": t.state.name,
+        "wandb_run_id": ua.get("wandb_run_id") or "",
+    }
+    for key in RESULT_ATTRS:
+        row[key] = ua.get(key)
+    return row
+
+
+def read_optuna(storage: str | Any, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every trial (but WAITING ones) of the named studies (default: all) in one storage.
+
+    ``storage`` is an SQLAlchemy URL, an SQLite or journal file path, or an Optuna storage
+    object. Rows follow the trial attribute schema of docs/CONTRACTS.md: params ``lr``,
+    ``weight_decay``, ``seed``; user_attrs ``test_error``, ``val_error``, ``diverged``, ...;
+    study user_attrs ``experiment``, ``optimizer``, ``decay``.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    label = _mask(storage) if isinstance(storage, str) else type(storage).__name__
+    if isinstance(storage, str | Path):
+        storage = _open_storage(str(storage))
+    try:
+        names = [s.study_name for s in storage.get_all_studies()]
+    except Exception as exc:  # noqa: BLE001 - e.g. an SQLite file that is not an Optuna DB
+        raise SourceError(f"{label}: not an Optuna storage ({type(exc).__name__})") from None
+    wanted = list(studies or [])
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        have = ", ".join(names) or "none"
+        raise SourceError(f"{label}: no study named {', '.join(unknown)} (studies: {have})")
     rows = []
-    for s in summaries:
-        if wanted and s.study_name not in wanted:
-            continue
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        rows.extend(results_rows(study))
+    for name in wanted or names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        attrs = study.user_attrs
+        for t in study.get_trials(deepcopy=False):
+            if t.state != TrialState.WAITING:
+                rows.append(_trial_row(name, attrs, t))
     return pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
 
 
-def _from_wandb(spec: str) -> pd.DataFrame:
-    import wandb
+def read_wandb(source: str | Path | Iterable[Any]) -> pd.DataFrame:
+    """W&B runs -> results frame, through ``harness.tracking.runs_to_frame``.
 
-    from harness.tracking import runs_to_frame
+    ``source``: ``entity/project`` or ``entity/project/group`` (optionally prefixed
+    ``wandb:``; queried with ``wandb.Api()``), a JSON export file (a list of run dicts), or an
+    iterable of runs (``wandb.Api().runs(...)`` objects or dicts).
+    """
+    from harness.tracking import runs_to_frame  # lazily: W&B parsing lives in harness.tracking
 
-    parts = spec[len("wandb:") :].split("/")
-    if len(parts) not in (2, 3):
-        raise SourceError(f"{spec}: write wandb:entity/project or wandb:entity/project/group")
-    filters = {"group": parts[2]} if len(parts) == 3 else None
-    runs = wandb.Api().runs(f"{parts[0]}/{parts[1]}", filters=filters)
-    return runs_to_frame(runs)
+    if isinstance(source, Path) or (isinstance(source, str) and source.endswith(".json")):
+        try:
+            runs = json.loads(Path(source).read_text())
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"{source}: not a W&B JSON export ({type(exc).__name__})") from None
+        if isinstance(runs, dict):
+            runs = runs.get("runs", [runs])
+        return runs_to_frame(runs)
+    if isinstance(source, str):
+        spec = source.removeprefix("wandb:")
+        parts = [p for p in spec.split("/") if p]
+        if len(parts) not in (2, 3):
+            raise SourceError(f"{source}: write wandb:entity/project or wandb:entity/project/group")
+        import wandb
+
+        filters = {"group": parts[2]} if len(parts) == 3 else None
+        try:
+            runs = list(wandb.Api().runs(f"{parts[0]}/{parts[1]}", filters=filters))
+        except Exception as exc:  # noqa: BLE001 - network/auth errors become one line
+            raise SourceError(
+                f"{source}: cannot list W&B runs ({type(exc).__name__}); "
+                "check WANDB_API_KEY and the entity/project"
+            ) from None
+        return runs_to_frame(runs)
+    return runs_to_frame(source)
 
 
-def read_source(spec: str) -> pd.DataFrame:
-    spec = str(spec)
+def _looks_like_csv(path: Path) -> bool:
+    if path.suffix.lower() == ".csv":
+        return True
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    return b"weight_decay" in head.split(b"\n", 1)[0]
+
+
+def read_source(source: Any, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """One source (see the module docstring) -> raw results frame."""
+    if isinstance(source, pd.DataFrame):
+        return source.copy()
+    if not isinstance(source, str | Path):
+        return read_wandb(source)
+    spec = str(source)
+    spec, _, names = spec.partition("#") if "#" in spec else (spec, "", "")
+    wanted = [n for n in names.split(",") if n] + list(studies or [])
     if spec.startswith("wandb:"):
-        return _from_wandb(spec)
-    if "://" in spec or spec.endswith(".journal") or spec.split("#")[0].endswith(".journal"):
-        return _from_storage(spec)
+        return read_wandb(spec)
+    if "://" in spec:
+        return read_optuna(spec, wanted)
     path = Path(spec)
     if path.is_dir():
         files = sorted(path.rglob("results.csv"))
         if not files:
-            raise SourceError(f"{path}: no results.csv below this directory")
-        return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-    if path.suffix == ".db" and path.is_file():
-        return _from_storage(f"sqlite:///{path.resolve()}")
-    if path.is_file():
-        frame = pd.read_csv(path)
-        missing = {"lr", "weight_decay", "test_error", "optimizer", "decay"} - set(frame.columns)
-        if missing:
-            raise SourceError(f"{path}: not a results.csv (missing {', '.join(sorted(missing))})")
-        return frame
-    raise SourceError(
-        f"{spec}: not a results.csv, a directory, an Optuna storage URL, a .journal or wandb:..."
-    )
+            raise SourceError(
+                f"{path}: no results.csv below this directory; pass the study's storage "
+                "(sqlite:///.../study.db or a .journal file) instead"
+            )
+        return pd.concat([read_csv(f) for f in files], ignore_index=True)
+    if not path.exists():
+        raise SourceError(
+            f"{spec}: no such file or directory (expected results.csv, a directory, an Optuna "
+            "storage URL, a .db/.journal file or wandb:entity/project[/group])"
+        )
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head == SQLITE_MAGIC:
+        return read_optuna(f"sqlite:///{path.resolve()}", wanted)
+    if path.suffix.lower() == ".json":
+        return read_wandb(path)
+    if _looks_like_csv(path):
+        return read_csv(path)
+    return read_optuna(spec, wanted)
 
 
-def load_results(sources: Iterable[str]) -> pd.DataFrame:
-    """The union of all sources, COMPLETE trials only, with a ``variant`` column."""
-    frames = [read_source(s) for s in sources]
-    frame = (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULTS_COLUMNS)
-    )
-    frame = frame[frame["state"].fillna("COMPLETE") == "COMPLETE"].copy()
-    frame["diverged"] = frame["diverged"].astype(str).str.lower().isin(("true", "1", "1.0"))
-    frame.loc[frame["diverged"], "test_error"] = frame.loc[frame["diverged"], "test_error"].fillna(
-        1.0
-    )
-    for col in ("lr", "weight_decay", "test_error", "val_error"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+# --------------------------------------------------------------------------------------------
+# Tidy frame and cells
+
+
+def tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    """Raw rows -> the tidy frame: COMPLETE trials, typed columns, ``variant``, duplicates dropped.
+
+    A diverged trial with an empty error gets error 1.0. A COMPLETE trial with no error at all
+    (and not diverged) cannot be placed on the heatmap: it is dropped with a warning.
+    """
+    frame = raw.reindex(columns=[*RESULTS_COLUMNS, *(c for c in raw if c not in RESULTS_COLUMNS)])
+    frame = frame.copy()
+    for col in STRING_COLUMNS:
+        frame[col] = frame[col].fillna("").astype(str)
+    frame.loc[frame["state"] == "", "state"] = "COMPLETE"  # a hand-made CSV without states
+    frame["state"] = frame["state"].str.upper().str.replace("TRIALSTATE.", "", regex=False)
+    frame = frame[frame["state"] == "COMPLETE"].copy()
+    div = frame["diverged"]
+    frame["diverged"] = div.map(
+        lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes")
+    ).astype(bool)
+    for col in FLOAT_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    for col in ("lr", "weight_decay"):  # one cell, whatever float round trip a source took
+        frame[col] = frame[col].map(lambda x: float(f"{x:.10g}"))
+    for col in ERROR_COLUMNS:
+        frame.loc[frame["diverged"] & frame[col].isna(), col] = 1.0
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(0).astype(int)
-    frame["variant"] = frame["optimizer"].astype(str) + "/" + frame["decay"].astype(str)
+    frame["trial"] = pd.to_numeric(frame["trial"], errors="coerce").astype("Int64")
+    frame["steps"] = pd.to_numeric(frame["steps"], errors="coerce").astype("Int64")
+    frame["wandb_run_id"] = frame["wandb_run_id"].fillna("").astype(str)
+    bad = frame["lr"].isna() | frame["weight_decay"].isna() | (frame["optimizer"] == "")
+    if bad.any():
+        warnings.warn(
+            f"{int(bad.sum())} COMPLETE rows without lr/weight_decay/optimizer dropped",
+            stacklevel=2,
+        )
+        frame = frame[~bad]
+    no_err = frame["test_error"].isna() & frame["val_error"].isna()
+    if no_err.any():
+        warnings.warn(
+            f"{int(no_err.sum())} COMPLETE rows without any error value dropped", stacklevel=2
+        )
+        frame = frame[~no_err]
+    key = ["study", "experiment", "optimizer", "decay", "trial", "lr", "weight_decay", "seed"]
+    frame = frame.drop_duplicates(subset=key, keep="first")
+    frame["variant"] = frame["optimizer"] + "/" + frame["decay"]
     return frame.reset_index(drop=True)
 
 
+def load_results(
+    sources: Any, studies: Sequence[str] | None = None, experiment: str | None = None
+) -> pd.DataFrame:
+    """The tidy frame (COMPLETE trials, typed, ``variant``) from one or more sources.
+
+    ``sources``: one source or a list (paths, URLs, ``wandb:...``, DataFrames, run lists).
+    ``studies`` restricts Optuna storages to the named studies; ``experiment`` keeps only rows
+    of that experiment. The same trial read twice (e.g. from results.csv and from the study it
+    was written from) is kept once.
+    """
+    if isinstance(sources, str | Path | pd.DataFrame):
+        sources = [sources]
+    frames = [read_source(s, studies) for s in sources]
+    if not frames:
+        raise SourceError("sources: give at least one results.csv, directory or storage URL")
+    raw = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True)
+        if any(len(f) for f in frames)
+        else pd.DataFrame(columns=list(RESULTS_COLUMNS))
+    )
+    frame = tidy(raw)
+    if experiment is not None:
+        have = sorted(set(frame["experiment"]))
+        frame = frame[frame["experiment"] == experiment].reset_index(drop=True)
+        if frame.empty:
+            raise SourceError(f"experiment={experiment}: not in the results (have: {have})")
+    return frame
+
+
 def aggregate(frame: pd.DataFrame, metric: str = "test_error") -> pd.DataFrame:
-    """One row per (variant, lr, weight_decay): mean, std and count over seeds, diverged share."""
-    g = frame.groupby(["variant", "optimizer", "decay", "lr", "weight_decay"], sort=True)
+    """One row per (experiment, model, data, variant, lr, weight_decay) cell.
+
+    Columns: ``mean``, ``std`` (ddof=1; 0 for one seed), ``count`` (seeds) of ``metric``,
+    ``n_diverged`` and ``diverged`` (share of the cell's trials that diverged).
+    """
+    if metric not in frame:
+        raise ValueError(f"metric={metric}: not a column (use test_error or val_error)")
+    data = frame[frame[metric].notna()]
+    keys = [*group_columns(data), "variant", "optimizer", "decay", "lr", "weight_decay"]
+    g = data.groupby(keys, sort=True)
     out = g[metric].agg(["mean", "std", "count"]).reset_index()
-    out["diverged"] = g["diverged"].mean().values
     out["std"] = out["std"].fillna(0.0)
+    out["n_diverged"] = g["diverged"].sum().to_numpy().astype(int)
+    out["diverged"] = out["n_diverged"] / out["count"]
     return out
+
+
+def group_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns among experiment/model/data that vary: results to draw as separate figures."""
+    return [c for c in ("experiment", "model", "data") if c in frame and frame[c].nunique() > 1]
+
+
+def split_groups(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``[(label, part)]``: one part per experiment/model/data combination ("" when only one)."""
+    cols = group_columns(frame)
+    if not cols:
+        return [("", frame)]
+    parts = []
+    for key, part in frame.groupby(cols, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        label = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", str(k)) or "none" for k in key)
+        parts.append((label, part))
+    return parts
 
 
 def grid(
     cells: pd.DataFrame, variant: str, value: str = "mean"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lrs, wds, E) with ``E[i, j]`` = value at lr i, wd j (nan where missing)."""
+    """``(lrs, wds, E)``, axes sorted ascending, ``E[i, j]`` = value at lr i, wd j (nan: missing)."""
     sub = cells[cells["variant"] == variant]
+    if sub.empty:
+        raise ValueError(f"variant={variant}: no cells (have: {sorted(set(cells['variant']))})")
     table = sub.pivot_table(index="lr", columns="weight_decay", values=value, aggfunc="mean")
+    table = table.sort_index().sort_index(axis=1)
     return table.index.to_numpy(float), table.columns.to_numpy(float), table.to_numpy(float)
 
 
+def seed_grids(
+    frame: pd.DataFrame, variant: str, metric: str = "test_error"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(seeds, lrs, wds, S)`` with ``S[s, i, j]`` = ``metric`` of seed s at cell (i, j)."""
+    sub = frame[(frame["variant"] == variant) & frame[metric].notna()]
+    lrs = np.sort(sub["lr"].unique())
+    wds = np.sort(sub["weight_decay"].unique())
+    seeds = np.sort(sub["seed"].unique())
+    S = np.full((len(seeds), len(lrs), len(wds)), np.nan)
+    si = np.searchsorted(seeds, sub["seed"].to_numpy())
+    li = np.searchsorted(lrs, sub["lr"].to_numpy())
+    wi = np.searchsorted(wds, sub["weight_decay"].to_numpy())
+    S[si, li, wi] = sub[metric].to_numpy(float)
+    return seeds, lrs, wds, S
+
+
 def variants_in_order(frame: pd.DataFrame) -> list[str]:
+    """Variants sorted like the paper: SGD before Adam, coupled before decoupled."""
     present = list(dict.fromkeys(frame["variant"]))
 
     def key(v: str) -> tuple[int, int, str]:

@@ -1,0 +1,529 @@
+"""The paper-style figures (matplotlib/seaborn), each returned as a Figure; nothing is written here.
+
+- :func:`heatmap_figure`: Loshchilov & Hutter (ICLR 2019) Figure 2. One panel per variant, rows =
+  optimizer family (SGD, Adam), columns = decay form (l2, loss, decoupled, independent); x =
+  initial lr, y = weight decay, both on their (log-spaced) grid labelled in powers of 2 or 10;
+  one shared colour scale; the ten best cells circled (the best in red); cells where every seed
+  diverged hatched grey, cells where some seed diverged marked with a small x; the valley
+  (best wd per lr) drawn with its least-squares fit; the numbers of :mod:`analysis.metrics` above
+  each panel; optional per-cell error annotations.
+- :func:`regret_figure`: expected random-search regret and P(near-optimal) against k trials.
+- :func:`valley_figure`: best wd against lr on log-log axes, one line per variant, with slopes.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, Patch, Rectangle
+
+from analysis.load import DECAY_ORDER, FAMILY_ORDER, grid
+from analysis.metrics import coupling_fit, valley, valley_fit_rows
+
+FAMILY_NAMES = {"sgd": "SGD", "adam": "Adam"}
+DECAY_NAMES = {
+    "l2": "coupled L2",
+    "loss": "L2 in the loss",
+    "decoupled": "decoupled, lr·wd",
+    "independent": "independent, η·wd",
+}
+DECAY_COLORS = {
+    "l2": "#c0392b",
+    "loss": "#8e44ad",
+    "decoupled": "#e67e22",
+    "independent": "#2471a3",
+}
+FAMILY_STYLES = {"sgd": "-", "adam": "--"}
+VALLEY_COLOR = "#ff3b30"
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.dpi": 100,
+    "savefig.dpi": 170,
+    "pdf.fonttype": 42,
+    "axes.linewidth": 0.6,
+    "hatch.linewidth": 0.6,
+}
+
+
+def variant_title(variant: str) -> str:
+    """``sgd/l2`` -> ``SGD, coupled L2``; ``adam/independent`` -> ``AdamW, independent, η·wd``."""
+    fam, _, dec = variant.partition("/")
+    name = FAMILY_NAMES.get(fam, fam)
+    if dec in ("decoupled", "independent"):
+        name += "W"
+    return f"{name}, {DECAY_NAMES.get(dec, dec)}"
+
+
+def tick_labels(values: np.ndarray) -> list[str]:
+    """Labels for a log-spaced axis: ``2^k`` when every value is a power of two, ``10^x`` when
+    the exponents are multiples of 1/4, else ``m·10^e``; 0 stays 0."""
+    values = np.asarray(values, float)
+    pos = values[values > 0]
+
+    def is_int(x: np.ndarray, step: float = 1.0) -> bool:
+        return bool(np.all(np.abs(x / step - np.round(x / step)) < 1e-6))
+
+    out = []
+    if pos.size and is_int(np.log2(pos)) and not is_int(np.log10(pos)):
+        for v in values:
+            out.append("0" if v == 0 else f"$2^{{{int(round(np.log2(v)))}}}$")
+        return out
+    e10 = np.log10(pos) if pos.size else pos
+    quarter = pos.size and is_int(e10, 0.25)
+    for v in values:
+        if v == 0:
+            out.append("0")
+            continue
+        e = np.log10(v)
+        if quarter:
+            r = round(e * 4) / 4
+            text = f"{int(r)}" if r == int(r) else f"{r:g}"
+            out.append(f"$10^{{{text}}}$")
+        else:
+            exp = int(np.floor(e))
+            mant = v / 10**exp
+            out.append(
+                f"${mant:.2g}\\cdot10^{{{exp}}}$" if round(mant, 2) != 1 else f"$10^{{{exp}}}$"
+            )
+    return out
+
+
+def axis_ticks(values: np.ndarray, max_labels: int = 5) -> tuple[list[float], list[str]]:
+    """``(positions, labels)`` of the labelled ticks of one heatmap axis (cell k sits at k).
+
+    Clean grids (every value ``2^k``, or ``10^x`` with x a multiple of 1/4) label every
+    ``step``-th cell; other log-uniform grids get ticks at the powers of ten between their cells
+    (fractional positions); anything else labels every ``step``-th cell as ``m·10^e``. A zero
+    (no decay) is labelled ``0``; at most ``max_labels`` labels in all.
+    """
+    values = np.asarray(values, float)
+    labels = tick_labels(values)
+    zero = [k for k, v in enumerate(values) if v == 0]
+    pos_idx = [k for k, v in enumerate(values) if v > 0]
+    out_pos, out_lab = [float(k) for k in zero], ["0" for _ in zero]
+    if not pos_idx:
+        return out_pos, out_lab
+    logs = np.log10(values[pos_idx])
+    budget = max(2, max_labels - len(zero))
+    clean = all("cdot" not in labels[k] for k in pos_idx)
+    diffs = np.diff(logs)
+    uniform = len(logs) > 2 and np.ptp(diffs) < 1e-3 * abs(diffs.mean())
+    decades = np.arange(np.ceil(logs[0] - 1e-9), np.floor(logs[-1] + 1e-9) + 1)
+    if not clean and uniform and len(decades) >= 2:
+        step = int(np.ceil(len(decades) / budget))
+        for d in decades[::step]:
+            out_pos.append(pos_idx[0] + (d - logs[0]) / diffs.mean())
+            out_lab.append(f"$10^{{{int(d)}}}$")
+        return out_pos, out_lab
+    step = int(np.ceil(len(pos_idx) / budget))
+    start = 0
+    # thinning a half-decade axis: keep the labels on whole decades
+    if step == 2 and len(pos_idx) > 1 and "." in labels[pos_idx[0]]:
+        start = 1
+    for k in pos_idx[start::step]:
+        out_pos.append(float(k))
+        out_lab.append(labels[k])
+    return out_pos, out_lab
+
+
+def n_circled(n_cells: int, n_best: int = 10) -> int:
+    """Cells circled on a panel: ``n_best`` (the paper's ten), but at most one in eight of the
+    cells, so that a small grid does not turn into circles (6x6 -> 5, 9x9 -> 10)."""
+    return int(min(n_best, max(1, np.ceil(n_cells / 8)), n_cells))
+
+
+def _layout(variants: list[str]) -> tuple[list[str], list[str]]:
+    fams = [f for f in FAMILY_ORDER if any(v.split("/")[0] == f for v in variants)]
+    fams += sorted({v.split("/")[0] for v in variants} - set(fams))
+    decs = [d for d in DECAY_ORDER if any(v.split("/")[-1] == d for v in variants)]
+    decs += sorted({v.split("/")[-1] for v in variants} - set(decs))
+    return fams, decs
+
+
+def color_range(cells: pd.DataFrame) -> tuple[float, float, bool]:
+    """Shared ``(vmin, vmax, clipped)`` of the colour scale over the cells that did not all
+    diverge. ``vmax`` is capped at ``best + 4 * (median - best)`` so that the good region keeps
+    most of the colours (the paper does the same); clipped cells show the top colour."""
+    vals = cells.loc[cells["diverged"] < 1, "mean"].to_numpy(float)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return 0.0, 1.0, False
+    vmin, vmax, med = float(vals.min()), float(vals.max()), float(np.median(vals))
+    cap = vmin + 4 * (med - vmin)
+    clipped = cap < vmax
+    vmax = min(vmax, cap) if clipped else vmax
+    if vmax - vmin < 1e-9:
+        vmax = vmin + 1e-3
+    return vmin, vmax, clipped
+
+
+def draw_panel(
+    ax: plt.Axes,
+    cells: pd.DataFrame,
+    variant: str,
+    norm: Normalize,
+    cmap: str = "viridis",
+    n_best: int = 10,
+    annotate: bool = False,
+    show_valley: bool = True,
+    refine: bool = True,
+) -> matplotlib.image.AxesImage:
+    """One heatmap panel: x = lr index, y = wd index (square cells), see the module docstring."""
+    lrs, wds, E = grid(cells, variant)
+    _, _, D = grid(cells, variant, value="diverged")
+    D = np.nan_to_num(D)
+    all_div = D >= 1
+    shown = np.ma.masked_invalid(np.where(all_div, np.nan, E))
+    im = ax.imshow(
+        shown.T, origin="lower", cmap=cmap, norm=norm, interpolation="nearest", aspect="equal"
+    )
+    nl, nw = E.shape
+    ax.set_xlim(-0.5, nl - 0.5)
+    ax.set_ylim(-0.5, nw - 0.5)
+    for i, j in zip(*np.nonzero(all_div)):
+        ax.add_patch(
+            Rectangle(
+                (i - 0.5, j - 0.5),
+                1,
+                1,
+                facecolor="#e3e3e3",
+                edgecolor="#8a8a8a",
+                hatch="////",
+                linewidth=0,
+            )
+        )
+    for i, j in zip(*np.nonzero((D > 0) & ~all_div)):
+        ax.plot(i + 0.3, j + 0.3, marker="x", color="black", ms=3, mew=0.8)
+    # the n best cells (missing and all-diverged cells never count)
+    flat = np.where(np.isfinite(E) & ~all_div, E, np.inf).ravel()
+    n_ok = int(np.isfinite(flat).sum())
+    order = np.argsort(flat, kind="stable")[: n_circled(n_ok, n_best)]
+    for rank, idx in enumerate(order):
+        i, j = np.unravel_index(idx, E.shape)
+        ax.add_patch(
+            Circle(
+                (i, j),
+                0.36,
+                fill=False,
+                lw=1.5 if rank == 0 else 0.9,
+                edgecolor=VALLEY_COLOR if rank == 0 else "white",
+                zorder=4,
+            )
+        )
+    if show_valley:
+        v = valley(lrs, wds, E, refine)
+        pos = wds > 0
+        if len(v) and pos.any():
+            lw_pos, idx_pos = np.log(wds[pos]), np.nonzero(pos)[0].astype(float)
+
+            def wd_index(w: np.ndarray) -> np.ndarray:
+                w = np.asarray(w, float)
+                out = np.interp(np.log(np.maximum(w, 1e-300)), lw_pos, idx_pos)
+                return np.where(w > 0, out, 0.0)
+
+            v = v[v["informative"]]
+            xi = np.searchsorted(lrs, v["lr"].to_numpy())
+            ax.plot(xi, wd_index(v["best_wd"]), color=VALLEY_COLOR, lw=1.0, alpha=0.9, zorder=5)
+            fit = valley_fit_rows(v)
+            ax.plot(
+                np.searchsorted(lrs, fit["lr"].to_numpy()),
+                wd_index(fit["best_wd"]),
+                ls="none",
+                marker="o",
+                ms=2.2,
+                color=VALLEY_COLOR,
+                zorder=5,
+            )
+            slope, icpt = coupling_fit(lrs, wds, E, refine)
+            if np.isfinite(slope) and len(fit) >= 2:
+                xs = np.linspace(fit["lr"].min(), fit["lr"].max(), 50)
+                ws = np.exp(icpt + slope * np.log(xs))
+                keep = (ws >= wds[pos].min()) & (ws <= wds[pos].max())
+                xidx = np.interp(np.log(xs), np.log(lrs), np.arange(nl, dtype=float))
+                ax.plot(
+                    xidx[keep],
+                    wd_index(ws[keep]),
+                    color="white",
+                    lw=0.9,
+                    ls=(0, (3, 2)),
+                    zorder=5,
+                )
+    if annotate:
+        size = max(3.5, min(6.5, 60 / max(nl, nw)))
+        for (i, j), e in np.ndenumerate(E):
+            if np.isfinite(e) and not all_div[i, j]:
+                r, g, b, _ = plt.get_cmap(cmap)(norm(e))
+                light = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+                ax.text(
+                    i,
+                    j,
+                    f"{100 * e:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="black" if light else "white",
+                    zorder=3,
+                )
+    ax.set_xticks(*axis_ticks(lrs, 5))
+    ax.set_yticks(*axis_ticks(wds, 9 if nw <= 9 else 6))
+    ax.set_xticks(range(nl), minor=True)
+    ax.set_yticks(range(nw), minor=True)
+    ax.tick_params(which="major", length=3, pad=1.5)
+    ax.tick_params(which="minor", length=1.5)
+    for spine in ax.spines.values():
+        spine.set_linewidth(0.5)
+    return im
+
+
+def _panel_numbers(m: pd.Series | None) -> str:
+    if m is None:
+        return ""
+    slope = f"slope {m.coupling_slope:+.2f}".replace("-", "−")
+    if not m.get("valley_interior", True) and np.isfinite(m.coupling_slope):
+        slope += " (valley at grid edge)"
+    if np.isfinite(m.get("coupling_slope_lo", np.nan)):
+        lo, hi = m.coupling_slope_lo, m.coupling_slope_hi
+        slope += f" [{lo:+.2f}, {hi:+.2f}]".replace("-", "−")
+    return (
+        f"{slope}\nbest {100 * m.best_error:.2f}% · near-opt {100 * m.near_optimal_fraction:.0f}%"
+        f" · sep {m.separability:.2f}"
+    )
+
+
+def heatmap_figure(
+    cells: pd.DataFrame,
+    metrics: pd.DataFrame | None = None,
+    variants: list[str] | None = None,
+    *,
+    metric_label: str = "test error",
+    n_best: int = 10,
+    annotate: bool = False,
+    cmap: str = "viridis",
+    title: str | None = None,
+    refine: bool = True,
+) -> plt.Figure:
+    """The Figure-2 grid of heatmaps for every variant in ``cells`` (see the module docstring).
+
+    ``metrics`` (from :func:`analysis.metrics.metrics_table`) adds the numbers above each panel.
+    """
+    variants = variants or list(dict.fromkeys(cells["variant"]))
+    fams, decs = _layout(variants)
+    vmin, vmax, clipped = color_range(cells[cells["variant"].isin(variants)])
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    mrows = {} if metrics is None else {r.variant: r for _, r in metrics.iterrows()}
+    n_seeds = int(cells["count"].max()) if len(cells) else 0
+    shapes = [grid(cells, v)[2].shape for v in variants]
+    nl = max(s[0] for s in shapes)
+    nw = max(s[1] for s in shapes)
+    panel_w = 2.3
+    panel_h = (panel_w - 0.45) * nw / nl + 0.85
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            len(fams),
+            len(decs),
+            squeeze=False,
+            layout="constrained",
+            figsize=(panel_w * len(decs) + 1.0, panel_h * len(fams) + 0.55),
+        )
+        im = None
+        for r, fam in enumerate(fams):
+            for c, dec in enumerate(decs):
+                ax = axes[r][c]
+                v = f"{fam}/{dec}"
+                if v not in variants:
+                    ax.set_axis_off()
+                    continue
+                im = draw_panel(ax, cells, v, norm, cmap, n_best, annotate, refine=refine)
+                numbers = _panel_numbers(mrows.get(v))
+                head = variant_title(v) + (f"\n{numbers}" if numbers else "")
+                ax.set_title(head, fontsize=7.2, linespacing=1.25, pad=3)
+                ax.set_xlabel("initial learning rate")
+                if c == 0 or f"{fam}/{decs[c - 1]}" not in variants:
+                    ax.set_ylabel("weight decay")
+        if im is not None:
+            cb = fig.colorbar(
+                im,
+                ax=axes,
+                shrink=min(0.9, 0.45 + 0.25 * len(fams)),
+                pad=0.02,
+                aspect=25,
+                extend="max" if clipped else "neither",
+            )
+            cb.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+            seeds = f"mean of {n_seeds} seeds" if n_seeds > 1 else "one seed"
+            cb.set_label(f"{metric_label} ({seeds})")
+            cb.ax.tick_params(labelsize=7, length=2)
+        counts = {n_circled(int(np.isfinite(grid(cells, v)[2]).sum()), n_best) for v in variants}
+        best_label = (
+            f"{counts.pop()} best" if len(counts) == 1 else f"{n_best} best (fewer on small grids)"
+        )
+        handles = [
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="o",
+                mfc="none",
+                mec=VALLEY_COLOR,
+                mew=1.4,
+                ms=7,
+                label="best setting",
+            ),
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="o",
+                mfc="#555555",
+                mec="white",
+                mew=1.0,
+                ms=7,
+                label=best_label,
+            ),
+            Line2D(
+                [],
+                [],
+                color=VALLEY_COLOR,
+                marker="o",
+                ms=2.5,
+                lw=1.0,
+                label="best wd per lr (valley)",
+            ),
+            Line2D([], [], color="#555555", lw=1.0, ls=(0, (3, 2)), label="log-log fit (slope)"),
+            Patch(facecolor="#e3e3e3", edgecolor="#8a8a8a", hatch="////", lw=0, label="diverged"),
+            Line2D([], [], ls="none", marker="x", color="black", ms=4, label="some seeds diverged"),
+        ]
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=3,
+            frameon=False,
+            fontsize=7,
+            handlelength=1.8,
+            columnspacing=1.4,
+        )
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _variant_style(variant: str) -> dict:
+    fam, _, dec = variant.partition("/")
+    return {
+        "color": DECAY_COLORS.get(dec, "#555555"),
+        "ls": FAMILY_STYLES.get(fam, ":"),
+        "label": variant_title(variant),
+    }
+
+
+def regret_figure(
+    regret: pd.DataFrame,
+    tol: float = 0.10,
+    metric_label: str = "test error",
+    title: str | None = None,
+) -> plt.Figure:
+    """Left: expected regret (best of k random grid cells minus the grid's best) against k.
+    Right: probability that k random cells include a near-optimal one (within ``tol``)."""
+    with plt.rc_context(STYLE):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(6.6, 2.9), layout="constrained")
+        for v, g in regret.groupby("variant", sort=False):
+            st = _variant_style(v)
+            a.plot(g["k"], 100 * g["regret"], lw=1.4, **st)
+            b.plot(g["k"], g["p_near_optimal"], lw=1.4, **st)
+        for ax in (a, b):
+            ax.set_xscale("log")
+            ax.set_xlabel("random grid trials k (without replacement)")
+            ax.grid(alpha=0.25, lw=0.5)
+            ax.spines[["top", "right"]].set_visible(False)
+        a.set_ylabel(f"expected regret ({metric_label}, % points)")
+        a.set_ylim(bottom=0)
+        a.set_title("E[best of k] − best")
+        b.set_ylabel("probability")
+        b.set_ylim(0, 1.02)
+        b.set_title(f"P(a cell within {100 * tol:.0f}% of the best among k)")
+        handles, labels = b.get_legend_handles_labels()
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncol=min(4, len(labels)),
+            frameon=False,
+            handlelength=2.2,
+        )
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def valley_figure(
+    valleys: pd.DataFrame, metrics: pd.DataFrame | None = None, title: str | None = None
+) -> plt.Figure:
+    """Best weight decay against lr (log-log), one panel per optimizer family; filled markers are
+    the rows the coupling slope is fit over, the lines the fits, the slopes in the legend."""
+    fams, _ = _layout(list(dict.fromkeys(valleys["variant"])))
+    mrows = {} if metrics is None else {r.variant: r for _, r in metrics.iterrows()}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            1, len(fams), figsize=(3.3 * len(fams), 3.2), squeeze=False, layout="constrained"
+        )
+        for ax, fam in zip(axes[0], fams):
+            part = valleys[valleys["variant"].str.split("/").str[0] == fam]
+            for v, g in part.groupby("variant", sort=False):
+                st = _variant_style(v)
+                g = g[g["best_wd"] > 0]
+                label = st["label"]
+                m = mrows.get(v)
+                if m is not None and np.isfinite(m.coupling_slope):
+                    label += f": slope {m.coupling_slope:+.2f}".replace("-", "−")
+                ax.plot(g["lr"], g["best_wd"], color=st["color"], lw=0.6, alpha=0.5)
+                fit = g[g["in_fit"]]
+                ax.plot(fit["lr"], fit["best_wd"], ls="none", marker="o", ms=3.5, color=st["color"])
+                rest = g[~g["in_fit"]]
+                ax.plot(
+                    rest["lr"],
+                    rest["best_wd"],
+                    ls="none",
+                    marker="o",
+                    ms=3.5,
+                    mfc="none",
+                    color=st["color"],
+                )
+                if len(fit) >= 2:
+                    s, c = np.polyfit(np.log(fit["lr"]), np.log(fit["best_wd"]), 1)
+                    xs = np.geomspace(fit["lr"].min(), fit["lr"].max(), 20)
+                    ax.plot(
+                        xs,
+                        np.exp(c + s * np.log(xs)),
+                        color=st["color"],
+                        ls=st["ls"],
+                        lw=1.3,
+                        label=label,
+                    )
+                else:
+                    ax.plot([], [], color=st["color"], ls=st["ls"], label=label)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("initial learning rate")
+            ax.set_ylabel("best weight decay")
+            ax.set_title(FAMILY_NAMES.get(fam, fam))
+            ax.grid(alpha=0.25, lw=0.5, which="major")
+            ax.spines[["top", "right"]].set_visible(False)
+            ax.legend(
+                frameon=False,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.2),
+                ncol=1,
+                handlelength=2.2,
+            )
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
