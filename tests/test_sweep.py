@@ -16,7 +16,6 @@ from optuna.trial import TrialState
 
 from harness import study as st
 from harness.config import compose_config
-from tests.pgserver import pg_url  # noqa: F401 - a pytest fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,8 +223,7 @@ def test_three_workers_journal_exactly_once(tmp_path):
 
 
 @pytest.mark.postgres
-def test_three_workers_postgres_exactly_once(tmp_path, pg_url):  # noqa: F811
-    postgres_url = pg_url
+def test_three_workers_postgres_exactly_once(tmp_path, postgres_url):
     out = tmp_path / "pg"
     _three_workers(out, ["storage=url", f"storage.url={postgres_url}", "sweep.study_name=pg3"])
     study = load(out, "url", TINY + ["sweep.study_name=pg3"], url=postgres_url)

@@ -8,7 +8,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.pgserver import pg_url  # noqa: F401 - a pytest fixture
 from tests.test_sweep import TINY, load, run_sweep
 from tests.wandb_reader import read_offline_runs
 
@@ -43,7 +42,7 @@ def test_offline_runs_match_trials(tmp_path):
         assert run["exit_code"] == 0
 
 
-def test_secrets_never_written(tmp_path, postgres_url=None):
+def test_secrets_never_written(tmp_path):
     out = tmp_path / "sec"
     key = "0123456789abcdef0123456789abcdef01234567"
     journal = tmp_path / "shared" / "study.journal"
@@ -71,10 +70,10 @@ def test_secrets_never_written(tmp_path, postgres_url=None):
 
 
 @pytest.mark.postgres
-def test_postgres_password_and_api_key_never_written(tmp_path, pg_url):  # noqa: F811
+def test_postgres_password_and_api_key_never_written(tmp_path, postgres_url):
     out = tmp_path / "pgsec"
     key = "fedcba9876543210fedcba9876543210fedcba98"
-    password = pg_url.split(":")[2].split("@")[0]
+    password = postgres_url.split(":")[2].split("@")[0]
     env = {**os.environ, "WANDB_API_KEY": key}
     proc = run_sweep(
         out,
@@ -82,7 +81,7 @@ def test_postgres_password_and_api_key_never_written(tmp_path, pg_url):  # noqa:
         "sweep.lr.num=2",
         "sweep.weight_decay.num=1",
         "storage=url",
-        f"storage.url={pg_url}",
+        f"storage.url={postgres_url}",
         "sweep.study_name=secrets",
         env=env,
     )
@@ -94,7 +93,7 @@ def test_postgres_password_and_api_key_never_written(tmp_path, pg_url):  # noqa:
         data = path.read_bytes()
         assert key.encode() not in data and password.encode() not in data, path
     # nor in the study (trial attrs, study attrs) stored in PostgreSQL
-    storage = optuna.storages.RDBStorage(pg_url)
+    storage = optuna.storages.RDBStorage(postgres_url)
     for s in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=s.study_name, storage=storage)
         blob = repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
