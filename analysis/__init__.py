@@ -1,0 +1,62 @@
+"""lrwd analysis: sweep results -> tidy frame -> coupling metrics -> the paper's Figure 2.
+
+    from analysis import load_results, aggregate, metrics_table
+    trials = load_results(["outputs/quick", "sqlite:///outputs/quick/study.db"])
+    metrics = metrics_table(trials)          # one row per variant (docs/analysis.md)
+
+Figures: :mod:`analysis.plots` (matplotlib Figures) and ``python -m analysis.figures``.
+"""
+
+from analysis.load import (
+    RESULTS_COLUMNS,
+    SourceError,
+    aggregate,
+    grid,
+    load_results,
+    read_csv,
+    read_optuna,
+    read_wandb,
+    seed_grids,
+    split_groups,
+    tidy,
+    variants_in_order,
+)
+from analysis.metrics import (
+    bootstrap_coupling_slope,
+    coupling_slope,
+    hit_probability,
+    metrics_table,
+    near_optimal_fraction,
+    random_search_regret,
+    regret_table,
+    separability,
+    trials_to_near_optimal,
+    valley,
+    valley_table,
+)
+
+__all__ = [
+    "RESULTS_COLUMNS",
+    "SourceError",
+    "aggregate",
+    "bootstrap_coupling_slope",
+    "coupling_slope",
+    "grid",
+    "hit_probability",
+    "load_results",
+    "metrics_table",
+    "near_optimal_fraction",
+    "random_search_regret",
+    "read_csv",
+    "read_optuna",
+    "read_wandb",
+    "regret_table",
+    "seed_grids",
+    "separability",
+    "split_groups",
+    "tidy",
+    "trials_to_near_optimal",
+    "valley",
+    "valley_table",
+    "variants_in_order",
+]

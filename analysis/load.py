@@ -129,6 +129,16 @@ def _open_storage(spec: str):
         return _open_storage(f"sqlite:///{path.resolve()}")
     from optuna.storages.journal import JournalFileBackend
 
+    with path.open("rb") as fh:
+        first = fh.readline().strip()
+    try:
+        is_journal = not first or "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        is_journal = False
+    if not is_journal:
+        raise SourceError(
+            f"{spec}: not a results.csv, an SQLite database or an Optuna journal file"
+        )
     try:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except Exception as exc:  # noqa: BLE001
@@ -199,7 +209,7 @@ def read_optuna(storage: str | Any, studies: Sequence[str] | None = None) -> pd.
     wanted = list(studies or [])
     unknown = [n for n in wanted if n not in names]
     if unknown:
-        have = ", ".join(names) or "none"
+        have = ", ".join(sorted(names)) or "none"
         raise SourceError(f"{label}: no study named {', '.join(unknown)} (studies: {have})")
     rows = []
     for name in wanted or names:
@@ -255,19 +265,24 @@ def _looks_like_csv(path: Path) -> bool:
     return b"weight_decay" in head.split(b"\n", 1)[0]
 
 
-def read_source(source: Any, studies: Sequence[str] | None = None) -> pd.DataFrame:
-    """One source (see the module docstring) -> raw results frame."""
+def read_source(
+    source: Any, studies: Sequence[str] | None = None, strict: bool = True
+) -> pd.DataFrame:
+    """One source (see the module docstring) -> raw results frame.
+
+    ``studies`` (and a ``#name1,name2`` suffix) pick Optuna studies; a name given in the suffix
+    must exist in that storage, one in ``studies`` only when ``strict``.
+    """
     if isinstance(source, pd.DataFrame):
         return source.copy()
     if not isinstance(source, str | Path):
         return read_wandb(source)
-    spec = str(source)
-    spec, _, names = spec.partition("#") if "#" in spec else (spec, "", "")
-    wanted = [n for n in names.split(",") if n] + list(studies or [])
+    spec, _, names = str(source).partition("#")
+    named = [n for n in names.split(",") if n]
     if spec.startswith("wandb:"):
         return read_wandb(spec)
-    if "://" in spec:
-        return read_optuna(spec, wanted)
+    if "://" in spec or spec.startswith(":memory:"):
+        return _read_storage(spec, named, studies, strict)
     path = Path(spec)
     if path.is_dir():
         files = sorted(path.rglob("results.csv"))
@@ -285,16 +300,37 @@ def read_source(source: Any, studies: Sequence[str] | None = None) -> pd.DataFra
     with path.open("rb") as fh:
         head = fh.read(16)
     if head == SQLITE_MAGIC:
-        return read_optuna(f"sqlite:///{path.resolve()}", wanted)
+        return _read_storage(f"sqlite:///{path.resolve()}", named, studies, strict)
     if path.suffix.lower() == ".json":
         return read_wandb(path)
     if _looks_like_csv(path):
         return read_csv(path)
-    return read_optuna(spec, wanted)
+    return _read_storage(spec, named, studies, strict)
+
+
+def _read_storage(
+    spec: str, named: list[str], studies: Sequence[str] | None, strict: bool
+) -> pd.DataFrame:
+    if named or strict:
+        return read_optuna(spec, named + [n for n in studies or () if n not in named])
+    if not studies:
+        return read_optuna(spec)
+    storage = _open_storage(spec)
+    have = {s.study_name for s in storage.get_all_studies()}
+    present = [n for n in studies if n in have]
+    out = (
+        read_optuna(storage, present) if present else pd.DataFrame(columns=list(RESULTS_COLUMNS))
+    )
+    out.attrs["studies"] = sorted(have)  # for the error message when a name is nowhere
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # Tidy frame and cells
+
+
+def _strings(col: pd.Series) -> pd.Series:
+    return col.astype(object).where(col.notna(), "").astype(str)
 
 
 def tidy(raw: pd.DataFrame) -> pd.DataFrame:
@@ -306,7 +342,7 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     frame = raw.reindex(columns=[*RESULTS_COLUMNS, *(c for c in raw if c not in RESULTS_COLUMNS)])
     frame = frame.copy()
     for col in STRING_COLUMNS:
-        frame[col] = frame[col].fillna("").astype(str)
+        frame[col] = _strings(frame[col])
     frame.loc[frame["state"] == "", "state"] = "COMPLETE"  # a hand-made CSV without states
     frame["state"] = frame["state"].str.upper().str.replace("TRIALSTATE.", "", regex=False)
     frame = frame[frame["state"] == "COMPLETE"].copy()
@@ -323,7 +359,7 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(0).astype(int)
     frame["trial"] = pd.to_numeric(frame["trial"], errors="coerce").astype("Int64")
     frame["steps"] = pd.to_numeric(frame["steps"], errors="coerce").astype("Int64")
-    frame["wandb_run_id"] = frame["wandb_run_id"].fillna("").astype(str)
+    frame["wandb_run_id"] = _strings(frame["wandb_run_id"])
     bad = frame["lr"].isna() | frame["weight_decay"].isna() | (frame["optimizer"] == "")
     if bad.any():
         warnings.warn(
@@ -355,7 +391,7 @@ def load_results(
     """
     if isinstance(sources, str | Path | pd.DataFrame):
         sources = [sources]
-    frames = [read_source(s, studies) for s in sources]
+    frames = [read_source(s, studies, strict=False) for s in sources]
     if not frames:
         raise SourceError("sources: give at least one results.csv, directory or storage URL")
     raw = (
@@ -364,6 +400,17 @@ def load_results(
         else pd.DataFrame(columns=list(RESULTS_COLUMNS))
     )
     frame = tidy(raw)
+    if studies:
+        have = sorted(
+            set().union(*(f.attrs.get("studies", set(f.get("study", ()))) for f in frames))
+        )
+        unknown = [n for n in studies if n not in have]
+        if unknown:
+            raise SourceError(
+                f"study {', '.join(unknown)}: no study named so in the results "
+                f"(studies: {', '.join(have) or 'none'})"
+            )
+        frame = frame[frame["study"].isin(list(studies))].reset_index(drop=True)
     if experiment is not None:
         have = sorted(set(frame["experiment"]))
         frame = frame[frame["experiment"] == experiment].reset_index(drop=True)

@@ -1,0 +1,173 @@
+"""analysis.metrics on synthetic grids whose structure is known in closed form."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.load import aggregate, load_results
+from analysis.metrics import (
+    bootstrap_coupling_slope,
+    coupling_slope,
+    hit_probability,
+    metrics_table,
+    near_optimal_fraction,
+    random_search_regret,
+    regret_table,
+    separability,
+    trials_to_near_optimal,
+    valley,
+)
+from analysis.synthetic import surface, synthetic_results
+
+LRS = np.geomspace(1e-4, 1e-1, 9)
+WDS = np.geomspace(1e-6, 1e-1, 11)
+L, W = np.meshgrid(np.log(LRS), np.log(WDS), indexing="ij")
+
+
+def coupled(c: float = 1e-6) -> np.ndarray:
+    """Error depends on log(lr) + log(wd) only: best wd = c / lr."""
+    return 0.1 + 0.01 * (L + W - np.log(c)) ** 2
+
+
+def additive() -> np.ndarray:
+    """Error = f(log lr) + g(log wd): best wd = 3e-4 whatever the lr."""
+    return 0.1 + 0.01 * (L - np.log(1e-2)) ** 2 + 0.02 * (W - np.log(3e-4)) ** 2
+
+
+def test_product_structure_gives_slope_minus_one():
+    assert coupling_slope(LRS, WDS, coupled()) == pytest.approx(-1.0, abs=1e-6)
+    # without refinement the argmin staircase still gives about -1
+    assert coupling_slope(LRS, WDS, coupled(), refine=False) == pytest.approx(-1.0, abs=0.1)
+    v = valley(LRS, WDS, coupled())
+    assert np.allclose(v["best_wd"], 1e-6 / v["lr"], rtol=1e-6)
+    assert v["interior"].all() and v["in_fit"].all()
+
+
+def test_additive_structure_gives_slope_zero_and_separability_one():
+    E = additive()
+    assert coupling_slope(LRS, WDS, E) == pytest.approx(0.0, abs=1e-9)
+    assert np.allclose(valley(LRS, WDS, E)["best_wd"], 3e-4, rtol=1e-6)
+    assert separability(E) == pytest.approx(1.0, abs=1e-12)
+    holes = E.copy()
+    holes[0, 0] = holes[4, 7] = holes[8, 10] = np.nan  # the least-squares fit copes with gaps
+    assert separability(holes) == pytest.approx(1.0, abs=1e-9)
+    assert separability(coupled()) < 0.6
+    assert separability(np.exp(E), log=True) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_slope_sign_follows_the_valley_and_ignores_dead_rows():
+    # best wd rising like lr^0.5 (what an MLP with independent decay can show)
+    E = 0.1 + 0.01 * (W - 0.5 * L - np.log(3e-3)) ** 2
+    assert coupling_slope(LRS, WDS, E) == pytest.approx(0.5, abs=1e-6)
+    # a row where the network does not train (errors near chance, noisy) is not informative
+    rng = np.random.default_rng(0)
+    E[0] = 0.85 + rng.uniform(0, 0.05, E.shape[1])
+    v = valley(LRS, WDS, E)
+    assert not v.loc[v.lr == LRS[0], "informative"].item()
+    assert coupling_slope(LRS, WDS, E) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_diverged_and_missing_cells():
+    E = coupled()
+    E[-2:, :] = 1.0  # two lr rows diverged everywhere: no minimum there
+    E[0, 0] = np.nan
+    v = valley(LRS, WDS, E)
+    assert LRS[-1] not in set(v["lr"]) and len(v) == 7
+    assert coupling_slope(LRS, WDS, E) == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_valley_along_the_edge_falls_back_and_says_so():
+    E = 0.1 + 0.01 * (L - np.log(1e-2)) ** 2 + 0.001 * (W - np.log(WDS[0])) ** 2
+    v = valley(LRS, WDS, E)
+    assert not v["interior"].any() and v["in_fit"].any()
+    assert coupling_slope(LRS, WDS, E) == pytest.approx(0.0, abs=1e-12)
+    # fewer than two lrs with a defined minimum: no slope
+    assert np.isnan(coupling_slope(LRS[:1], WDS, E[:1]))
+
+
+def test_near_optimal_fraction():
+    E = np.array([[0.10, 0.105, 0.2], [0.109, 0.5, np.nan]])
+    assert near_optimal_fraction(E, tol=0.10) == pytest.approx(3 / 5)
+    assert near_optimal_fraction(E, tol=0.0) == pytest.approx(1 / 5)
+
+
+def _brute_regret(vals: np.ndarray, k: int) -> float:
+    return float(np.mean([min(c) for c in itertools.combinations(vals, k)]) - vals.min())
+
+
+def test_regret_is_exact_monotone_and_zero_at_grid_size():
+    rng = np.random.default_rng(1)
+    E = rng.uniform(0.05, 0.9, (3, 4)).round(2)  # rounding makes ties
+    E[1, 2] = np.nan  # not run: not drawn
+    vals = E[np.isfinite(E)]
+    r = random_search_regret(E)
+    assert len(r) == vals.size == 11
+    for k in range(1, 12):
+        assert r[k - 1] == pytest.approx(_brute_regret(vals, k), abs=1e-12)
+    assert r[0] == pytest.approx(vals.mean() - vals.min())
+    big = rng.uniform(0, 1, (20, 30))  # 600 cells: no overflow in the binomials
+    rb = random_search_regret(big)
+    assert np.all(np.diff(rb) <= 1e-15) and rb[-1] == 0.0 and np.all(rb >= 0)
+    assert np.all(np.diff(r) < 0) and r[-1] == 0.0
+
+
+def test_hit_probability_and_trials_to_near_optimal():
+    E = np.array([[0.10, 0.105, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7]])  # 2 of 8 near-optimal
+    hp = hit_probability(E, tol=0.10)
+    for k in range(1, 9):
+        combos = list(itertools.combinations(E.ravel(), k))
+        want = np.mean([min(c) <= 0.11 for c in combos])
+        assert hp[k - 1] == pytest.approx(want)
+    # P(hit in k) = 1 - C(6, k) / C(8, k): 0.893 at k = 5, 0.964 at k = 6
+    assert hp[4] == pytest.approx(1 - 6 / 56) and hp[5] == pytest.approx(1 - 1 / 28)
+    assert trials_to_near_optimal(E, 0.10, p=0.9) == 6
+    assert trials_to_near_optimal(E, 0.10, p=0.5) == 3
+
+
+def test_bootstrap_interval_covers_the_truth_and_needs_three_seeds():
+    rng = np.random.default_rng(2)
+    S = coupled()[None] + rng.normal(0, 0.01, (5, *coupled().shape))
+    lo, hi = bootstrap_coupling_slope(LRS, WDS, S, reps=60)
+    assert lo <= -1.0 <= hi and hi - lo < 0.5
+    assert np.isnan(bootstrap_coupling_slope(LRS, WDS, S[:2], reps=60)).all()
+
+
+def test_synthetic_results_end_to_end_numbers():
+    frame = load_results(synthetic_results(n_lr=7, n_wd=9, seeds=3))
+    m = metrics_table(frame, reps=40).set_index("variant")
+    for v in ("sgd/l2", "adam/l2"):
+        assert m.loc[v, "coupling_slope"] == pytest.approx(-1.0, abs=0.15)
+        assert m.loc[v, "coupling_slope_lo"] <= -1.0 + 0.1 and m.loc[v, "coupling_slope_hi"] < -0.7
+    for v in ("sgd/independent", "adam/independent"):
+        assert m.loc[v, "coupling_slope"] == pytest.approx(0.0, abs=0.1)
+        assert (
+            m.loc[v, "separability"] > 0.97 > m.loc[v.replace("independent", "l2"), "separability"]
+        )
+    assert (m["n_cells"] == 63).all() and (m["n_seeds"] == 3).all()
+    assert (m["diverged_fraction"] > 0).all() and m["valley_interior"].all()
+    # the best cell and its error are those of the mean grid
+    cells = aggregate(frame)
+    for v, row in m.iterrows():
+        sub = cells[cells.variant == v]
+        best = sub.loc[sub["mean"].idxmin()]
+        assert (row.best_error, row.best_lr, row.best_weight_decay) == (
+            best["mean"],
+            best.lr,
+            best.weight_decay,
+        )
+    reg = regret_table(cells)
+    assert set(reg["variant"]) == set(m.index)
+    for _, g in reg.groupby("variant"):
+        assert g["regret"].is_monotonic_decreasing and g["regret"].iloc[-1] == 0
+        assert g["p_near_optimal"].is_monotonic_increasing and g["p_near_optimal"].iloc[-1] == 1
+
+
+def test_synthetic_surface_diverges_where_documented():
+    err, div = surface("sgd", "l2", np.array([0.9, 0.01, 1e-3]), np.array([1e-3, 1e-3, 2e3]))
+    assert list(div) == [True, False, True] and err[0] == 1.0
+    frame = synthetic_results(["adam/independent"], n_lr=3, n_wd=3, seeds=1)
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 9
