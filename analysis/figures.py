@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--formats", default="png,pdf", help="figure formats (default: png,pdf)")
     ap.add_argument("--cmap", default="viridis", help="matplotlib colormap (default: viridis)")
+    ap.add_argument("--dpi", type=int, default=200, help="PNG resolution (default: 200)")
     ap.add_argument("--quiet", action="store_true", help="no table on stdout")
     return ap
 
@@ -306,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             for label, part in split_groups(frame)
         ]
-        written = write(analyses, args.out, formats, args.annotate, args.n_best, args.cmap)
+        written = write(
+            analyses, args.out, formats, args.annotate, args.n_best, args.cmap, args.dpi
+        )
     except (SourceError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

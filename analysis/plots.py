@@ -358,7 +358,13 @@ def heatmap_figure(
                 aspect=25,
                 extend="max" if clipped else "neither",
             )
-            cb.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+            cb.ax.yaxis.set_major_locator(
+                matplotlib.ticker.MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10])
+            )
+            span = 100 * (vmax - vmin)
+            cb.ax.yaxis.set_major_formatter(
+                matplotlib.ticker.PercentFormatter(1.0, decimals=0 if span >= 6 else 1)
+            )
             seeds = f"mean of {n_seeds} seeds" if n_seeds > 1 else "one seed"
             cb.set_label(f"{metric_label} ({seeds})")
             cb.ax.tick_params(labelsize=7, length=2)
