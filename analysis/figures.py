@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import SourceError, aggregate, load_results, split_groups, variants_in_order
+from analysis.load import (
+    SourceError,
+    aggregate,
+    is_grid,
+    load_results,
+    snap_to_grid,
+    split_groups,
+    variants_in_order,
+)
 from analysis.metrics import metrics_table, regret_table, valley_table
 
 METRICS = ("test_error", "val_error", "final_val_error")
@@ -196,6 +204,22 @@ def print_metrics(metrics: pd.DataFrame, title: str = "") -> None:
     Console(width=150).print(table)
 
 
+def parse_bins(text: str) -> tuple[int, int] | None:
+    """``auto`` -> None, ``0`` -> (0, 0) (never), ``8`` -> (8, 8), ``6x9`` -> (6, 9)."""
+    text = text.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        parts = [int(p) for p in text.split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 0 or (0 in parts and parts != [0, 0]):
+        raise ValueError(f"--bins {text}: use auto, 0, N or NxM (e.g. 8 or 6x9)")
+    return (parts[0], parts[1])
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
         self.exit(2, f"error: {message} (see python -m analysis.figures --help)\n")
@@ -244,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.10,
         help="near-optimal tolerance, relative to the best error (default: 0.10)",
+    )
+    ap.add_argument(
+        "--bins",
+        default="auto",
+        metavar="auto|0|N|NxM",
+        help="put sampled (random/TPE) trials on an N x M log grid; auto: 8x8 when the trials "
+        "do not fill a grid, 0: never (default: auto)",
     )
     ap.add_argument("--n-best", type=int, default=10, help="cells to circle (default: 10)")
     ap.add_argument("--annotate", action="store_true", help="print each cell's error in %%")
@@ -295,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SourceError(
                 f"{' '.join(args.sources)}: no COMPLETE trials (is the sweep still running?)"
             )
+        bins = parse_bins(args.bins)
+        if bins is None and not is_grid(frame):
+            bins = (8, 8)
+        if bins and bins != (0, 0):
+            frame = snap_to_grid(frame, *bins)
+            print(f"trials binned onto a {bins[0]} x {bins[1]} log grid (--bins)")
         analyses = [
             analyze(
                 part,

@@ -318,9 +318,7 @@ def _read_storage(
     storage = _open_storage(spec)
     have = {s.study_name for s in storage.get_all_studies()}
     present = [n for n in studies if n in have]
-    out = (
-        read_optuna(storage, present) if present else pd.DataFrame(columns=list(RESULTS_COLUMNS))
-    )
+    out = read_optuna(storage, present) if present else pd.DataFrame(columns=list(RESULTS_COLUMNS))
     out.attrs["studies"] = sorted(have)  # for the error message when a name is nowhere
     return out
 
@@ -470,8 +468,10 @@ def grid(
 def seed_grids(
     frame: pd.DataFrame, variant: str, metric: str = "test_error"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(seeds, lrs, wds, S)`` with ``S[s, i, j]`` = ``metric`` of seed s at cell (i, j)."""
+    """``(seeds, lrs, wds, S)`` with ``S[s, i, j]`` = ``metric`` of seed s at cell (i, j)
+    (the mean when a seed has several trials in a cell, e.g. after :func:`snap_to_grid`)."""
     sub = frame[(frame["variant"] == variant) & frame[metric].notna()]
+    sub = sub.groupby(["seed", "lr", "weight_decay"], as_index=False)[metric].mean()
     lrs = np.sort(sub["lr"].unique())
     wds = np.sort(sub["weight_decay"].unique())
     seeds = np.sort(sub["seed"].unique())
@@ -481,6 +481,43 @@ def seed_grids(
     wi = np.searchsorted(wds, sub["weight_decay"].to_numpy())
     S[si, li, wi] = sub[metric].to_numpy(float)
     return seeds, lrs, wds, S
+
+
+def is_grid(frame: pd.DataFrame, min_fill: float = 0.5) -> bool:
+    """Whether every variant's trials sit on an lr x wd grid: at least ``min_fill`` of the
+    cells spanned by its distinct lrs and wds were run (a random/TPE sampler gives ~1/n)."""
+    for _, sub in frame.groupby("variant"):
+        n_lr, n_wd = sub["lr"].nunique(), sub["weight_decay"].nunique()
+        cells = len(sub[["lr", "weight_decay"]].drop_duplicates())
+        if cells < min_fill * n_lr * n_wd:
+            return False
+    return True
+
+
+def snap_to_grid(frame: pd.DataFrame, n_lr: int = 8, n_wd: int = 8) -> pd.DataFrame:
+    """Put sampled (non-grid) trials on a grid: per variant, ``lr`` and ``weight_decay`` are
+    replaced by the geometric centre of the one of ``n`` log-spaced bins between their min and
+    max that holds them (a zero weight decay stays 0, its own column). For random or TPE
+    sweeps; every metric then works on the binned grid (a cell = the mean of its trials)."""
+    if n_lr < 1 or n_wd < 1:
+        raise ValueError(f"bins: need at least one bin per axis, got ({n_lr}, {n_wd})")
+    out = frame.copy()
+    for _, idx in frame.groupby("variant").groups.items():
+        for col, n in (("lr", n_lr), ("weight_decay", n_wd)):
+            vals = frame.loc[idx, col].to_numpy(float)
+            pos = vals > 0
+            if not pos.any():
+                continue
+            lo, hi = np.log(vals[pos].min()), np.log(vals[pos].max())
+            if hi - lo < 1e-12:
+                continue
+            edges = np.linspace(lo, hi, n + 1)
+            k = np.clip(np.searchsorted(edges, np.log(vals[pos]), side="right") - 1, 0, n - 1)
+            centres = np.exp(0.5 * (edges[:-1] + edges[1:]))
+            snapped = vals.copy()
+            snapped[pos] = [float(f"{c:.10g}") for c in centres[k]]
+            out.loc[idx, col] = snapped
+    return out
 
 
 def variants_in_order(frame: pd.DataFrame) -> list[str]:

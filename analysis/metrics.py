@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.load import aggregate, grid, seed_grids, variants_in_order
+from analysis.load import aggregate, grid, group_columns, seed_grids, variants_in_order
 
 # --------------------------------------------------------------------------------------------
 # The valley of the best weight decay per lr
@@ -318,6 +318,12 @@ def metrics_table(
     frame: pd.DataFrame, metric: str = "test_error", variants: list[str] | None = None, **kw
 ) -> pd.DataFrame:
     """:func:`variant_metrics` for each variant (paper order) of one experiment's tidy frame."""
+    mixed = group_columns(frame)
+    if mixed:
+        raise ValueError(
+            f"frame: mixes several {'/'.join(mixed)} values; analyze each part of "
+            "analysis.load.split_groups(frame) on its own"
+        )
     cells = aggregate(frame, metric)
     variants = variants or variants_in_order(frame)
     return pd.DataFrame([variant_metrics(frame, v, metric, cells=cells, **kw) for v in variants])

@@ -315,12 +315,18 @@ def heatmap_figure(
 
     ``metrics`` (from :func:`analysis.metrics.metrics_table`) adds the numbers above each panel.
     """
+    mixed = [c for c in ("experiment", "model", "data") if c in cells]
+    if mixed:
+        raise ValueError(
+            f"cells: mix several {'/'.join(mixed)} values; draw each part of "
+            "analysis.load.split_groups(trials) on its own"
+        )
     variants = variants or list(dict.fromkeys(cells["variant"]))
     fams, decs = _layout(variants)
     vmin, vmax, clipped = color_range(cells[cells["variant"].isin(variants)])
     norm = Normalize(vmin=vmin, vmax=vmax)
     mrows = {} if metrics is None else {r.variant: r for _, r in metrics.iterrows()}
-    n_seeds = int(cells["count"].max()) if len(cells) else 0
+    counts = set(cells.loc[cells["variant"].isin(variants), "count"])
     shapes = [grid(cells, v)[2].shape for v in variants]
     nl = max(s[0] for s in shapes)
     nw = max(s[1] for s in shapes)
@@ -365,7 +371,11 @@ def heatmap_figure(
             cb.ax.yaxis.set_major_formatter(
                 matplotlib.ticker.PercentFormatter(1.0, decimals=0 if span >= 6 else 1)
             )
-            seeds = f"mean of {n_seeds} seeds" if n_seeds > 1 else "one seed"
+            if len(counts) == 1:
+                n = counts.pop()
+                seeds = f"mean of {n} seeds" if n > 1 else "one seed"
+            else:
+                seeds = "mean of each cell's trials"
             cb.set_label(f"{metric_label} ({seeds})")
             cb.ax.tick_params(labelsize=7, length=2)
         counts = {n_circled(int(np.isfinite(grid(cells, v)[2]).sum()), n_best) for v in variants}

@@ -185,6 +185,7 @@ def test_help_and_bad_input(tmp_path, results_dir):
         ([str(results_dir)], "required: --out"),
         ([str(results_dir), "--out", str(out), "--metric", "loss"], "--metric"),
         ([str(results_dir), "--out", str(out), "--formats", "gif"], "--formats gif"),
+        ([str(results_dir), "--out", str(out), "--bins", "3x"], "--bins 3x"),
         ([str(results_dir), "--out", str(out), "--study", "x"], "study x: no study named so"),
     ]
     for argv, msg in cases:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.load import aggregate, load_results
+from analysis.load import aggregate, is_grid, load_results, snap_to_grid
 from analysis.metrics import (
     bootstrap_coupling_slope,
     coupling_slope,
@@ -171,3 +171,38 @@ def test_synthetic_surface_diverges_where_documented():
     assert list(div) == [True, False, True] and err[0] == 1.0
     frame = synthetic_results(["adam/independent"], n_lr=3, n_wd=3, seeds=1)
     assert isinstance(frame, pd.DataFrame) and len(frame) == 9
+
+
+def test_sampled_trials_are_binned_onto_a_grid():
+    """A random-search sweep (every trial its own lr and wd) analyzed on an 8 x 8 log grid."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for v in ("adam/l2", "adam/independent"):
+        opt, dec = v.split("/")
+        lr = np.exp(rng.uniform(np.log(10**-4.5), np.log(10**-0.5), 500))
+        wd = np.exp(rng.uniform(np.log(10**-5.5), np.log(10**-1.5), 500))
+        err, div = surface(opt, dec, lr, wd)
+        parts.append(
+            pd.DataFrame(
+                dict(
+                    optimizer=opt,
+                    decay=dec,
+                    lr=lr,
+                    weight_decay=wd,
+                    seed=rng.integers(0, 3, 500),
+                    state="COMPLETE",
+                    test_error=err + rng.normal(0, 0.002, 500) * ~div,
+                    diverged=div,
+                )
+            )
+        )
+    frame = load_results(pd.concat(parts))
+    assert not is_grid(frame)
+    snapped = snap_to_grid(frame, 8, 8)
+    assert is_grid(snapped) and len(snapped) == len(frame)
+    assert snapped.groupby("variant")["lr"].nunique().eq(8).all()
+    m = metrics_table(snapped, reps=0).set_index("variant")
+    assert m.loc["adam/l2", "coupling_slope"] == pytest.approx(-1.0, abs=0.2)
+    assert m.loc["adam/independent", "coupling_slope"] == pytest.approx(0.0, abs=0.2)
+    with pytest.raises(ValueError, match="mixes several experiment"):
+        metrics_table(pd.concat([frame, frame.assign(experiment="other")]))
