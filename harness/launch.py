@@ -105,6 +105,17 @@ def handback(timeout_s: float = HANDBACK_TIMEOUT_S) -> int | None:
     return result[0] if result else None
 
 
+def _log_to_stderr() -> None:
+    """INFO lines of lrwd's loggers on stderr (submitit's own logger has its handler)."""
+    root = logging.getLogger("lrwd")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
 class SlurmWorker:
     """The callable each Slurm array task runs; checkpointable the submitit way.
 
@@ -118,9 +129,7 @@ class SlurmWorker:
         self.checkpoints = 0  # how often this task was checkpointed (travels in the pickle)
 
     def __call__(self, cfg_dict: dict) -> Any:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        _log_to_stderr()
         log.info(
             "lrwd worker: job %s, array task %s, restart %s (checkpointed %d times), node %s",
             os.environ.get("SLURM_JOB_ID", "?"),

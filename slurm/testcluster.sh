@@ -189,7 +189,8 @@ CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.sock
+# cred_expire: also how long a requeued job waits before it may start again (default 120 s).
+AuthInfo=socket=$DIR/munge/munge.sock,cred_expire=5
 CredType=cred/munge
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
@@ -213,7 +214,7 @@ SelectTypeParameters=CR_CPU_Memory
 SlurmdParameters=config_overrides
 # Fast turnaround for tests.
 SchedulerType=sched/backfill
-SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
+SchedulerParameters=sched_interval=1,bf_interval=1,sched_min_interval=0,batch_sched_delay=0
 KillWait=2
 OverTimeLimit=0
 InactiveLimit=0

@@ -1,0 +1,199 @@
+"""``python -m harness.worker [--prepare] OVERRIDES...``: one sweep worker, for plain sbatch scripts.
+
+The Slurm path without submitit (``slurm/sweep_array.sbatch``). It composes the config exactly
+like ``python -m harness.sweep`` (``conf/config.yaml`` + the same Hydra overrides; the output dir
+is ``hydra.run.dir``, default ``outputs/<name>``, or ``output_dir=...``), then:
+
+``--prepare``  creates the studies and enqueues the grid, prints what is queued and exits. Run it
+               once, on the login node, before ``sbatch`` (workers never enqueue new cells).
+(default)      :func:`harness.study.run_worker`: join the studies and train cells until none
+               are left; exit 0.
+
+Signals (Slurm): on ``SIGUSR1`` (``#SBATCH --signal=B:USR1@120``: the warning before the time
+limit, or preemption) the worker hands the trials it holds back to the study (FAIL with
+``fail_reason=preempted``, cell re-enqueued), requeues its own array task with
+``scontrol requeue`` (at most ``launcher.max_requeue`` times, counted by
+``SLURM_RESTART_COUNT``) and exits 3. On ``SIGTERM`` (``scancel``, the hard limit) it hands the
+trials back and exits 143 without requeueing. Ctrl-C: the same, through ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger("lrwd.worker")
+
+EXIT_REQUEUED = 3
+EXIT_TERMINATED = 143
+
+
+def compose(overrides: list[str]) -> tuple[DictConfig, str]:
+    """The sweep's config for ``overrides`` and its output dir (``hydra.run.dir``, absolute)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.config import CONF_DIR, register_schema
+
+    register_schema()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    run_dir = str(Path(str(cfg.hydra.run.dir)).expanduser().resolve())
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, run_dir
+
+
+def resolved(overrides: list[str]) -> DictConfig:
+    """Validated, resolved config as the sweep driver resolves it (variants, output dir, secrets)."""
+    from harness.sweep import resolve
+
+    cfg, run_dir = compose(overrides)
+    return resolve(cfg, [o for o in overrides if not o.startswith("hydra.")], run_dir)
+
+
+def prepare(cfg: DictConfig) -> list[Any]:
+    """Create the studies and enqueue their grids (idempotent); return the studies."""
+    from harness.launch import real_url, storage_for_humans
+    from harness.study import (
+        cell_counts,
+        create_study,
+        enqueue_grid,
+        open_storage,
+        variant_config,
+        variants,
+    )
+
+    storage = open_storage(real_url(cfg), cfg.output_dir)
+    studies = []
+    for variant in variants(cfg):
+        vcfg = variant_config(cfg, variant)
+        study = create_study(vcfg, storage, variant)
+        if vcfg.sweep.sampler == "grid":
+            enqueue_grid(study, vcfg)
+        counts = {k: v for k, v in cell_counts(study).items() if v}
+        print(f"{study.study_name}: {counts}")
+        studies.append(study)
+    print(f"storage: {storage_for_humans(cfg)}; output dir: {cfg.output_dir}")
+    return studies
+
+
+class _Signals:
+    """USR1: hand back + requeue + exit 3; TERM: hand back + exit 143 (handled off the handler)."""
+
+    def __init__(self, max_requeue: int) -> None:
+        self.max_requeue = max_requeue
+        self.fired = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGUSR1, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.fired.is_set():
+            return
+        self.fired.set()
+        from harness import study
+
+        study.request_stop()  # no new cells; the running ones stop at their next report
+        threading.Thread(target=self._leave, args=(signum,), daemon=True).start()
+
+    def _leave(self, signum: int) -> None:
+        from harness.launch import handback
+
+        name = signal.Signals(signum).name
+        n = handback()
+        log.warning("%s: handed %s trial(s) back to the study", name, "?" if n is None else n)
+        code = EXIT_TERMINATED
+        if signum == signal.SIGUSR1:
+            code = EXIT_REQUEUED if self._requeue() else 0
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def _requeue(self) -> bool:
+        job = os.environ.get("SLURM_JOB_ID")
+        if not job:
+            log.warning("SIGUSR1 outside Slurm: not requeueing")
+            return False
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if restarts >= self.max_requeue:
+            log.warning(
+                "job %s was requeued %d times (launcher.max_requeue=%d): not again",
+                job,
+                restarts,
+                self.max_requeue,
+            )
+            return False
+        proc = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+        )
+        if proc.returncode != 0:
+            log.error("scontrol requeue %s failed: %s", job, proc.stderr.strip())
+            return False
+        log.warning(
+            "requeued job %s (restart %d of at most %d)", job, restarts + 1, self.max_requeue
+        )
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.config import ConfigError
+    from harness.tracking import mask_secrets
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    do_prepare = "--prepare" in args
+    overrides = [a for a in args if a != "--prepare"]
+    bad = [a for a in overrides if a.startswith("-")]
+    if bad:
+        print(
+            f"error: unknown option {bad[0]}; usage: python -m harness.worker "
+            "[--prepare] key=value ...",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = resolved(overrides)
+        if do_prepare:
+            prepare(cfg)
+            return 0
+        from harness.launch import real_url
+        from harness.study import run_worker
+
+        real = real_url(cfg)
+        _Signals(int(cfg.launcher.max_requeue)).install()
+        log.info(
+            "lrwd worker: job %s, array task %s, restart %s, output %s",
+            os.environ.get("SLURM_JOB_ID", "-"),
+            os.environ.get("SLURM_ARRAY_TASK_ID", "-"),
+            os.environ.get("SLURM_RESTART_COUNT", "0"),
+            cfg.output_dir,
+        )
+        return int(run_worker(real) or 0)
+    except ConfigError as exc:
+        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
