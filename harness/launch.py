@@ -410,6 +410,8 @@ def print_submitted(cfg: DictConfig, sub: SlurmSubmission, overrides: list[str])
     what = f"array job {sub.array_id} ({n} tasks)" if n > 1 else f"job {sub.array_id}"
     ids = ", ".join(sub.job_ids[:8]) + (" ..." if n > 8 else "")
     keep = [mask_secrets(o) for o in overrides if not o.lstrip("+~").startswith("launcher")]
+    if cfg.output_dir and not any(o.startswith(("output_dir=", "hydra.run.dir=")) for o in keep):
+        keep.append(f"output_dir={cfg.output_dir}")  # the storage path derives from it
     sweep = " ".join(["python -m harness.sweep", *(shlex.quote(o) for o in keep)])
     print(
         "\n".join(
