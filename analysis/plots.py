@@ -365,12 +365,9 @@ def heatmap_figure(
                 extend="max" if clipped else "neither",
             )
             cb.ax.yaxis.set_major_locator(
-                matplotlib.ticker.MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10])
+                matplotlib.ticker.MaxNLocator(nbins=7, steps=[1, 2, 5, 10])
             )
-            span = 100 * (vmax - vmin)
-            cb.ax.yaxis.set_major_formatter(
-                matplotlib.ticker.PercentFormatter(1.0, decimals=0 if span >= 6 else 1)
-            )
+            cb.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
             if len(counts) == 1:
                 n = counts.pop()
                 seeds = f"mean of {n} seeds" if n > 1 else "one seed"
