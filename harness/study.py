@@ -204,7 +204,7 @@ def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = _rdb_retrying(url, engine_kwargs)
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one config line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
@@ -214,6 +214,29 @@ def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         _sqlite_wal(storage)
     return storage
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Another process (a worker, optuna-dashboard, a status query) created the schema first."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    text = str(exc).lower()
+    return isinstance(exc, IntegrityError) or (
+        isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in text
+    )
+
+
+def _rdb_retrying(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried when two processes create a fresh database's tables at once
+    (SQLite raises ``UNIQUE constraint failed: alembic_version``; PostgreSQL ``already exists``)."""
+    for attempt in range(8):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the race
+            if attempt == 7 or not _schema_race(exc):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:

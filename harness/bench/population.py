@@ -22,8 +22,13 @@ from harness.train import resolve_device, run_trial
 
 def _cfgs(model: str, p: int, epochs: int, device: str) -> list:
     base = compose_config(
-        [f"model={model}", "optimizer=adam", "tracking=disabled", f"train.epochs={epochs}",
-         f"train.device={device}"]
+        [
+            f"model={model}",
+            "optimizer=adam",
+            "tracking=disabled",
+            f"train.epochs={epochs}",
+            f"train.device={device}",
+        ]
     )
     out = []
     for i in range(p):
@@ -39,7 +44,9 @@ def _rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.bench population", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.bench population", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--models", default="cnn,mlp")
     ap.add_argument("--sizes", default="1,8,32,64,128")
     ap.add_argument("--epochs", type=int, default=2)
@@ -50,8 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     device = resolve_device(args.device)
-    table = Table(title=f"population training, {args.epochs} epochs of MNIST-1D per trial, {device}")
-    for col in ("model", "P", "s / population", "trials / hour", "speedup vs sequential", "peak MB"):
+    table = Table(
+        title=f"population training, {args.epochs} epochs of MNIST-1D per trial, {device}"
+    )
+    for col in (
+        "model",
+        "P",
+        "s / population",
+        "trials / hour",
+        "speedup vs sequential",
+        "peak MB",
+    ):
         table.add_column(col, justify="right")
     for model in args.models.split(","):
         seq = _cfgs(model, args.sequential, args.epochs, str(device))
@@ -69,11 +85,20 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             train_population(cfgs, [None] * p)
             dt = time.perf_counter() - t0
-            peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-                    else _rss_mb() - rss0)
+            peak = (
+                torch.cuda.max_memory_allocated() / 2**20
+                if device.type == "cuda"
+                else _rss_mb() - rss0
+            )
             per_trial = dt / p
-            table.add_row(model, str(p), f"{dt:.2f}", f"{3600 / per_trial:,.0f}",
-                          f"{seq_s / per_trial:.1f}x", f"{peak:.0f}")
+            table.add_row(
+                model,
+                str(p),
+                f"{dt:.2f}",
+                f"{3600 / per_trial:,.0f}",
+                f"{seq_s / per_trial:.1f}x",
+                f"{peak:.0f}",
+            )
     Console(width=120).print(table)
     return 0
 
