@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m analysis.figures runs.journal --study quick-adam-l2 --out figures/\n"
         "  python -m analysis.figures 'postgresql://user@host/db#fig2-sgd-l2,fig2-sgd-independent' "
         "--out figures/\n"
-        "  python -m analysis.figures wandb:my-team/lrwd/quick --out figures/\n"
+        "  python -m analysis.figures wandb:my-team/lrwd/quick-adam-l2 --out figures/\n"
         "metrics are defined in docs/analysis.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -109,9 +109,12 @@ class SweepConfig:
     pruner: str = "none"  # none | median | hyperband
     workers: int = 1  # local worker processes (or Slurm array tasks) on one study
     population: Any = "auto"  # 1 = sequential; P = cells trained together; auto
-    heartbeat_s: int = 60  # RDB heartbeat; stale trials are re-run after 2x this
+    heartbeat_s: int = 60  # lease heartbeat (every storage); stale trials re-run after 2x this
     study_name: str = ""  # default: <name>; each variant's study is <study_name>-<opt>-<decay>
     variants: list[str] = field(default_factory=list)  # e.g. [adam/l2, adam/independent]
+    # model options crossed with the variants (e.g. [mlp, mlp_bn]); each (model, variant) is its
+    # own study <study_name>-<model>-<opt>-<decay>. Empty: the one configured model.
+    models: list[str] = field(default_factory=list)
     action: str = "run"  # run | report (results + figures from the storage only) | status
 
 
@@ -203,6 +206,23 @@ def _range(r: Any, field_name: str) -> None:
         )
 
 
+_SIGNAL_MODELS = ("cnn", "cnn_bn")  # 1-D convolutions: MNIST-1D only
+_IMAGE_MODELS = ("resnet20", "resnet_tiny")  # 2-D images: CIFAR only
+
+
+def _model_fits_data(model: str, data: str, field_name: str) -> None:
+    if model in _SIGNAL_MODELS and data != "mnist1d":
+        raise ConfigError(
+            f"{field_name}: '{model}' is a 1-D CNN for mnist1d, not {data}; "
+            "use model=resnet20 (or resnet_tiny, mlp) for CIFAR"
+        )
+    if model in _IMAGE_MODELS and data == "mnist1d":
+        raise ConfigError(
+            f"{field_name}: '{model}' needs images (CIFAR), not mnist1d; "
+            "use model=mlp, mlp_bn, cnn or cnn_bn for mnist1d"
+        )
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks that types cannot express. Raises ConfigError (one line) on the first."""
     o = cfg.optimizer
@@ -221,6 +241,7 @@ def validate(cfg: Any) -> None:
     _choice(o.wd_schedule, WD_SCHEDULES, "optimizer.wd_schedule")
     _choice(cfg.model.name, MODELS, "model.name")
     _choice(cfg.data.name, DATASETS, "data.name")
+    _model_fits_data(cfg.model.name, cfg.data.name, "model.name")
     _positive(int(cfg.data.batch_size), "data.batch_size")
     _choice(cfg.schedule.name, SCHEDULES, "schedule.name")
     if int(cfg.train.epochs) < 1 and int(cfg.train.max_steps) < 1:
@@ -250,6 +271,9 @@ def validate(cfg: Any) -> None:
             )
         _choice(parts[0], OPTIMIZERS, f"sweep.variants ('{v}') optimizer")
         _choice(parts[1], DECAYS, f"sweep.variants ('{v}') decay")
+    for m in s.get("models") or []:
+        _choice(m, MODELS, f"sweep.models ('{m}')")
+        _model_fits_data(m, cfg.data.name, f"sweep.models ('{m}')")
     st = cfg.storage
     _choice(st.kind, STORAGES, "storage.kind")
     if st.kind == "url" and not st.url:
@@ -262,7 +286,10 @@ def validate(cfg: Any) -> None:
             "(a file on a shared filesystem) or storage=url storage.url=postgresql://..."
         )
     if st.kind == "memory" and (int(s.workers) > 1 or cfg.launcher.name != "local"):
-        raise ConfigError("storage.kind: memory is private to one process; use sqlite or journal")
+        raise ConfigError(
+            "storage.kind: memory is private to one process; use storage=journal or storage=url "
+            "(storage=sqlite for one local worker)"
+        )
     _choice(cfg.tracking.mode, TRACKING_MODES, "tracking.mode")
     _choice(cfg.launcher.name, LAUNCHERS, "launcher.name")
     if cfg.launcher.name == "slurm" and st.kind == "sqlite":

@@ -74,10 +74,16 @@ class Variant:
 
     optimizer: str
     decay: str
+    model: str = ""  # set when the run crosses sweep.models with the variants
 
     @property
     def key(self) -> str:
         return f"{self.optimizer}/{self.decay}"
+
+    @property
+    def label(self) -> str:
+        """``mlp_bn:adam/l2`` when a model is part of the variant, else ``adam/l2``."""
+        return f"{self.model}:{self.key}" if self.model else self.key
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -92,21 +98,39 @@ class Variant:
 def variants(cfg: DictConfig) -> list[Variant]:
     """The variants a run covers: ``sweep.variants`` or the single configured optimizer."""
     listed = list(cfg.sweep.get("variants") or [])
-    if not listed:
-        return [Variant(cfg.optimizer.name, cfg.optimizer.decay)]
-    return [Variant.parse(v) for v in listed]
+    base = [Variant.parse(v) for v in listed] or [Variant(cfg.optimizer.name, cfg.optimizer.decay)]
+    models = list(cfg.sweep.get("models") or [])
+    if not models:
+        return base
+    return [Variant(v.optimizer, v.decay, str(m)) for m in models for v in base]
 
 
 def study_name(cfg: DictConfig, variant: Variant) -> str:
     base = cfg.sweep.study_name or cfg.name
+    if variant.model:
+        return f"{base}-{variant.model}-{variant.optimizer}-{variant.decay}"
     return f"{base}-{variant.optimizer}-{variant.decay}"
 
 
+def model_group(name: str) -> dict[str, Any]:
+    """The ``conf/model/<name>.yaml`` option merged over the schema defaults."""
+    from harness.config import CONF_DIR, ModelConfig
+
+    path = Path(CONF_DIR) / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"sweep.models: no model option '{name}' ({path} does not exist)")
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    return OmegaConf.to_container(merged, resolve=True)
+
+
 def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
-    """A copy of ``cfg`` whose optimizer is ``variant`` (family defaults kept from cfg)."""
+    """A copy of ``cfg`` whose optimizer is ``variant`` (family defaults kept from cfg) and, when
+    the variant names a model, whose model group is that option of ``conf/model/``."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     out.optimizer.name = variant.optimizer
     out.optimizer.decay = variant.decay
+    if variant.model and variant.model != out.model.name:
+        out.model = model_group(variant.model)
     return out
 
 
@@ -919,6 +943,8 @@ def run_worker(
 def _run_claims(
     study, vplain, variant, claims, train, tracker, beat, state, stats, pruning, env, on_result
 ) -> None:
+    from harness.tracking import run_name
+
     cfgs, reports, runs = [], [], []
     for claim in claims:
         tcfg, plain = trial_config(vplain, claim.params)
@@ -930,9 +956,8 @@ def _run_claims(
         claim.trial.set_user_attr("config", record_cfg)
         claim.trial.set_user_attr("git_rev", env["git_rev"])
         claim.trial.set_user_attr("versions", env["versions"])
-        name = (
-            f"{variant.key} lr={claim.params['lr']:.3g} wd={claim.params['weight_decay']:.3g} "
-            f"s{claim.params['seed']}"
+        name = run_name(
+            variant.label, claim.params["lr"], claim.params["weight_decay"], claim.params["seed"]
         )
         run = tracker.start(
             name,
@@ -962,11 +987,11 @@ def _run_claims(
                 study.tell(claim.trial, state=TrialState.PRUNED)
             except UpdateFinishedTrialError:
                 pass
-            run.finish({"pruned": True}, state="failed")
+            run.finish({"pruned": True}, state="pruned")
             stats.pruned += 1
         elif isinstance(result, Preempted):
             fail_claim(study, claim, "preempted", requeue_cell=True)
-            run.finish({"preempted": True}, state="failed")
+            run.finish({"preempted": True}, state="preempted")
             stats.preempted = True
         elif isinstance(result, BaseException):
             reason = f"{type(result).__name__}: {result}"

@@ -40,6 +40,11 @@ def _explicit_optimizer(overrides: list[str]) -> bool:
     return single and not listed
 
 
+def _explicit_model(overrides: list[str]) -> bool:
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    return any(k in ("model", "model.name") for k in keys) and "sweep.models" not in keys
+
+
 def resolve(cfg: DictConfig, overrides: list[str], output_dir: str) -> DictConfig:
     """Validate and freeze the config a sweep runs with (variants, output dir, secrets)."""
     validate(cfg)
@@ -47,6 +52,9 @@ def resolve(cfg: DictConfig, overrides: list[str], output_dir: str) -> DictConfi
     if _explicit_optimizer(overrides):
         # `optimizer.decay=l2` (or a multirun over it) names the one variant to run.
         out.sweep.variants = []
+    if _explicit_model(overrides):
+        # `model=mlp_bn` names the one model to run, whatever the experiment's sweep.models.
+        out.sweep.models = []
     out.output_dir = str(Path(cfg.output_dir or output_dir).resolve())
     url = out.storage.url
     if out.storage.kind == "url" and url and not url.startswith(_ENV_PREFIX):
@@ -221,6 +229,8 @@ def print_summary(frame, total_per_study: int) -> None:
     for _, g in frame.groupby("study", sort=False):
         done = g[g.state == "COMPLETE"]
         variant = f"{g.optimizer.iloc[0]}/{g.decay.iloc[0]}"
+        if "model" in g and frame["model"].nunique() > 1:
+            variant = f"{g.model.iloc[0]}:{variant}"
         if done.empty:
             table.add_row(variant, f"0/{total_per_study}", "-", "-", "-", "-", "-")
             continue
@@ -268,6 +278,10 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
             counts = {k: v for k, v in st.cell_counts(s).items() if v}
             print(f"{s.study_name}: {counts}")
         return 0
+    if cfg.sweep.action == "run":
+        from harness.data import check_data
+
+        check_data(cfg.data)  # missing CIFAR: one line, before any study exists
     storage, studies = prepare(cfg)
     save_config(cfg, out / "config.yaml")
     if cfg.sweep.action == "run":

@@ -172,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = resolved(overrides)
+        if cfg.storage.kind in ("sqlite", "memory") and (
+            do_prepare or os.environ.get("SLURM_JOB_ID")
+        ):
+            raise ConfigError(
+                f"storage.kind: {cfg.storage.kind} cannot be shared by Slurm array tasks; use "
+                "storage=journal (a file on a shared filesystem) or storage=url "
+                "(LRWD_STORAGE_URL=postgresql://...)"
+            )
         if do_prepare:
             prepare(cfg)
             return 0

@@ -100,6 +100,9 @@ def test_grid_is_log_spaced_and_seed_major():
         (["sweep.weight_decay.num=0"], "sweep.weight_decay.num"),
         (["sweep.workers=3"], "storage.kind"),  # SQLite with 3 workers
         (["storage=url", "storage.url=postgresql://lrwd:hunter2@127.0.0.1:9/nope"], "storage.url"),
+        (["model=resnet20"], "model.name"),  # an image net on 1-D signals
+        (["sweep.models=[mlp,resnet_tiny]"], "sweep.models"),
+        (["data=cifar10", "model=resnet_tiny", "data.root=/nonexistent/lrwd"], "data.root"),
     ],
 )
 def test_bad_input_is_one_line_and_creates_nothing(tmp_path, override, field):
@@ -130,6 +133,7 @@ def test_sweep_runs_and_resumes(tmp_path):
     proc = run_sweep(out, *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "study.db").exists() and (out / "results.csv").exists()
+    assert (out / "figures" / "heatmaps.png").stat().st_size > 10_000
     assert "results.csv" in proc.stdout and "study.db" in proc.stdout
     study = load(out, "sqlite", TINY)
     complete = assert_exactly_once(study, 9)
@@ -234,3 +238,48 @@ def test_three_workers_postgres_exactly_once(tmp_path, postgres_url):
     for path in out.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
+
+
+# --------------------------------------------------------------------------------------------
+# Models crossed with variants (sweep.models)
+
+
+def test_models_cross_variants_with_their_own_model_group():
+    cfg = compose_config(["sweep.models=[mlp,cnn_bn]", "sweep.variants=[adam/l2,sgd/independent]"])
+    vs = st.variants(cfg)
+    assert [v.label for v in vs] == [
+        "mlp:adam/l2",
+        "mlp:sgd/independent",
+        "cnn_bn:adam/l2",
+        "cnn_bn:sgd/independent",
+    ]
+    names = [st.study_name(cfg, v) for v in vs]
+    assert names[2] == "quick-cnn_bn-adam-l2" and len(set(names)) == 4
+    cnn = st.variant_config(cfg, vs[2])
+    assert (cnn.model.name, cnn.model.width) == ("cnn_bn", 32)  # conf/model/cnn_bn.yaml
+    assert (cnn.optimizer.name, cnn.optimizer.decay) == ("adam", "l2")
+    assert st.variant_config(cfg, vs[0]).model.width == 256
+
+
+def test_model_on_the_command_line_runs_just_that_model(tmp_path):
+    from harness.sweep import resolve
+
+    cfg = compose_config(["sweep.models=[mlp,mlp_bn]", "model=mlp_bn"])
+    out = resolve(cfg, ["model=mlp_bn"], str(tmp_path))
+    assert list(out.sweep.models) == []
+    assert [v.label for v in st.variants(out)] == [v for v in cfg.sweep.variants]
+
+
+def test_worker_refuses_sqlite_for_an_array(tmp_path):
+    out = tmp_path / "w"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.worker", "--prepare", *TINY, f"hydra.run.dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: storage.kind: sqlite"), proc.stderr
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
