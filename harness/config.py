@@ -115,6 +115,10 @@ class SweepConfig:
     # model options crossed with the variants (e.g. [mlp, mlp_bn]); each (model, variant) is its
     # own study <study_name>-<model>-<opt>-<decay>. Empty: the one configured model.
     models: list[str] = field(default_factory=list)
+    # per-variant grid ranges over the ones above, keyed by optimizer (sgd), decay (independent)
+    # or both (sgd/independent, or sgd-independent on the command line; the most specific wins),
+    # e.g. {sgd: {lr: {min: 1e-3, max: 1, num: 7}}}
+    ranges: dict[str, Any] = field(default_factory=dict)
     action: str = "run"  # run | report (results + figures from the storage only) | status
 
 
@@ -223,6 +227,32 @@ def _model_fits_data(model: str, data: str, field_name: str) -> None:
         )
 
 
+def _check_ranges(key: str, value: Any) -> None:
+    parts = key.replace("-", "/").split("/")
+    ok = (len(parts) == 1 and key in OPTIMIZERS + DECAYS) or (
+        len(parts) == 2 and parts[0] in OPTIMIZERS and parts[1] in DECAYS
+    )
+    if not ok:
+        raise ConfigError(
+            f"sweep.ranges: key '{key}' is not an optimizer, a decay or optimizer/decay "
+            "(optimizer-decay on the command line); "
+            "e.g. sweep.ranges.sgd.lr.min=1e-3"
+        )
+    if not hasattr(value, "keys") or set(value.keys()) - {"lr", "weight_decay"}:
+        raise ConfigError(
+            f"sweep.ranges.{key}: only lr and weight_decay ranges may be set; "
+            f"e.g. sweep.ranges.{key}.lr={{min: 1e-3, max: 1, num: 7}}"
+        )
+    for axis, r in value.items():
+        for part in ("min", "max", "num"):
+            if part not in r:
+                raise ConfigError(
+                    f"sweep.ranges.{key}.{axis}: needs min, max and num; "
+                    f"pass sweep.ranges.{key}.{axis}={{min: ..., max: ..., num: ...}}"
+                )
+        _range(r, f"sweep.ranges.{key}.{axis}")
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks that types cannot express. Raises ConfigError (one line) on the first."""
     o = cfg.optimizer
@@ -271,6 +301,8 @@ def validate(cfg: Any) -> None:
             )
         _choice(parts[0], OPTIMIZERS, f"sweep.variants ('{v}') optimizer")
         _choice(parts[1], DECAYS, f"sweep.variants ('{v}') decay")
+    for key, value in (s.get("ranges") or {}).items():
+        _check_ranges(str(key), value)
     for m in s.get("models") or []:
         _choice(m, MODELS, f"sweep.models ('{m}')")
         _model_fits_data(m, cfg.data.name, f"sweep.models ('{m}')")

@@ -123,14 +123,29 @@ def model_group(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(merged, resolve=True)
 
 
+def _twins(a: str, b: str) -> bool:
+    return a.removesuffix("_bn") == b.removesuffix("_bn")
+
+
 def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
-    """A copy of ``cfg`` whose optimizer is ``variant`` (family defaults kept from cfg) and, when
-    the variant names a model, whose model group is that option of ``conf/model/``."""
+    """A copy of ``cfg`` for one variant: its optimizer family and decay (family defaults kept
+    from cfg); when the variant names a model, that option of ``conf/model/`` (width and depth
+    kept from cfg for the model's BatchNorm twin); ``sweep.ranges`` applied to the grid."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     out.optimizer.name = variant.optimizer
     out.optimizer.decay = variant.decay
     if variant.model and variant.model != out.model.name:
+        current = dict(out.model)
         out.model = model_group(variant.model)
+        if _twins(current["name"], variant.model):
+            # mlp <-> mlp_bn, cnn <-> cnn_bn: the same network with and without BatchNorm, so
+            # the configured width/depth carry over (model.width=128 applies to both).
+            out.model.width, out.model.depth = current["width"], current["depth"]
+    ranges = out.sweep.get("ranges") or {}
+    specific = f"{variant.optimizer}-{variant.decay}"
+    for key in (variant.decay, variant.optimizer, variant.key, specific):  # most specific wins
+        for axis, r in (ranges.get(key) or {}).items():
+            out.sweep[axis] = {"min": float(r["min"]), "max": float(r["max"]), "num": int(r["num"])}
     return out
 
 

@@ -121,9 +121,15 @@ def _count_done(studies: list[Any]) -> int:
     return sum(len(s.get_trials(deepcopy=False, states=st.DONE_STATES)) for s in studies)
 
 
+def _cells(cfg: DictConfig, variant: st.Variant) -> int:
+    vcfg = st.variant_config(cfg, variant)
+    if vcfg.sweep.sampler == "grid":
+        return len(st.grid_cells(vcfg.sweep))
+    return st.sampled_budget(vcfg)
+
+
 def _total(cfg: DictConfig) -> int:
-    n = len(st.grid_cells(cfg.sweep)) if cfg.sweep.sampler == "grid" else st.sampled_budget(cfg)
-    return n * len(st.variants(cfg))
+    return sum(_cells(cfg, v) for v in st.variants(cfg))
 
 
 def _worker_entry(cfg_container: dict) -> None:
@@ -208,7 +214,8 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     import pandas as pd
 
     frame = pd.read_csv(paths["results"])
-    print_summary(frame, total_per_study=len(st.grid_cells(cfg.sweep)))
+    totals = {st.study_name(cfg, v): _cells(cfg, v) for v in st.variants(cfg)}
+    print_summary(frame, total_per_study=totals)
     try:
         paths.update(draw_figures(paths["results"], out / "figures"))
     except Exception as exc:  # noqa: BLE001 - figures never lose the results
@@ -216,7 +223,7 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     return paths
 
 
-def print_summary(frame, total_per_study: int) -> None:
+def print_summary(frame, total_per_study: int | dict[str, int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -226,19 +233,24 @@ def print_summary(frame, total_per_study: int) -> None:
     if frame.empty:
         Console().print("no finished trials yet")
         return
-    for _, g in frame.groupby("study", sort=False):
+    for name, g in frame.groupby("study", sort=False):
         done = g[g.state == "COMPLETE"]
+        total = (
+            total_per_study.get(name, "?")
+            if isinstance(total_per_study, dict)
+            else total_per_study
+        )
         variant = f"{g.optimizer.iloc[0]}/{g.decay.iloc[0]}"
         if "model" in g and frame["model"].nunique() > 1:
             variant = f"{g.model.iloc[0]}:{variant}"
         if done.empty:
-            table.add_row(variant, f"0/{total_per_study}", "-", "-", "-", "-", "-")
+            table.add_row(variant, f"0/{total}", "-", "-", "-", "-", "-")
             continue
         cells = done.groupby(["lr", "weight_decay"])["test_error"].mean()
         (lr, wd), err = cells.idxmin(), cells.min()
         table.add_row(
             variant,
-            f"{done[['lr', 'weight_decay', 'seed']].drop_duplicates().shape[0]}/{total_per_study}",
+            f"{done[['lr', 'weight_decay', 'seed']].drop_duplicates().shape[0]}/{total}",
             str(int(done.diverged.astype(bool).sum())),
             f"{err:.4f}",
             f"{lr:.3g}",
@@ -286,8 +298,8 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
     save_config(cfg, out / "config.yaml")
     if cfg.sweep.action == "run":
         print(
-            f"lrwd: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'} x "
-            f"{len(st.grid_cells(cfg.sweep))} cells in {url}; output {out}"
+            f"lrwd: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, "
+            f"{_total(cfg)} cells in all, in {url}; output {out}"
         )
         if cfg.launcher.name == "slurm":
             from harness.launch import submit_slurm

@@ -283,3 +283,39 @@ def test_worker_refuses_sqlite_for_an_array(tmp_path):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: storage.kind: sqlite"), proc.stderr
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_bn_twin_keeps_width_and_ranges_apply_per_variant():
+    cfg = compose_config(
+        [
+            "sweep.models=[mlp,mlp_bn,cnn]",
+            "model.width=64",
+            "sweep.variants=[adam/l2,sgd/l2,sgd/independent]",
+            "+sweep.ranges.sgd.lr={min: 1e-3, max: 1, num: 4}",
+            "+sweep.ranges.sgd-independent.weight_decay={min: 1e-6, max: 1e-3, num: 2}",
+        ]
+    )
+    by = {v.label: st.variant_config(cfg, v) for v in st.variants(cfg)}
+    assert by["mlp_bn:adam/l2"].model.width == 64  # the BatchNorm twin of the configured mlp
+    assert by["cnn:adam/l2"].model.width == 32  # another model: its own conf/model defaults
+    lrs, wds, _ = st.grid_axes(by["mlp:adam/l2"].sweep)
+    assert (len(lrs), len(wds)) == (6, 6)  # quick's ranges
+    lrs, wds, _ = st.grid_axes(by["mlp:sgd/l2"].sweep)
+    assert lrs == [1e-3, 1e-2, 1e-1, 1.0] and len(wds) == 6
+    lrs, wds, _ = st.grid_axes(by["mlp:sgd/independent"].sweep)
+    assert lrs == [1e-3, 1e-2, 1e-1, 1.0] and wds == [1e-6, 1e-3]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+sweep.ranges.rmsprop.lr={min: 1e-3, max: 1, num: 4}", "sweep.ranges: key 'rmsprop'"),
+        ("+sweep.ranges.sgd.momentum={min: 0.1, max: 0.9, num: 3}", "sweep.ranges.sgd: only"),
+        ("+sweep.ranges.sgd.lr={min: 1, max: 1e-3, num: 4}", "sweep.ranges.sgd.lr: the range"),
+    ],
+)
+def test_bad_ranges_are_one_line(override, message):
+    from harness.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        validate(compose_config([override]))
