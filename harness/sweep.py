@@ -236,9 +236,7 @@ def print_summary(frame, total_per_study: int | dict[str, int]) -> None:
     for name, g in frame.groupby("study", sort=False):
         done = g[g.state == "COMPLETE"]
         total = (
-            total_per_study.get(name, "?")
-            if isinstance(total_per_study, dict)
-            else total_per_study
+            total_per_study.get(name, "?") if isinstance(total_per_study, dict) else total_per_study
         )
         variant = f"{g.optimizer.iloc[0]}/{g.decay.iloc[0]}"
         if "model" in g and frame["model"].nunique() > 1:
