@@ -295,6 +295,10 @@ def variant_metrics(
         "best_error_std": float(SD[i, j]),
         "best_lr": float(lrs[i]),
         "best_weight_decay": float(wds[j]),
+        # does weight decay matter here? the best error with the smallest wd of the grid (best
+        # lr for it) and how much the best wd gains over it (> 0: decay helps)
+        "best_error_smallest_wd": float(np.nanmin(E[:, 0])),
+        "wd_gain": float(np.nanmin(E[:, 0]) - E[i, j]),
         "coupling_slope": slope,
         "coupling_slope_lo": lo,
         "coupling_slope_hi": hi,

@@ -71,3 +71,25 @@ def test_figures_cli_from_results_csv(tmp_path):
     assert m.loc["adam/independent", "coupling_slope"] == pytest.approx(0.0, abs=0.01)
     assert m.loc["adam/l2", "coupling_slope"] < -0.5
     assert figures_main([str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
+
+
+def test_wd_gain_is_the_best_error_at_the_smallest_wd_minus_the_best():
+    from analysis.metrics import variant_metrics
+
+    rows = []
+    for lr in (1e-3, 1e-2, 1e-1):
+        for wd in (1e-5, 1e-4, 1e-3):
+            # wd helps: the smallest wd costs 0.05 at every lr; lr 1e-2 is best
+            err = 0.2 + (0.05 if wd == 1e-5 else 0.0) + (0.0 if lr == 1e-2 else 0.03)
+            flat = 0.2 + (0.0 if lr == 1e-2 else 0.03)  # wd makes no difference
+            for variant, e in (("sgd/l2", err), ("sgd/independent", flat)):
+                rows.append(
+                    dict(study=variant, variant=variant, optimizer="sgd", decay=variant[4:], lr=lr,
+                         weight_decay=wd, seed=0, state="COMPLETE", test_error=e,
+                         val_error=e, diverged=False)
+                )  # fmt: skip
+    frame = pd.DataFrame(rows)
+    helps = variant_metrics(frame, "sgd/l2", reps=5)
+    assert helps["best_error_smallest_wd"] == pytest.approx(0.25)
+    assert helps["wd_gain"] == pytest.approx(0.05)
+    assert variant_metrics(frame, "sgd/independent", reps=5)["wd_gain"] == pytest.approx(0.0)
