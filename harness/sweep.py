@@ -139,6 +139,40 @@ def _worker_entry(cfg_container: dict) -> None:
     st.run_worker(cfg)
 
 
+class _LogProgress:
+    """Progress as plain lines when stdout is not a terminal (nohup, Slurm, CI logs), where the
+    live bar would print nothing until the end: one line every ``every_s`` seconds and at the end.
+    """
+
+    def __init__(self, total: int, done0: int, every_s: float = 30.0) -> None:
+        self.total, self.done0, self.every_s = total, done0, every_s
+        self.enabled = not sys.stdout.isatty()
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done: int, last: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < self.every_s):
+            return
+        self.last = now
+        elapsed = now - self.t0
+        new = done - self.done0
+        left = (self.total - done) * elapsed / new if new > 0 else float("nan")
+        eta = f", ~{_clock(left)} left" if new > 0 and done < self.total else ""
+        pct = 100 * done / max(self.total, 1)
+        tail = f"; last: {last}" if last else ""
+        print(
+            f"progress: {done}/{self.total} cells ({pct:.0f}%), {_clock(elapsed)} elapsed{eta}"
+            f"{tail}",
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
 def run_local(cfg: DictConfig, studies: list[Any]) -> int:
     from rich.progress import (
         BarColumn,
@@ -159,7 +193,8 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
         TimeRemainingColumn(),
         TextColumn("{task.fields[last]}"),
     )
-    with Progress(*columns, transient=False) as progress:
+    plain = _LogProgress(total, done0)
+    with Progress(*columns, transient=False, disable=plain.enabled) as progress:
         task = progress.add_task(cfg.name, total=total, completed=done0, last="")
         if int(cfg.sweep.workers) == 1:
 
@@ -177,9 +212,11 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
                     )
                     progress.advance(task)
                 progress.update(task, last=last)
+                plain(int(progress.tasks[0].completed), last)
 
             st.run_worker(real_url(cfg), on_result=on_result)
             progress.update(task, completed=_count_done(studies))
+            plain(_count_done(studies), force=True)
             return 0
         ctx = mp.get_context("spawn")
         container = OmegaConf.to_container(cfg, resolve=True)
@@ -191,7 +228,9 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
             p.start()
         try:
             while any(p.is_alive() for p in procs):
-                progress.update(task, completed=_count_done(studies))
+                done = _count_done(studies)
+                progress.update(task, completed=done)
+                plain(done)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             for p in procs:
@@ -200,6 +239,7 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
         for p in procs:
             p.join()
         progress.update(task, completed=_count_done(studies))
+        plain(_count_done(studies), force=True)
     bad = [p.exitcode for p in procs if p.exitcode]
     if bad:
         log.error("%d of %d workers exited with errors: %s", len(bad), len(procs), bad)
@@ -255,7 +295,7 @@ def print_summary(frame, total_per_study: int | dict[str, int]) -> None:
             f"{wd:.3g}",
             f"{done.wall_s.median():.2f}",
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
 
 
 def draw_figures(results_csv: Path, out: Path) -> dict[str, Path]:

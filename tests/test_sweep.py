@@ -135,6 +135,7 @@ def test_sweep_runs_and_resumes(tmp_path):
     assert (out / "study.db").exists() and (out / "results.csv").exists()
     assert (out / "figures" / "heatmaps.png").stat().st_size > 10_000
     assert "results.csv" in proc.stdout and "study.db" in proc.stdout
+    assert "progress: 9/9 cells (100%)" in proc.stdout  # plain progress lines off a terminal
     study = load(out, "sqlite", TINY)
     complete = assert_exactly_once(study, 9)
     t = complete[0]
