@@ -259,7 +259,7 @@ def test_models_cross_variants_with_their_own_model_group():
     cnn = st.variant_config(cfg, vs[2])
     assert (cnn.model.name, cnn.model.width) == ("cnn_bn", 32)  # conf/model/cnn_bn.yaml
     assert (cnn.optimizer.name, cnn.optimizer.decay) == ("adam", "l2")
-    assert st.variant_config(cfg, vs[0]).model.width == 256
+    assert st.variant_config(cfg, vs[0]).model.width == 128  # quick.yaml's mlp
 
 
 def test_model_on_the_command_line_runs_just_that_model(tmp_path):
