@@ -70,6 +70,29 @@ def test_fake_cifar_through_the_real_loader_and_augment(tmp_path):
     assert model(d.x_train[:4]).shape == (4, 10)
 
 
+def test_fake_cifar100_through_the_real_loader(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, n in (("train", 30), ("test", 12)):
+        with open(folder / name, "wb") as fh:
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    b"fine_labels": list(rng.integers(0, 100, n)),
+                    b"coarse_labels": list(rng.integers(0, 20, n)),
+                },
+                fh,
+            )
+    cfg = compose_config(["data=cifar100", f"data.root={tmp_path}", "data.val_size=6"])
+    d = load_data(cfg.data)
+    assert d.num_classes == 100
+    assert d.x_train.shape == (24, 3, 32, 32) and d.x_test.shape == (12, 3, 32, 32)
+    assert int(torch.cat([d.y_train, d.y_val, d.y_test]).max()) >= 20  # fine, not coarse labels
+    model = build_model(compose_config(["model=resnet_tiny"]).model, d.input_shape, 100)
+    assert model(d.x_test[:2]).shape == (2, 100)
+
+
 def test_missing_cifar_is_one_clear_error(tmp_path):
     cfg = compose_config(["data=cifar10", f"data.root={tmp_path}"])
     with pytest.raises(DataError) as err:
@@ -86,6 +109,7 @@ def test_missing_cifar_is_one_clear_error(tmp_path):
         ("cnn", (1, 40)),
         ("cnn_bn", (1, 40)),
         ("resnet20", (3, 32, 32)),
+        ("resnet_tiny", (3, 32, 32)),
     ],
 )
 def test_model_forward_shapes(name, shape):
@@ -102,6 +126,19 @@ def test_schedule_values_at_known_steps():
     assert [lr_multiplier(s, t, 100) for t in (0, 49, 50, 75)] == pytest.approx([1, 1, 0.1, 0.01])
     s.name, s.warmup_fraction = "warmup_cosine", 0.1
     assert lr_multiplier(s, 0, 100) == pytest.approx(0.1) and lr_multiplier(s, 10, 100) == 1.0
+    assert lr_multiplier(s, 55, 100) == pytest.approx(0.5)  # half way through the cosine part
+    s.name = "warmup_constant"
+    assert [lr_multiplier(s, t, 100) for t in (0, 4, 9, 10, 99)] == pytest.approx(
+        [0.1, 0.5, 1.0, 1.0, 1.0]
+    )
+    s.name = "constant"
+    assert {lr_multiplier(s, t, 100) for t in (0, 50, 99)} == {1.0}
+    s.name, s.min_factor = "cosine", 0.1  # a floor: eta_T = 0.1
+    assert lr_multiplier(s, 100, 100) == pytest.approx(0.1)
+    assert lr_multiplier(s, 50, 100) == pytest.approx(0.55)
+    s.name = "linear"
+    with pytest.raises(ValueError, match="schedule.name"):
+        lr_multiplier(s, 0, 100)
 
 
 def test_huge_lr_diverges_without_exception():
