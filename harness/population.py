@@ -19,9 +19,12 @@ overhead, not arithmetic. Here the P members' parameters are stacked along a lea
   frozen the same way; the others carry on untouched.
 
 Supported: ``mlp``, ``mlp_bn``, ``cnn``, ``cnn_bn`` (BatchNorm of P members x C channels is one
-batch norm over P*C channels, with per-member running statistics), SGD and Adam with any decay form (``l2``, ``loss``, ``decoupled``,
-``independent``) and parameter-group rule, constant weight decay. Anything else runs through the
-sequential trial runner, so every config still gets a correct result.
+batch norm over P*C channels, with per-member running statistics), the CIFAR ResNets
+``resnet20`` / ``resnet_tiny`` (grouped 2-D convolutions, ``harness/population_resnet.py``); SGD
+and Adam with any decay form (``l2``, ``loss``, ``decoupled``, ``independent``), any
+parameter-group rule, normalized weight decay, constant weight decay. Anything else (relative or
+scheduled decay) runs through the sequential trial runner, so every config still gets a correct
+result.
 """
 
 from __future__ import annotations
@@ -44,13 +47,14 @@ from harness.schedules import lr_multiplier
 from harness.train import (
     EVAL_BATCH,
     TrialResult,
+    effective_weight_decay,
     resolve_device,
     run_trial,
     setup_threads,
     total_steps,
 )
 
-SUPPORTED_MODELS = ("mlp", "mlp_bn", "cnn", "cnn_bn")
+SUPPORTED_MODELS = ("mlp", "mlp_bn", "cnn", "cnn_bn", "resnet20", "resnet_tiny")
 Report = Callable[[int, dict[str, float]], None]
 
 
@@ -61,9 +65,7 @@ def supports(cfg: Any) -> bool:
         cfg.model.name in SUPPORTED_MODELS
         and o.name in ("sgd", "adam")
         and not o.relative
-        and not o.normalized
         and o.wd_schedule == "constant"
-        and cfg.data.name == "mnist1d"
     )
 
 
@@ -101,6 +103,10 @@ class Stacked:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, B, C]`` for a shared input batch ``x`` of shape ``[B, ...]``."""
+        if not isinstance(self.model, nn.Sequential):  # the CIFAR ResNet
+            from harness.population_resnet import resnet_forward
+
+            return resnet_forward(self, x)
         p = self.p
         h = x
         layout = (
@@ -212,7 +218,9 @@ def train_population(
     o = base.optimizer
     decay = o.decay
     lr = torch.tensor([float(c.optimizer.lr) for c in cfgs], device=device, dtype=dtype)
-    wd = torch.tensor([float(c.optimizer.weight_decay) for c in cfgs], device=device, dtype=dtype)
+    wd = torch.tensor(  # lam = lam_norm*sqrt(b/(B*T)) per member when optimizer.normalized
+        [effective_weight_decay(c, data) for c in cfgs], device=device, dtype=dtype
+    )
     groups, _ = param_groups(model, 0.0, rule=o.param_groups, no_decay_names=list(o.no_decay_names))
     decayed = {id(q) for q in groups[0]["params"]}
     decays = [id(q) in decayed for q in model.parameters()]

@@ -109,3 +109,48 @@ def test_unsupported_configs_fall_back_to_sequential():
     assert not supports(cfgs[0])
     for cfg, r in zip(cfgs, run_population(cfgs, [None, None])):
         assert_same(r, run_trial(cfg))
+
+
+def test_resnet_members_equal_sequential_trials_on_fake_cifar(tmp_path):
+    """The CIFAR ResNet population (grouped 2-D convs, BatchNorm over P*C channels, projection
+    shortcuts, augmentation shared by the members) equals its sequential trials."""
+    from tests.test_workloads import _fake_cifar
+
+    _fake_cifar(tmp_path, n=24)
+    base = compose_config(
+        [
+            "data=cifar10",
+            "model=resnet_tiny",
+            "model.width=4",
+            f"data.root={tmp_path}",
+            "data.val_size=20",
+            "data.batch_size=25",
+            "train.dtype=float64",
+            "train.epochs=2",
+            "tracking=disabled",
+            "optimizer=sgd",
+            "optimizer.decay=independent",
+            "optimizer.param_groups=timm",
+        ]
+    )
+    assert supports(base)
+    cfgs = []
+    for lr, wd in [(1e-2, 1e-4), (1e-1, 1e-2), (3e-2, 0.0)]:
+        c = copy.deepcopy(base)
+        c.optimizer.lr, c.optimizer.weight_decay = lr, wd
+        cfgs.append(c)
+    for cfg, pop in zip(cfgs, train_population(cfgs, [None] * len(cfgs))):
+        assert_same(pop, run_trial(cfg))
+
+
+def test_normalized_weight_decay_members_equal_sequential_trials():
+    cfgs = cells(
+        "mlp", "adam", "independent", [(1e-3, 0.05), (3e-3, 0.5)], ["optimizer.normalized=true"]
+    )
+    assert supports(cfgs[0])
+    for cfg, pop in zip(cfgs, train_population(cfgs, [None] * len(cfgs))):
+        assert_same(pop, run_trial(cfg))
+    plain = cells("mlp", "adam", "independent", [(3e-3, 0.5)])
+    assert train_population(plain, [None])[0].weight_norm != pytest.approx(
+        train_population(cfgs[1:], [None])[0].weight_norm, rel=1e-6
+    )  # normalization really changed the decay
