@@ -117,3 +117,20 @@ def test_committed_figures_come_from_the_committed_run(tmp_path):
     committed = pd.read_csv(gallery / "metrics.csv")
     again = pd.read_csv(tmp_path / "metrics.csv")
     pd.testing.assert_frame_equal(committed, again)
+
+
+@pytest.mark.parametrize("name", ["quick", "fig2_mnist1d", "fig2_cifar10"])
+def test_experiment_presets_compose_and_validate(name):
+    from harness import study as st
+    from harness.config import compose_config, validate
+    from harness.population import supports
+
+    cfg = compose_config([f"experiment={name}"])
+    validate(cfg)
+    assert cfg.name == name
+    for v in st.variants(cfg):
+        vcfg = st.variant_config(cfg, v)
+        validate(vcfg)
+        lrs, wds, _ = st.grid_axes(vcfg.sweep)
+        assert len(lrs) >= 6 and len(wds) >= 6, v
+        assert supports(vcfg), f"{name} {v.label} would not run as a population"
