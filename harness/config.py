@@ -89,6 +89,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | float64
     threads: int = 0  # torch CPU threads; 0 = all available cores
+    # population training only: torch.compile the batched loss and the optimizer update
+    # (inductor; compiled once per process and shape, eager fallback if compilation fails)
+    compile: bool = False
 
 
 @dataclass

@@ -18,6 +18,12 @@ overhead, not arithmetic. Here the P members' parameters are stacked along a lea
   turns non-finite is frozen (lr and wd set to 0) and recorded as diverged; a pruned member is
   frozen the same way; the others carry on untouched.
 
+Speed (CPU; see docs/population.md): the step is written as functions of tensors only
+(``_population_loss``, ``_sgd_update`` / ``_adam_update``), so ``train.compile=true`` can hand them
+to ``torch.compile`` once per process and shape (eager fallback if compilation fails), and glibc is
+told to keep freed blocks (:func:`keep_freed_memory`) so a step's multi-MB activations and
+gradients are not page-faulted in afresh every step.
+
 Supported: ``mlp``, ``mlp_bn``, ``cnn``, ``cnn_bn`` (BatchNorm of P members x C channels is one
 batch norm over P*C channels, with per-member running statistics), the CIFAR ResNets
 ``resnet20`` / ``resnet_tiny`` (grouped 2-D convolutions, ``harness/population_resnet.py``); SGD
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,69 +106,17 @@ class Stacked:
             for n, b in model.named_buffers()
             if not n.endswith("num_batches_tracked")
         }
+        # the sequential nets as plain tuples; None for the ResNet (harness.population_resnet)
+        self.layers = layer_spec(model) if isinstance(model, nn.Sequential) else None
         self.training = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, B, C]`` for a shared input batch ``x`` of shape ``[B, ...]``."""
-        if not isinstance(self.model, nn.Sequential):  # the CIFAR ResNet
+        if self.layers is None:  # the CIFAR ResNet
             from harness.population_resnet import resnet_forward
 
             return resnet_forward(self, x)
-        p = self.p
-        h = x
-        layout = (
-            "shared"  # shared input | conv: [B, P*C, L] | flat: [B, F] shared | dense: [P, B, F]
-        )
-        for name, module in self.model.named_children():
-            if isinstance(module, nn.Conv1d):
-                w = self._by_name[f"{name}.weight"]
-                b = self._by_name.get(f"{name}.bias")
-                cout = w.shape[1]
-                h = F.conv1d(
-                    h,
-                    w.reshape(p * cout, *w.shape[2:]),
-                    b.reshape(p * cout) if b is not None else None,
-                    stride=module.stride,
-                    padding=module.padding,
-                    groups=1 if layout == "shared" else p,
-                )
-                layout = "conv"
-            elif isinstance(module, nn.Flatten):
-                if layout == "conv":
-                    h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
-                    layout = "dense"
-                else:
-                    h = h.flatten(1)
-                    layout = "flat"
-            elif isinstance(module, nn.Linear):
-                w = self._by_name[f"{name}.weight"]
-                b = self._by_name[f"{name}.bias"]
-                if layout == "flat":
-                    h = h.unsqueeze(0).expand(p, *h.shape)
-                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-                layout = "dense"
-            elif isinstance(module, nn.BatchNorm1d):
-                # P members x C channels are P*C independent channels of one batch norm
-                dense = layout == "dense"
-                if dense:  # [P, B, F] -> [B, P*F]
-                    h = h.transpose(0, 1).reshape(h.shape[1], -1)
-                h = F.batch_norm(
-                    h,
-                    self.buffers[f"{name}.running_mean"].view(-1),
-                    self.buffers[f"{name}.running_var"].view(-1),
-                    self._by_name[f"{name}.weight"].reshape(-1),
-                    self._by_name[f"{name}.bias"].reshape(-1),
-                    training=self.training,
-                    momentum=module.momentum,
-                    eps=module.eps,
-                )
-                if dense:
-                    h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
-            elif isinstance(module, nn.ReLU):
-                h = torch.relu(h)
-            else:
-                raise TypeError(f"population training cannot batch {type(module).__name__}")
-        return h
+        return batched_forward(self.layers, self._by_name, self.buffers, x, self.p, self.training)
 
     @torch.no_grad()
     def errors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -184,8 +139,241 @@ class Stacked:
         return {n: q.detach()[m].clone() for n, q in zip(self.names, self.params)}
 
 
+def layer_spec(model: nn.Sequential) -> tuple[tuple[Any, ...], ...]:
+    """The layers of ``model`` as plain tuples (kind, name, hyperparameters): what
+    :func:`batched_forward` needs, free of module objects (a compiled step guards on these
+    values only, so populations of the same shapes share one compiled graph)."""
+    out: list[tuple[Any, ...]] = []
+    for name, m in model.named_children():
+        if isinstance(m, nn.Conv1d):
+            out.append(("conv", name, m.bias is not None, m.stride[0], m.padding[0]))
+        elif isinstance(m, nn.Flatten):
+            out.append(("flatten", name))
+        elif isinstance(m, nn.Linear):
+            out.append(("linear", name))
+        elif isinstance(m, nn.BatchNorm1d):
+            out.append(("bn", name, m.momentum, float(m.eps)))
+        elif isinstance(m, nn.ReLU):
+            out.append(("relu", name))
+        else:
+            raise TypeError(f"population training cannot batch {type(m).__name__}")
+    return tuple(out)
+
+
+def batched_forward(
+    layers: tuple[tuple[Any, ...], ...],
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    p: int,
+    training: bool,
+) -> torch.Tensor:
+    """Logits ``[P, B, C]`` of P stacked members for a shared input batch ``x`` ``[B, ...]``."""
+    h = x
+    layout = "shared"  # shared input | conv: [B, P*C, L] | flat: [B, F] shared | dense: [P, B, F]
+    for kind, name, *hyper in layers:
+        if kind == "conv":
+            has_bias, stride, padding = hyper
+            w = params[f"{name}.weight"]
+            b = params[f"{name}.bias"] if has_bias else None
+            cout = w.shape[1]
+            h = F.conv1d(
+                h,
+                w.reshape(p * cout, *w.shape[2:]),
+                b.reshape(p * cout) if b is not None else None,
+                stride=stride,
+                padding=padding,
+                groups=1 if layout == "shared" else p,
+            )
+            layout = "conv"
+        elif kind == "flatten":
+            if layout == "conv":
+                h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
+                layout = "dense"
+            else:
+                h = h.flatten(1)
+                layout = "flat"
+        elif kind == "linear":
+            w = params[f"{name}.weight"]
+            b = params[f"{name}.bias"]
+            if layout == "flat":
+                h = h.unsqueeze(0).expand(p, *h.shape)
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            layout = "dense"
+        elif kind == "bn":
+            momentum, eps = hyper
+            # P members x C channels are P*C independent channels of one batch norm
+            dense = layout == "dense"
+            if dense:  # [P, B, F] -> [B, P*F]
+                h = h.transpose(0, 1).reshape(h.shape[1], -1)
+            h = F.batch_norm(
+                h,
+                buffers[f"{name}.running_mean"].view(-1),
+                buffers[f"{name}.running_var"].view(-1),
+                params[f"{name}.weight"].reshape(-1),
+                params[f"{name}.bias"].reshape(-1),
+                training=training,
+                momentum=momentum,
+                eps=eps,
+            )
+            if dense:
+                h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
+        else:  # relu
+            h = torch.relu(h)
+    return h
+
+
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *[1] * (like.ndim - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# One training step, as functions of tensors only (one compiled graph serves every population
+# of the same shapes; nothing here closes over a population's tensors)
+
+
+def _population_loss(
+    layers: tuple[tuple[Any, ...], ...],
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    p: int,
+    penalty_wd: list[torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each member's mean cross-entropy ``[P]``, the population loss: their sum, plus
+    ``wd/2 * ||w||^2`` per member for ``decay="loss"``)."""
+    logits = batched_forward(layers, params, buffers, x, p, True)
+    return _loss_of(logits, y, p, params, penalty_wd)
+
+
+def _loss_of(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    p: int,
+    params: dict[str, torch.Tensor],
+    penalty_wd: list[torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    losses = (
+        F.cross_entropy(logits.reshape(p * y.shape[0], -1), y.repeat(p), reduction="none")
+        .view(p, -1)
+        .mean(1)
+    )
+    total = losses.sum()
+    if penalty_wd is not None:
+        total = total + 0.5 * sum(
+            (w_ * q.square()).sum() for w_, q in zip(penalty_wd, params.values())
+        )
+    return losses, total
+
+
+def _sgd_update(
+    params, grads, bufs, lr_views, eta, wd, momentum, dampening, nesterov, decay, first
+):
+    """``harness.optim.functional.sgd_step`` with per-member lr ``lr_views * eta``; momentum
+    buffers are preallocated and filled from the gradients at the first step. ``eta``: a float,
+    or a 0-d tensor (compiled: a float would be a constant of the graph, recompiled per step)."""
+    sgd_step(
+        params,
+        grads,
+        bufs,
+        lr=[v * eta for v in lr_views],
+        weight_decay=wd,
+        eta=eta if isinstance(eta, float) else [eta] * len(params),
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+        decay=decay,
+        init_buffers=first,
+    )
+
+
+def _adam_update(
+    params, grads, exp_avgs, exp_avg_sqs, max_sqs, step, lr_views, eta, wd, b1, b2, eps, decay, ams
+):
+    """``harness.optim.functional.adam_step`` with per-member lr ``lr_views * eta``; ``step`` and
+    ``eta``: numbers, or 0-d tensors (compiled)."""
+    tensors = not isinstance(eta, float)
+    adam_step(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_sqs,
+        step=[step] * len(params) if tensors else step,
+        lr=[v * eta for v in lr_views],
+        weight_decay=wd,
+        eta=[eta] * len(params) if tensors else eta,
+        beta1=b1,
+        beta2=b2,
+        eps=eps,
+        decay=decay,
+        amsgrad=ams,
+    )
+
+
+_MALLOC_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Linux / glibc only: let ``free`` keep large blocks for reuse (``mallopt``: mmap threshold
+    32 MiB, the maximum; trim threshold 1 GiB) instead of unmapping them and page-faulting fresh
+    zeroed pages in at the next allocation. A population step allocates and frees the same
+    multi-MB activations and gradients every step; with glibc's adaptive defaults a CPU CNN
+    population (P=32) took ~4,000-12,000 page faults per step. Process-wide and idempotent; the
+    cost is that the process keeps up to its peak heap mapped. True when applied."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 2**20) == 1
+        ok = ok and libc.mallopt(m_trim_threshold, 2**30) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
+    _MALLOC_TUNED = ok
+    return ok
+
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any] | None] = {}
+
+
+def _step_fn(fn: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
+    """``fn``, or with ``compiled`` its ``torch.compile`` (inductor; built once per process and
+    shared by every population, so same-shaped populations compile once). If compilation fails
+    (no C++ compiler, an unsupported op), a warning is issued and ``fn`` runs eagerly from then
+    on; the step that failed is rerun eagerly (compilation fails before the graph runs)."""
+    if not compiled:
+        return fn
+    if fn not in _COMPILED:
+        # static shapes: one graph per (model, optimizer variant, P); Dynamo's default limit of
+        # 8 graphs per function would silently send the 9th shape to eager
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+
+    def call(*args: Any) -> Any:
+        c = _COMPILED.get(fn)
+        if c is None:
+            return fn(*args)
+        try:
+            return c(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
+            warnings.warn(
+                f"population training: torch.compile of {fn.__name__} failed, running eagerly "
+                f"({type(exc).__name__}: {str(exc)[:200]})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _COMPILED[fn] = None
+            return fn(*args)
+
+    return call
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +396,8 @@ def train_population(
     p = len(cfgs)
     setup_threads(base.train.threads)
     device = resolve_device(base.train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     dtype = torch.float64 if base.train.dtype == "float64" else torch.float32
     if data is None:
         data = load_data(base.data, device, dtype)
@@ -234,6 +424,21 @@ def train_population(
     gen = torch.Generator().manual_seed(seed)
 
     bufs = None
+    if o.name == "sgd" and float(o.momentum) != 0.0:
+        bufs = [torch.zeros_like(q) for q in pop.params]  # filled from the grads at step 0
+    # the ResNet runs eagerly: its forward walks the module (harness.population_resnet)
+    compiled = bool(base.train.get("compile", False)) and pop.layers is not None
+    loss_fn = _step_fn(_population_loss, compiled)
+    if pop.layers is None:
+
+        def loss_fn(layers, params, buffers, x, y, p, penalty_wd):  # noqa: ARG001
+            return _loss_of(pop.forward(x), y, p, params, penalty_wd)
+
+    update_fn = _step_fn(_sgd_update if o.name == "sgd" else _adam_update, compiled)
+
+    def step_arg(v: float) -> float | torch.Tensor:  # compiled: per-step numbers as inputs
+        return torch.tensor(v, dtype=torch.float64) if compiled else v
+
     exp_avgs = exp_avg_sqs = max_sqs = None
     if o.name == "adam":
         exp_avgs = [torch.zeros_like(q) for q in pop.params]
@@ -247,9 +452,11 @@ def train_population(
     loss_sum = torch.zeros(p, device=device, dtype=dtype)
     loss_count = 0
     steps = [0] * p
+    live = list(range(p))  # the active members, as a list (no tensor reads per step)
 
     def freeze(m: int) -> None:
         active[m] = False
+        live.remove(m)
         lr[m] = 0.0
         wd[m] = 0.0
         with torch.no_grad():
@@ -257,68 +464,66 @@ def train_population(
                 q[m].nan_to_num_(0.0, 0.0, 0.0)
 
     step = 0
-    while step < total and bool(active.any()):
+    while step < total and live:
         perm = torch.randperm(data.n_train, generator=gen).to(device)
         for i in range(per_epoch):
-            if step >= total or not bool(active.any()):
+            if step >= total or not live:
                 break
             idx = perm[i * batch : (i + 1) * batch]
             x = data.augment(data.x_train[idx], gen)
             y = data.y_train[idx]
-            logits = pop.forward(x)
-            losses = (
-                F.cross_entropy(logits.reshape(p * x.shape[0], -1), y.repeat(p), reduction="none")
-                .view(p, -1)
-                .mean(1)
+            losses, total_loss = loss_fn(
+                pop.layers,
+                pop._by_name,
+                pop.buffers,
+                x,
+                y,
+                p,
+                wd_views if penalty else None,
             )
-            total_loss = losses.sum()
-            if penalty:
-                total_loss = total_loss + 0.5 * sum(
-                    (w_ * q.square()).sum() for w_, q in zip(wd_views, pop.params)
-                )
             for q in pop.params:
                 q.grad = None
             total_loss.backward()
             grads = [q.grad for q in pop.params]
             eta = lr_multiplier(base.schedule, step, total)
-            lr_t = [v * eta for v in lr_views]
+            eta_arg = step_arg(eta)
             with torch.no_grad():
                 if o.name == "sgd":
-                    bufs = sgd_step(
+                    update_fn(
                         pop.params,
                         grads,
                         bufs,
-                        lr=lr_t,
-                        weight_decay=0.0 if penalty else wd_views,
-                        eta=eta,
-                        momentum=float(o.momentum),
-                        dampening=float(o.dampening),
-                        nesterov=bool(o.nesterov),
-                        decay="l2" if penalty else decay,
+                        lr_views,
+                        eta_arg,
+                        0.0 if penalty else wd_views,
+                        float(o.momentum),
+                        float(o.dampening),
+                        bool(o.nesterov),
+                        "l2" if penalty else decay,
+                        step == 0,
                     )
                 else:
-                    adam_step(
+                    update_fn(
                         pop.params,
                         grads,
                         exp_avgs,
                         exp_avg_sqs,
                         max_sqs,
-                        step=step + 1,
-                        lr=lr_t,
-                        weight_decay=0.0 if penalty else wd_views,
-                        eta=eta,
-                        beta1=float(o.betas[0]),
-                        beta2=float(o.betas[1]),
-                        eps=float(o.eps),
-                        decay="l2" if penalty else decay,
-                        amsgrad=bool(o.amsgrad),
+                        step_arg(step + 1),
+                        lr_views,
+                        eta_arg,
+                        0.0 if penalty else wd_views,
+                        float(o.betas[0]),
+                        float(o.betas[1]),
+                        float(o.eps),
+                        "l2" if penalty else decay,
+                        bool(o.amsgrad),
                     )
             step += 1
             loss_sum += losses.detach()
             loss_count += 1
-            for m in range(p):
-                if active[m]:
-                    steps[m] = step
+            for m in live:
+                steps[m] = step
             at_eval = step % eval_every == 0 or step == total
             if at_eval or step % 25 == 0:
                 bad = active & ~torch.isfinite(loss_sum)
@@ -336,11 +541,10 @@ def train_population(
                     metrics = {
                         "train_loss": float(train_loss[m]),
                         "val_error": float(last_val[m]),
-                        "lr": float(lr_t[0].flatten()[m]),
+                        "lr": float(lr[m]) * eta,
                         "eta": eta,
                         "shrink": float(
-                            (eta if decay == "independent" else float(lr_t[0].flatten()[m]))
-                            * float(wd[m])
+                            (eta if decay == "independent" else float(lr[m]) * eta) * float(wd[m])
                         ),
                         "weight_norm": float(norms[m]),
                         "epoch": step / per_epoch,

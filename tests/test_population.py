@@ -154,3 +154,12 @@ def test_normalized_weight_decay_members_equal_sequential_trials():
     assert train_population(plain, [None])[0].weight_norm != pytest.approx(
         train_population(cfgs[1:], [None])[0].weight_norm, rel=1e-6
     )  # normalization really changed the decay
+
+
+def test_compiled_step_equals_sequential_trials():
+    """train.compile=true (torch.compile of the loss and the update; eager if it fails)."""
+    cfgs = cells(
+        "cnn_bn", "adam", "independent", [(1e-3, 1e-4), (3e-3, 1e-2)], extra=["train.compile=true"]
+    )
+    for cfg, pop in zip(cfgs, train_population(cfgs, [None] * len(cfgs))):
+        assert_same(pop, run_trial(cfg))

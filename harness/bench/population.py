@@ -4,6 +4,13 @@ For each model and population size P: train P grid cells (distinct lr, wd) as on
 and (once per model) a few cells with the sequential runner, in the same run. Prints trials per
 hour, the speedup over sequential and the peak memory (CPU: max RSS growth; CUDA: peak
 allocated).
+
+``--variants`` picks how the population runs: ``eager`` and/or ``compiled`` (``train.compile``:
+torch.compile of the loss and the optimizer update). A compiled variant runs
+the population twice: the first run's extra time over the second is reported as compile time
+(``compile s``; it is paid once per process and shape, then cached), and the speedup columns
+are for the second run; ``speedup @E ep`` charges one compile to every population of an
+``--amortize-epochs`` (default 80) trial, the pessimistic case of one population per process.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import resource
+import statistics
 import time
 
 import torch
@@ -20,7 +28,9 @@ from harness.population import train_population
 from harness.train import resolve_device, run_trial
 
 
-def _cfgs(model: str, p: int, epochs: int, device: str) -> list:
+def _cfgs(
+    model: str, p: int, epochs: int, device: str, compiled: bool = False, threads: int = 0
+) -> list:
     base = compose_config(
         [
             f"model={model}",
@@ -28,6 +38,8 @@ def _cfgs(model: str, p: int, epochs: int, device: str) -> list:
             "tracking=disabled",
             f"train.epochs={epochs}",
             f"train.device={device}",
+            f"train.threads={threads}",
+            *(["train.compile=true"] if compiled else []),
         ]
     )
     out = []
@@ -50,55 +62,84 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="cnn,mlp")
     ap.add_argument("--sizes", default="1,8,32,64,128")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--sequential", type=int, default=4, help="sequential trials timed per model")
+    ap.add_argument(
+        "--sequential", type=int, default=8, help="sequential trials timed per model (median)"
+    )
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--variants",
+        default="eager,compiled",
+        help="comma list of eager, compiled",
+    )
+    ap.add_argument("--amortize-epochs", type=int, default=80)
+    ap.add_argument("--threads", type=int, default=0, help="train.threads (0: all cores)")
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
 
     device = resolve_device(args.device)
     table = Table(
-        title=f"population training, {args.epochs} epochs of MNIST-1D per trial, {device}"
+        title=f"population training, {args.epochs} epochs of MNIST-1D per trial, {device}, "
+        f"threads={args.threads or torch.get_num_threads()}"
     )
+    scale = args.amortize_epochs / args.epochs
     for col in (
         "model",
+        "variant",
         "P",
         "s / population",
         "trials / hour",
         "speedup vs sequential",
+        "compile s",
+        f"speedup @{args.amortize_epochs} ep",
         "peak MB",
     ):
         table.add_column(col, justify="right")
     for model in args.models.split(","):
-        seq = _cfgs(model, args.sequential, args.epochs, str(device))
+        seq = _cfgs(model, args.sequential, args.epochs, str(device), threads=args.threads)
         run_trial(seq[0])  # warm-up: data generation and caches
-        t0 = time.perf_counter()
+        times = []
         for c in seq:
-            run_trial(c)
-        seq_s = (time.perf_counter() - t0) / len(seq)
-        table.add_row(model, "seq", f"{seq_s:.2f}", f"{3600 / seq_s:,.0f}", "1.0x", "-")
-        for p in [int(x) for x in args.sizes.split(",")]:
-            cfgs = _cfgs(model, p, args.epochs, str(device))
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            rss0 = _rss_mb()
             t0 = time.perf_counter()
-            train_population(cfgs, [None] * p)
-            dt = time.perf_counter() - t0
-            peak = (
-                torch.cuda.max_memory_allocated() / 2**20
-                if device.type == "cuda"
-                else _rss_mb() - rss0
-            )
-            per_trial = dt / p
-            table.add_row(
-                model,
-                str(p),
-                f"{dt:.2f}",
-                f"{3600 / per_trial:,.0f}",
-                f"{seq_s / per_trial:.1f}x",
-                f"{peak:.0f}",
-            )
+            run_trial(c)
+            times.append(time.perf_counter() - t0)
+        seq_s = statistics.median(times)  # robust to a trial stalled by a busy shared CPU
+        table.add_row(
+            model, "seq", "1", f"{seq_s:.2f}", f"{3600 / seq_s:,.0f}", "1.0x", "-", "1.0x", "-"
+        )
+        for variant in args.variants.split(","):
+            compiled = variant.startswith("compiled")
+            for p in [int(x) for x in args.sizes.split(",")]:
+                cfgs = _cfgs(model, p, args.epochs, str(device), compiled, args.threads)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                rss0 = _rss_mb()
+                t0 = time.perf_counter()
+                train_population(cfgs, [None] * p)
+                dt = cold = time.perf_counter() - t0
+                if compiled:  # again: the compiled graphs are cached now
+                    t0 = time.perf_counter()
+                    train_population(cfgs, [None] * p)
+                    dt = time.perf_counter() - t0
+                peak = (
+                    torch.cuda.max_memory_allocated() / 2**20
+                    if device.type == "cuda"
+                    else _rss_mb() - rss0
+                )
+                compile_s = cold - dt
+                per_trial = dt / p
+                amortized = (compile_s + dt * scale) / p
+                table.add_row(
+                    model,
+                    variant,
+                    str(p),
+                    f"{dt:.2f}",
+                    f"{3600 / per_trial:,.0f}",
+                    f"{seq_s / per_trial:.1f}x",
+                    f"{compile_s:.1f}" if compiled else "-",
+                    f"{seq_s * scale / amortized:.1f}x",
+                    f"{peak:.0f}",
+                )
     Console(width=120).print(table)
     return 0
 

@@ -113,7 +113,7 @@ def _is_float(x: object) -> bool:
 def _scalar(value: float, like: Tensor) -> float | Tensor:
     """``value`` as a CPU 0-d tensor for CPU params (the Tensor overloads of foreach ops are ~3x
     cheaper per tensor on CPU than the Python-scalar ones; same kernel, same result)."""
-    if like.device.type != "cpu":
+    if like.device.type != "cpu" or torch.compiler.is_compiling():
         return value
     return torch.tensor(
         value, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32
