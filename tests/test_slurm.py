@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_sweep import TINY, _owners, assert_exactly_once, load, run_sweep
+from tests.test_sweep import ROOT, TINY, _owners, assert_exactly_once, load, run_sweep
 
 pytestmark = pytest.mark.slurm
 # trials of ~1 s, so that the three workers really share the grid
@@ -48,6 +49,28 @@ def test_three_slurm_workers_postgres(tmp_path, slurm_cluster, postgres_url):
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(out, "url", [*TINY, *SLOW, "sweep.study_name=slurmpg"], url=postgres_url)
     assert len(_owners(assert_exactly_once(study, 9))) >= 2
+
+
+def test_multirun_across_variants_on_slurm(tmp_path, slurm_cluster):
+    """`-m optimizer.decay=l2,independent launcher=slurm`: one array (and study) per variant."""
+    base = [o for o in SLURM if not o.startswith(("optimizer.decay=", "sweep.workers="))]
+    sweep_dir = tmp_path / "mr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", "-m", f"hydra.sweep.dir={sweep_dir}", *base,
+         "sweep.workers=2", "storage=journal", "launcher.wait=true",
+         "optimizer.decay=l2,independent"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("submitted") == 2, proc.stdout[-3000:]
+    base_cfg = [o for o in TINY if not o.startswith("optimizer.decay=")] + SLOW
+    for decay in ("l2", "independent"):
+        out = sweep_dir / f"optimizer.decay={decay}"
+        study = load(out, "journal", [*base_cfg, f"optimizer.decay={decay}"])
+        assert study.study_name == f"quick-adam-{decay}"
+        assert_exactly_once(study, 9)
+        assert (out / "results.csv").exists()
+    _wait_idle()
 
 
 def _job_of(pid: int) -> str | None:

@@ -320,3 +320,22 @@ def test_bad_ranges_are_one_line(override, message):
 
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         validate(compose_config([override]))
+
+
+def test_multirun_over_decay_runs_one_sweep_per_variant(tmp_path):
+    import pandas as pd
+
+    base = [o for o in TINY if not o.startswith("optimizer.decay=")]
+    sweep_dir = tmp_path / "mr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", "-m", f"hydra.sweep.dir={sweep_dir}", *base,
+         "optimizer.decay=l2,independent"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for decay in ("l2", "independent"):
+        out = sweep_dir / f"optimizer.decay={decay}"
+        res = pd.read_csv(out / "results.csv")
+        assert len(res) == 9 and set(res.decay) == {decay} and set(res.state) == {"COMPLETE"}
+        assert set(res.study) == {f"quick-adam-{decay}"}
+        assert_exactly_once(load(out, "sqlite", [*base, f"optimizer.decay={decay}"]), 9)
