@@ -336,11 +336,31 @@ def validate(cfg: Any) -> None:
 CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
 
 
+MAX_SUBDIR = 120  # characters of a multirun job's directory name
+
+
+def multirun_subdir(override_dirname: Any, job_num: Any) -> str:
+    """A multirun job's directory: its overrides (``optimizer.decay=l2``) when that name is short,
+    else ``job<N>-<hash of the overrides>``, since a long override list would exceed the file
+    system's 255-byte name limit. Each job's ``config.yaml`` records its overrides either way."""
+    import hashlib
+
+    name = str(override_dirname or "")
+    if name and len(name) <= MAX_SUBDIR:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"job{job_num}-{digest}"
+
+
 def register_schema() -> None:
-    """Register :class:`LrwdConfig` as ``lrwd_schema`` (conf/config.yaml's first default)."""
+    """Register :class:`LrwdConfig` as ``lrwd_schema`` (conf/config.yaml's first default) and the
+    ``lrwd_subdir`` resolver that names multirun job directories."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="lrwd_schema", node=LrwdConfig)
+    if not OmegaConf.has_resolver("lrwd_subdir"):
+        OmegaConf.register_new_resolver("lrwd_subdir", multirun_subdir)
 
 
 def compose_config(overrides: list[str] | None = None, config_dir: str | None = None) -> Any:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from tests.test_sweep import ROOT, TINY, _owners, assert_exactly_once, load, run_sweep
@@ -64,12 +65,17 @@ def test_multirun_across_variants_on_slurm(tmp_path, slurm_cluster):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("submitted") == 2, proc.stdout[-3000:]
     base_cfg = [o for o in TINY if not o.startswith("optimizer.decay=")] + SLOW
-    for decay in ("l2", "independent"):
-        out = sweep_dir / f"optimizer.decay={decay}"
+    jobs = sorted(p.parent for p in sweep_dir.glob("*/config.yaml"))
+    assert len(jobs) == 2, jobs
+    decays: set[str] = set()
+    for out in jobs:
+        decay = OmegaConf.load(out / "config.yaml").optimizer.decay
         study = load(out, "journal", [*base_cfg, f"optimizer.decay={decay}"])
         assert study.study_name == f"quick-adam-{decay}"
         assert_exactly_once(study, 9)
+        decays.add(decay)
         assert (out / "results.csv").exists()
+    assert decays == {"l2", "independent"}
     _wait_idle()
 
 
