@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,12 @@ def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster):
         trials = load(out, "journal", overrides).get_trials(deepcopy=False)
         if any(t.state == TrialState.COMPLETE for t in trials):
             for t in trials:
-                if t.state == TrialState.RUNNING and "lrwd:lease" in t.system_attrs:
+                # a trial that started under 1.5 s ago has ~2 s of training left: killed mid-trial
+                # for sure, not as it finishes (which made this test flaky under load)
+                fresh = t.datetime_start is not None and (
+                    datetime.now(t.datetime_start.tzinfo) - t.datetime_start
+                ) < timedelta(seconds=1.5)
+                if t.state == TrialState.RUNNING and fresh and "lrwd:lease" in t.system_attrs:
                     pid = int(t.system_attrs["lrwd:lease"][0].rsplit(":", 1)[1])
                     victim, trial_no, victim_pid = _job_of(pid), t.number, pid
                     if victim:
@@ -120,4 +126,6 @@ def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster):
     study = load(out, "journal", overrides)
     assert_exactly_once(study, 9)
     lost = study.trials[trial_no]
-    assert lost.state == TrialState.FAIL and lost.user_attrs.get("fail_reason") == "stale"
+    # reclaimed as stale after the SIGKILL (or handed back, if scancel's SIGTERM won the race)
+    assert lost.state == TrialState.FAIL, lost.state
+    assert lost.user_attrs.get("fail_reason") in ("stale", "preempted"), lost.user_attrs
