@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -464,11 +466,16 @@ def regret_figure(
         b.set_ylim(0, 1.02)
         b.set_title(f"P(a cell within {100 * tol:.0f}% of the best among k)")
         handles, labels = b.get_legend_handles_labels()
+        ncol = min(4, len(labels)) if len(labels) <= 4 else math.ceil(len(labels) / 2)
+        if len(labels) > 4:  # two rows (SGD above Adam): matplotlib fills columns first
+            rows = [list(range(len(labels)))[i : i + ncol] for i in (0, ncol)]
+            order = [r[c] for c in range(ncol) for r in rows if c < len(r)]
+            handles, labels = [handles[i] for i in order], [labels[i] for i in order]
         fig.legend(
             handles,
             labels,
             loc="outside lower center",
-            ncol=min(4, len(labels)),
+            ncol=ncol,
             frameon=False,
             handlelength=2.2,
         )
