@@ -160,6 +160,52 @@ def layer_spec(model: nn.Sequential) -> tuple[tuple[Any, ...], ...]:
     return tuple(out)
 
 
+def member_conv(
+    conv: Callable[..., torch.Tensor],
+    h: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    stride: Any,
+    padding: Any,
+    shared: bool,
+) -> torch.Tensor:
+    """P members' convolutions as one: weights ``[P, Cout, ...]`` become ``[P*Cout, ...]``; a
+    shared input ``[B, Cin, ...]`` is read by all (``groups=1``), a batched one ``[B, P*Cin, ...]``
+    member by member (``groups=P``). ``conv`` is ``F.conv1d`` or ``F.conv2d``."""
+    p, cout = w.shape[0], w.shape[1]
+    return conv(
+        h,
+        w.reshape(p * cout, *w.shape[2:]),
+        b.reshape(p * cout) if b is not None else None,
+        stride=stride,
+        padding=padding,
+        groups=1 if shared else p,
+    )
+
+
+def member_batch_norm(
+    h: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    name: str,
+    momentum: float | None,
+    eps: float,
+    training: bool,
+) -> torch.Tensor:
+    """P members x C channels as P*C independent channels of one batch norm (``h`` is
+    ``[B, P*C, ...]``; the running statistics ``[P, C]`` stay per member)."""
+    return F.batch_norm(
+        h,
+        buffers[f"{name}.running_mean"].view(-1),
+        buffers[f"{name}.running_var"].view(-1),
+        params[f"{name}.weight"].reshape(-1),
+        params[f"{name}.bias"].reshape(-1),
+        training=training,
+        momentum=momentum,
+        eps=eps,
+    )
+
+
 def batched_forward(
     layers: tuple[tuple[Any, ...], ...],
     params: dict[str, torch.Tensor],
@@ -174,17 +220,9 @@ def batched_forward(
     for kind, name, *hyper in layers:
         if kind == "conv":
             has_bias, stride, padding = hyper
-            w = params[f"{name}.weight"]
             b = params[f"{name}.bias"] if has_bias else None
-            cout = w.shape[1]
-            h = F.conv1d(
-                h,
-                w.reshape(p * cout, *w.shape[2:]),
-                b.reshape(p * cout) if b is not None else None,
-                stride=stride,
-                padding=padding,
-                groups=1 if layout == "shared" else p,
-            )
+            w = params[f"{name}.weight"]
+            h = member_conv(F.conv1d, h, w, b, stride, padding, shared=layout == "shared")
             layout = "conv"
         elif kind == "flatten":
             if layout == "conv":
@@ -202,20 +240,10 @@ def batched_forward(
             layout = "dense"
         elif kind == "bn":
             momentum, eps = hyper
-            # P members x C channels are P*C independent channels of one batch norm
             dense = layout == "dense"
             if dense:  # [P, B, F] -> [B, P*F]
                 h = h.transpose(0, 1).reshape(h.shape[1], -1)
-            h = F.batch_norm(
-                h,
-                buffers[f"{name}.running_mean"].view(-1),
-                buffers[f"{name}.running_var"].view(-1),
-                params[f"{name}.weight"].reshape(-1),
-                params[f"{name}.bias"].reshape(-1),
-                training=training,
-                momentum=momentum,
-                eps=eps,
-            )
+            h = member_batch_norm(h, params, buffers, name, momentum, eps, training)
             if dense:
                 h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
         else:  # relu

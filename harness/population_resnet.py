@@ -22,31 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import BasicBlock, ResNet
+from harness.population import member_batch_norm, member_conv
 
 
 def _conv(pop: Any, name: str, module: nn.Conv2d, h: torch.Tensor, shared: bool) -> torch.Tensor:
-    w = pop._by_name[f"{name}.weight"]  # [P, Cout, Cin, k, k]
-    p, cout = w.shape[0], w.shape[1]
-    return F.conv2d(
-        h,
-        w.reshape(p * cout, *w.shape[2:]),
-        None,  # the ResNet's convolutions have no bias (BatchNorm follows)
-        stride=module.stride,
-        padding=module.padding,
-        groups=1 if shared else p,
-    )
+    # the ResNet's convolutions have no bias (BatchNorm follows)
+    w = pop._by_name[f"{name}.weight"]
+    return member_conv(F.conv2d, h, w, None, module.stride, module.padding, shared)
 
 
 def _bn(pop: Any, name: str, module: nn.BatchNorm2d, h: torch.Tensor) -> torch.Tensor:
-    return F.batch_norm(
-        h,
-        pop.buffers[f"{name}.running_mean"].view(-1),
-        pop.buffers[f"{name}.running_var"].view(-1),
-        pop._by_name[f"{name}.weight"].reshape(-1),
-        pop._by_name[f"{name}.bias"].reshape(-1),
-        training=pop.training,
-        momentum=module.momentum,
-        eps=module.eps,
+    return member_batch_norm(
+        h, pop._by_name, pop.buffers, name, module.momentum, module.eps, pop.training
     )
 
 

@@ -33,15 +33,19 @@ _ENV_PREFIX = "env:"
 # Resolving what the user asked for
 
 
+def _override_keys(overrides: list[str]) -> list[str]:
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+
+
 def _explicit_optimizer(overrides: list[str]) -> bool:
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    keys = _override_keys(overrides)
     single = any(k in ("optimizer", "optimizer.name", "optimizer.decay") for k in keys)
     listed = any(k == "sweep.variants" for k in keys)
     return single and not listed
 
 
 def _explicit_model(overrides: list[str]) -> bool:
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    keys = _override_keys(overrides)
     return any(k in ("model", "model.name") for k in keys) and "sweep.models" not in keys
 
 
@@ -263,7 +267,8 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     return paths
 
 
-def print_summary(frame, total_per_study: int | dict[str, int]) -> None:
+def print_summary(frame, total_per_study: dict[str, int]) -> None:
+    """One row per study: cells done out of its grid (``total_per_study[study]``), the best cell."""
     from rich.console import Console
     from rich.table import Table
 
@@ -275,9 +280,7 @@ def print_summary(frame, total_per_study: int | dict[str, int]) -> None:
         return
     for name, g in frame.groupby("study", sort=False):
         done = g[g.state == "COMPLETE"]
-        total = (
-            total_per_study.get(name, "?") if isinstance(total_per_study, dict) else total_per_study
-        )
+        total = total_per_study.get(name, "?")
         variant = f"{g.optimizer.iloc[0]}/{g.decay.iloc[0]}"
         if "model" in g and frame["model"].nunique() > 1:
             variant = f"{g.model.iloc[0]}:{variant}"
