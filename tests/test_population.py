@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness.config import compose_config
 from harness.population import run_population, supports, train_population
@@ -163,3 +164,98 @@ def test_compiled_step_equals_sequential_trials():
     )
     for cfg, pop in zip(cfgs, train_population(cfgs, [None] * len(cfgs))):
         assert_same(pop, run_trial(cfg))
+
+
+@pytest.mark.parametrize(
+    "k,stride,padding,length",
+    [(3, 2, 1, 20), (3, 2, 1, 10), (3, 2, 1, 7), (5, 2, 2, 40), (3, 1, 1, 9), (4, 3, 0, 17)],
+)
+def test_member_convolutions_equal_conv1d_per_member(k, stride, padding, length):
+    """The batched GEMM convolutions (the pair view for kernel 3 / stride 2 / padding 1 on an
+    even length, the im2col copy otherwise, the shared first layer) give each member's
+    ``F.conv1d`` output and the same gradients for its input, weights and bias (float64)."""
+    from harness.population import conv1d_members, conv1d_shared
+
+    torch.manual_seed(0)
+    p, b, cin, cout = 3, 4, 5, 6
+    opts = dict(dtype=torch.float64)
+    w = torch.randn(p, cout, cin, k, **opts, requires_grad=True)
+    bias = torch.randn(p, cout, **opts, requires_grad=True)
+    h = torch.randn(p, b, length, cin, **opts, requires_grad=True)  # channels-last members
+    out = conv1d_members(h, w, bias, stride, padding)
+    refs = [
+        F.conv1d(h[m].transpose(1, 2), w[m], bias[m], stride=stride, padding=padding)
+        for m in range(p)
+    ]
+    ref = torch.stack(refs).transpose(2, 3)  # [P, B, Lout, Cout]
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (h, w, bias), g)
+    want = torch.autograd.grad(ref, (h, w, bias), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+    x = torch.randn(b, cin, length, **opts)  # a shared input (the first layer)
+    out = conv1d_shared(x, w, bias, stride, padding)
+    ref = torch.stack(
+        [F.conv1d(x, w[m], bias[m], stride=stride, padding=padding) for m in range(p)]
+    ).transpose(2, 3)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_member_batch_norm_equals_batchnorm1d_per_member():
+    """Channels-last batch norm of P members: the outputs, gradients and running statistics
+    of each member's ``nn.BatchNorm1d`` (train and eval mode, float64)."""
+    from harness.population import batch_norm_members
+
+    torch.manual_seed(0)
+    p, b, length, c = 3, 8, 5, 4
+    bns = [torch.nn.BatchNorm1d(c).double() for _ in range(p)]
+    for bn in bns:
+        torch.nn.init.uniform_(bn.weight)
+        torch.nn.init.uniform_(bn.bias)
+    params = {
+        "bn.weight": torch.stack([bn.weight.detach() for bn in bns]).requires_grad_(True),
+        "bn.bias": torch.stack([bn.bias.detach() for bn in bns]).requires_grad_(True),
+    }
+    buffers = {
+        "bn.running_mean": torch.zeros(p, c).double(),
+        "bn.running_var": torch.ones(p, c).double(),
+    }
+    h = torch.randn(p, b, length, c, dtype=torch.float64, requires_grad=True)
+    for step in range(3):
+        out = batch_norm_members(h * (step + 1), params, buffers, "bn", 0.1, 1e-5, True)
+        ref = torch.stack([bn((h[m] * (step + 1)).transpose(1, 2)) for m, bn in enumerate(bns)])
+        torch.testing.assert_close(out, ref.transpose(2, 3), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (h, params["bn.weight"]), g)
+    want = torch.autograd.grad(ref.transpose(2, 3), h, g, retain_graph=True)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    want_w = torch.stack(
+        [torch.autograd.grad(ref.transpose(2, 3), bn.weight, g, retain_graph=True)[0] for bn in bns]
+    )
+    torch.testing.assert_close(got[1], want_w, rtol=1e-12, atol=1e-12)
+    for m, bn in enumerate(bns):
+        torch.testing.assert_close(buffers["bn.running_mean"][m], bn.running_mean)
+        torch.testing.assert_close(buffers["bn.running_var"][m], bn.running_var)
+        bn.eval()
+    out = batch_norm_members(h, params, buffers, "bn", 0.1, 1e-5, False)
+    ref = torch.stack([bn(h[m].transpose(1, 2)) for m, bn in enumerate(bns)]).transpose(2, 3)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_bench_population_tiny_run_uses_the_model_groups_sizes(capsys):
+    """``python -m harness.bench population`` runs and measures the model groups' own sizes
+    (the default experiment would otherwise make every model 128 wide)."""
+    from harness.bench.population import _cfgs, main
+
+    assert int(_cfgs("cnn", 1, 1, "cpu")[0].model.width) == 32
+    mlp = _cfgs("mlp", 1, 1, "cpu")[0].model
+    assert (int(mlp.width), int(mlp.depth)) == (256, 2)
+    argv = ["--models", "cnn", "--sizes", "2", "--epochs", "1", "--sequential", "1"]
+    assert main([*argv, "--variants", "eager"]) == 0
+    out = capsys.readouterr().out
+    assert "eager" in out and "1,000 training samples" in out.replace("\n", " ")
+    rows = [line for line in out.splitlines() if "cnn 32" in line]
+    assert len(rows) == 2  # the sequential baseline and P=2

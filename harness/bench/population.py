@@ -28,12 +28,24 @@ from harness.population import train_population
 from harness.train import resolve_device, run_trial
 
 
+def model_overrides(model: str) -> list[str]:
+    """The model group's own sizes (``conf/model/<model>.yaml``: the CNN 32 channels wide, the
+    MLP 256 x 2). The default experiment (``quick``) would set width 128 for any model."""
+    from omegaconf import OmegaConf
+
+    from harness.config import CONF_DIR
+
+    spec = OmegaConf.load(f"{CONF_DIR}/model/{model}.yaml")
+    return [f"model.{k}={v}" for k, v in spec.items() if k != "name"]
+
+
 def _cfgs(
     model: str, p: int, epochs: int, device: str, compiled: bool = False, threads: int = 0
 ) -> list:
     base = compose_config(
         [
             f"model={model}",
+            *model_overrides(model),
             "optimizer=adam",
             "tracking=disabled",
             f"train.epochs={epochs}",
@@ -79,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     table = Table(
-        title=f"population training, {args.epochs} epochs of MNIST-1D per trial, {device}, "
+        title=f"population training, {args.epochs} epochs of MNIST-1D (1,000 training samples, "
+        f"as experiment=quick and fig2_mnist1d) per trial, {device}, "
         f"threads={args.threads or torch.get_num_threads()}"
     )
     scale = args.amortize_epochs / args.epochs
@@ -104,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             run_trial(c)
             times.append(time.perf_counter() - t0)
         seq_s = statistics.median(times)  # robust to a trial stalled by a busy shared CPU
+        size = dict(o.split(".", 1)[1].split("=") for o in model_overrides(model))
+        label = f"{model} {size.get('width', '')}" + (
+            f"x{size['depth']}" if "depth" in size else ""
+        )
         table.add_row(
-            model, "seq", "1", f"{seq_s:.2f}", f"{3600 / seq_s:,.0f}", "1.0x", "-", "1.0x", "-"
+            label, "seq", "1", f"{seq_s:.2f}", f"{3600 / seq_s:,.0f}", "1.0x", "-", "1.0x", "-"
         )
         for variant in args.variants.split(","):
             compiled = variant.startswith("compiled")
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_trial = dt / p
                 amortized = (compile_s + dt * scale) / p
                 table.add_row(
-                    model,
+                    label,
                     variant,
                     str(p),
                     f"{dt:.2f}",
