@@ -1,16 +1,20 @@
 """Population training vs the sequential trial runner: ``python -m harness.bench population``.
 
-For each model and population size P: train P grid cells (distinct lr, wd) as one population,
-and (once per model) a few cells with the sequential runner, in the same run. Prints trials per
-hour, the speedup over sequential and the peak memory (CPU: max RSS growth; CUDA: peak
+For each model (the model group's own sizes: ``cnn`` 32 wide, ``mlp`` 256 x 2, on the 1,000
+training samples of the sweeps' presets) and population size P: train P grid cells (distinct lr,
+wd) as one population, and a few cells with the sequential runner, in the same run. Prints trials
+per hour, the speedup over sequential and the peak memory (CPU: max RSS growth; CUDA: peak
 allocated).
 
+Timing: each population runs once as a warm-up, then ``--repeats`` times (median). The
+sequential trials run before and after the model's populations (median of all), so a shared
+machine that drifts during the run affects both sides.
+
 ``--variants`` picks how the population runs: ``eager`` and/or ``compiled`` (``train.compile``:
-torch.compile of the loss and the optimizer update). A compiled variant runs
-the population twice: the first run's extra time over the second is reported as compile time
-(``compile s``; it is paid once per process and shape, then cached), and the speedup columns
-are for the second run; ``speedup @E ep`` charges one compile to every population of an
-``--amortize-epochs`` (default 80) trial, the pessimistic case of one population per process.
+torch.compile of the loss and the optimizer update). For a compiled variant the warm-up run's
+extra time over the median is reported as compile time (``compile s``; it is paid once per
+process and shape, then cached); ``speedup @E ep`` charges one compile to every population of
+an ``--amortize-epochs`` (default 80) trial, the pessimistic case of one population per process.
 """
 
 from __future__ import annotations
@@ -63,6 +67,15 @@ def _cfgs(
     return out
 
 
+def _time_sequential(cfgs: list) -> list[float]:
+    times = []
+    for c in cfgs:
+        t0 = time.perf_counter()
+        run_trial(c)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -75,13 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1,8,32,64,128")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument(
-        "--sequential", type=int, default=8, help="sequential trials timed per model (median)"
+        "--sequential",
+        type=int,
+        default=8,
+        help="sequential trials timed per model before its populations and again after (median)",
     )
     ap.add_argument("--device", default="auto")
     ap.add_argument(
         "--variants",
         default="eager,compiled",
         help="comma list of eager, compiled",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed populations per P after a warm-up one (median); sequential trials are "
+        "timed before and after the populations (median of both)",
     )
     ap.add_argument("--amortize-epochs", type=int, default=80)
     ap.add_argument("--threads", type=int, default=0, help="train.threads (0: all cores)")
@@ -111,19 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models.split(","):
         seq = _cfgs(model, args.sequential, args.epochs, str(device), threads=args.threads)
         run_trial(seq[0])  # warm-up: data generation and caches
-        times = []
-        for c in seq:
-            t0 = time.perf_counter()
-            run_trial(c)
-            times.append(time.perf_counter() - t0)
-        seq_s = statistics.median(times)  # robust to a trial stalled by a busy shared CPU
+        seq_times = _time_sequential(seq)
         size = dict(o.split(".", 1)[1].split("=") for o in model_overrides(model))
         label = f"{model} {size.get('width', '')}" + (
             f"x{size['depth']}" if "depth" in size else ""
         )
-        table.add_row(
-            label, "seq", "1", f"{seq_s:.2f}", f"{3600 / seq_s:,.0f}", "1.0x", "-", "1.0x", "-"
-        )
+        rows = []
         for variant in args.variants.split(","):
             compiled = variant.startswith("compiled")
             for p in [int(x) for x in args.sizes.split(",")]:
@@ -132,31 +148,40 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.reset_peak_memory_stats()
                 rss0 = _rss_mb()
                 t0 = time.perf_counter()
-                train_population(cfgs, [None] * p)
-                dt = cold = time.perf_counter() - t0
-                if compiled:  # again: the compiled graphs are cached now
+                train_population(cfgs, [None] * p)  # warm-up (compiled: the compile)
+                cold = time.perf_counter() - t0
+                times = []
+                for _ in range(args.repeats):
                     t0 = time.perf_counter()
                     train_population(cfgs, [None] * p)
-                    dt = time.perf_counter() - t0
+                    times.append(time.perf_counter() - t0)
+                dt = statistics.median(times)
                 peak = (
                     torch.cuda.max_memory_allocated() / 2**20
                     if device.type == "cuda"
                     else _rss_mb() - rss0
                 )
-                compile_s = cold - dt
-                per_trial = dt / p
-                amortized = (compile_s + dt * scale) / p
-                table.add_row(
-                    label,
-                    variant,
-                    str(p),
-                    f"{dt:.2f}",
-                    f"{3600 / per_trial:,.0f}",
-                    f"{seq_s / per_trial:.1f}x",
-                    f"{compile_s:.1f}" if compiled else "-",
-                    f"{seq_s * scale / amortized:.1f}x",
-                    f"{peak:.0f}",
-                )
+                rows.append((variant, p, dt, max(cold - dt, 0.0) if compiled else None, peak))
+        # the baseline again after the populations: a drifting shared machine hits both sides
+        seq_times += _time_sequential(seq)
+        seq_s = statistics.median(seq_times)
+        table.add_row(
+            label, "seq", "1", f"{seq_s:.2f}", f"{3600 / seq_s:,.0f}", "1.0x", "-", "1.0x", "-"
+        )
+        for variant, p, dt, compile_s, peak in rows:
+            per_trial = dt / p
+            amortized = ((compile_s or 0.0) + dt * scale) / p
+            table.add_row(
+                label,
+                variant,
+                str(p),
+                f"{dt:.2f}",
+                f"{3600 / per_trial:,.0f}",
+                f"{seq_s / per_trial:.1f}x",
+                f"{compile_s:.1f}" if compile_s is not None else "-",
+                f"{seq_s * scale / amortized:.1f}x",
+                f"{peak:.0f}",
+            )
     Console(width=120).print(table)
     return 0
 
