@@ -77,12 +77,67 @@ def supports(cfg: Any) -> bool:
     )
 
 
+MEMORY_FRACTION = 0.5  # of the free device memory that sweep.population=auto may plan to use
+
+
+def member_bytes(cfg: Any) -> int:
+    """Estimated memory of one population member for ``cfg``: parameters with their gradient and
+    optimizer state (x5), the training batch's activations x3 (outputs, saved for backward, their
+    gradients), the evaluation batch's two largest layer outputs. From the model built on the
+    ``meta`` device (shapes only, no compute, no data loaded)."""
+    name = cfg.data.name
+    shape, classes = (
+        ((1, 40), 10) if name == "mnist1d" else ((3, 32, 32), 100 if "100" in name else 10)
+    )
+    with torch.device("meta"):
+        model = build_model(cfg.model, shape, classes)
+        outputs: list[int] = []
+
+        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            outputs.append(out.numel())
+
+        leaves = [m for m in model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        batch = int(cfg.data.batch_size)
+        model(torch.empty(batch, *shape))
+        for h in handles:
+            h.remove()
+    n_params = sum(q.numel() for q in model.parameters())
+    per_sample = [n / batch for n in outputs]
+    eval_batch = EVAL_BATCH if resolve_device(cfg.train.device).type == "cuda" else 128
+    largest = sorted(per_sample)[-2:]
+    elems = 5 * n_params + 3 * sum(outputs) + eval_batch * sum(largest)
+    return int(elems * (8 if cfg.train.dtype == "float64" else 4))
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (CUDA: ``mem_get_info``; CPU: Linux ``MemAvailable``), or None
+    when it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def auto_population_size(cfg: Any) -> int:
-    """A population size that is fast here: 1 for unsupported configs, else by device."""
+    """``sweep.population=auto``: 1 for unsupported configs; else 32 on a CPU and 128 on a GPU
+    (the measured sweet spots, docs/population.md), capped so that P members' estimated memory
+    (:func:`member_bytes`) stays within ``MEMORY_FRACTION`` of the device's free memory. A
+    population that still runs out of memory is split in halves (:func:`run_population`)."""
     if not supports(cfg):
         return 1
     device = resolve_device(cfg.train.device)
-    return 128 if device.type == "cuda" else 32
+    p = 128 if device.type == "cuda" else 32
+    free = free_memory_bytes(device)
+    if free is not None:
+        p = min(p, int(MEMORY_FRACTION * free // max(member_bytes(cfg), 1)))
+    return max(p, 1)
 
 
 # --------------------------------------------------------------------------------------------

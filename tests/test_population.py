@@ -259,3 +259,40 @@ def test_bench_population_tiny_run_uses_the_model_groups_sizes(capsys):
     assert "eager" in out and "1,000 training samples" in out.replace("\n", " ")
     rows = [line for line in out.splitlines() if "cnn 32" in line]
     assert len(rows) == 2  # the sequential baseline and P=2
+
+
+def test_auto_population_size_is_capped_by_free_memory(monkeypatch):
+    """``sweep.population=auto``: 32 on a CPU while memory is plentiful; capped at
+    MEMORY_FRACTION of the free memory over the estimated bytes per member; never below 1."""
+    import harness.population as hp
+
+    cfg = compose_config(["model=cnn", "model.width=32", "tracking=disabled", "train.device=cpu"])
+    per = hp.member_bytes(cfg)
+    monkeypatch.setattr(hp, "free_memory_bytes", lambda device: 10**12)
+    assert hp.auto_population_size(cfg) == 32
+    monkeypatch.setattr(hp, "free_memory_bytes", lambda device: 20 * per)
+    assert hp.auto_population_size(cfg) == int(hp.MEMORY_FRACTION * 20)
+    monkeypatch.setattr(hp, "free_memory_bytes", lambda device: per // 10)
+    assert hp.auto_population_size(cfg) == 1
+    monkeypatch.setattr(hp, "free_memory_bytes", lambda device: None)  # unreadable: no cap
+    assert hp.auto_population_size(cfg) == 32
+    relative = compose_config(["optimizer.relative=true", "tracking=disabled"])
+    assert hp.auto_population_size(relative) == 1  # unsupported: the sequential runner
+
+
+def test_member_bytes_follows_the_model_and_batch():
+    """The estimate (model on the meta device) grows with the batch and the model: a CIFAR
+    ResNet-20 member needs far more than an MNIST-1D CNN member, float64 twice float32."""
+    from harness.population import member_bytes
+
+    def est(*overrides):
+        return member_bytes(compose_config([*overrides, "tracking=disabled", "train.device=cpu"]))
+
+    cnn = est("model=cnn", "model.width=32")
+    grow_300 = est("model=cnn", "model.width=32", "data.batch_size=400") - cnn
+    grow_100 = est("model=cnn", "model.width=32", "data.batch_size=200") - cnn
+    assert grow_100 > 0 and grow_300 == pytest.approx(3 * grow_100, rel=1e-3)  # activations
+    assert est("model=cnn", "model.width=32", "train.dtype=float64") == 2 * cnn
+    resnet = est("model=resnet20", "model.width=16", "data=cifar10")
+    assert resnet > 100 * cnn
+    assert 300 * 2**20 < resnet < 2 * 2**30  # ResNet-20 (w16), batch 128: ~0.7 GB
