@@ -305,7 +305,11 @@ def conv1d_members(
         w12 = w[..., 1:].permute(0, 3, 2, 1).reshape(p, 2 * cin, cout)  # rows: (tap, cin)
         out = torch.bmm(pair, w12) if b is None else torch.baddbmm(b.unsqueeze(1), pair, w12)
         prev = torch.bmm(pair[:, :, cin:], w[..., 0].transpose(1, 2)).view(p, bsz, lout, cout)
-        return out.view(p, bsz, lout, cout) + F.pad(prev[:, :, :-1], (0, 0, 1, 0))
+        out = out.view(p, bsz, lout, cout)
+        if torch.is_grad_enabled() and (out.requires_grad or prev.requires_grad):
+            return out + F.pad(prev[:, :, :-1], (0, 0, 1, 0))  # in place costs more in backward
+        out[:, :, 1:] += prev[:, :, :-1]  # evaluation: in place, no padded copy
+        return out
     cols = F.pad(h, (0, 0, padding, padding)).unfold(2, k, stride)  # [P, B, Lout, Cin, k]
     lout = cols.shape[2]
     cols = cols.reshape(p, bsz * lout, cin * k)
@@ -385,8 +389,8 @@ def batched_forward(
                 h = h.transpose(0, 1).reshape(h.shape[1], -1)
                 h = member_batch_norm(h, params, buffers, name, momentum, eps, training)
                 h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
-        else:  # relu
-            h = torch.relu(h)
+        else:  # relu, in place: the layer before (GEMM, addcmul, batch norm) keeps no output
+            h = torch.relu_(h)
     return h
 
 
