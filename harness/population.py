@@ -389,8 +389,9 @@ def batched_forward(
                 h = h.transpose(0, 1).reshape(h.shape[1], -1)
                 h = member_batch_norm(h, params, buffers, name, momentum, eps, training)
                 h = h.reshape(h.shape[0], p, -1).transpose(0, 1)
-        else:  # relu, in place: the layer before (GEMM, addcmul, batch norm) keeps no output
-            h = torch.relu_(h)
+        else:  # relu; in place when nothing is recorded for backward (evaluation): in place on
+            # a view (the layouts above) would make autograd copy slices back in the backward
+            h = torch.relu(h) if h.requires_grad else torch.relu_(h)
     return h
 
 
