@@ -8,8 +8,9 @@ overhead, not arithmetic. Here the P members' parameters are stacked along a lea
   and walked layer by layer: ``Linear`` becomes one ``baddbmm`` over the P members, ``Conv1d``
   batched GEMMs on channels-last activations ``[P, B, L, C]`` (:func:`conv1d_members`; the first
   layer's shared input is unfolded once, :func:`conv1d_shared`), ``BatchNorm1d`` per member and
-  channel, ``ReLU`` and ``Flatten`` act on the batched layout. Every member starts from the sequential model's initial
-  weights for its seed and sees the same batches (common random numbers).
+  channel, ``ReLU`` and ``Flatten`` act on the batched layout. Every member starts from the
+  sequential model's initial weights for its seed and sees the same batches (common random
+  numbers).
 - **Same update rules.** Members differ in lr and weight decay, which are per-member tensors
   (``[P, 1, ..., 1]`` views) fed to ``harness.optim.functional.sgd_step`` / ``adam_step``, the
   rules the optimizer classes run: no second copy of the math.
@@ -215,7 +216,10 @@ def layer_spec(model: nn.Sequential) -> tuple[tuple[Any, ...], ...]:
             out.append(("linear", name))
         elif isinstance(m, nn.BatchNorm1d):
             if m.momentum is None or not m.track_running_stats or not m.affine:
-                raise TypeError("population training batches BatchNorm1d with a momentum")
+                raise TypeError(
+                    "population training batches BatchNorm1d with a float momentum, running "
+                    "statistics and affine weights"
+                )
             out.append(("bn", name, m.momentum, float(m.eps)))
         elif isinstance(m, nn.ReLU):
             out.append(("relu", name))

@@ -6,9 +6,10 @@ wd) as one population, and a few cells with the sequential runner, in the same r
 per hour, the speedup over sequential and the peak memory (CPU: max RSS growth; CUDA: peak
 allocated).
 
-Timing: each population runs once as a warm-up, then ``--repeats`` times (median). The
-sequential trials run before and after the model's populations (median of all), so a shared
-machine that drifts during the run affects both sides.
+Timing: each population runs once as a warm-up, then ``--repeats`` times (median). Each row's
+speedup is against sequential trials timed right around it (``--sequential`` trials before the
+repeats and as many after, median; shown in brackets), so a shared machine whose speed drifts
+during the run affects both sides of a ratio alike; the ``seq`` row is the median of all of them.
 
 ``--variants`` picks how the population runs: ``eager`` and/or ``compiled`` (``train.compile``:
 torch.compile of the loss and the optimizer update). For a compiled variant the warm-up run's
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sequential",
         type=int,
-        default=8,
-        help="sequential trials timed per model before its populations and again after (median)",
+        default=4,
+        help="sequential trials timed before each population size's repeats and again after "
+        "(median: that row's baseline)",
     )
     ap.add_argument("--device", default="auto")
     ap.add_argument(
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "P",
         "s / population",
         "trials / hour",
-        "speedup vs sequential",
+        "speedup vs sequential (its s / trial)",
         "compile s",
         f"speedup @{args.amortize_epochs} ep",
         "peak MB",
@@ -134,12 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models.split(","):
         seq = _cfgs(model, args.sequential, args.epochs, str(device), threads=args.threads)
         run_trial(seq[0])  # warm-up: data generation and caches
-        seq_times = _time_sequential(seq)
         size = dict(o.split(".", 1)[1].split("=") for o in model_overrides(model))
         label = f"{model} {size.get('width', '')}" + (
             f"x{size['depth']}" if "depth" in size else ""
         )
-        rows = []
+        rows, all_seq = [], []
         for variant in args.variants.split(","):
             compiled = variant.startswith("compiled")
             for p in [int(x) for x in args.sizes.split(",")]:
@@ -150,25 +151,28 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 train_population(cfgs, [None] * p)  # warm-up (compiled: the compile)
                 cold = time.perf_counter() - t0
-                times = []
+                times, seq_times = [], _time_sequential(seq)
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
                     train_population(cfgs, [None] * p)
                     times.append(time.perf_counter() - t0)
+                seq_times += _time_sequential(seq)
                 dt = statistics.median(times)
                 peak = (
                     torch.cuda.max_memory_allocated() / 2**20
                     if device.type == "cuda"
                     else _rss_mb() - rss0
                 )
-                rows.append((variant, p, dt, max(cold - dt, 0.0) if compiled else None, peak))
-        # the baseline again after the populations: a drifting shared machine hits both sides
-        seq_times += _time_sequential(seq)
-        seq_s = statistics.median(seq_times)
+                seq_s = statistics.median(seq_times)
+                all_seq += seq_times
+                rows.append(
+                    (variant, p, dt, max(cold - dt, 0.0) if compiled else None, peak, seq_s)
+                )
+        seq_all = statistics.median(all_seq)
         table.add_row(
-            label, "seq", "1", f"{seq_s:.2f}", f"{3600 / seq_s:,.0f}", "1.0x", "-", "1.0x", "-"
+            label, "seq", "1", f"{seq_all:.3f}", f"{3600 / seq_all:,.0f}", "1.0x", "-", "1.0x", "-"
         )
-        for variant, p, dt, compile_s, peak in rows:
+        for variant, p, dt, compile_s, peak, seq_s in rows:
             per_trial = dt / p
             amortized = ((compile_s or 0.0) + dt * scale) / p
             table.add_row(
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(p),
                 f"{dt:.2f}",
                 f"{3600 / per_trial:,.0f}",
-                f"{seq_s / per_trial:.1f}x",
+                f"{seq_s / per_trial:.1f}x ({seq_s:.3f})",
                 f"{compile_s:.1f}" if compile_s is not None else "-",
                 f"{seq_s * scale / amortized:.1f}x",
                 f"{peak:.0f}",
