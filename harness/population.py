@@ -274,6 +274,17 @@ def member_batch_norm(
     )
 
 
+def _members_gemm(
+    a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bsz: int, lout: int
+) -> torch.Tensor:
+    """``a`` ``[P, B*Lout, K]`` times each member's weights ``w`` ``[P, Cout, ...]`` (flattened
+    to ``K`` columns), plus its bias ``[P, Cout]``: ``[P, B, Lout, Cout]``."""
+    p, cout = w.shape[0], w.shape[1]
+    wt = w.reshape(p, cout, -1).transpose(1, 2)
+    out = torch.bmm(a, wt) if b is None else torch.baddbmm(b.unsqueeze(1), a, wt)
+    return out.view(p, bsz, lout, cout)
+
+
 def conv1d_shared(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int, padding: int
 ) -> torch.Tensor:
@@ -281,13 +292,11 @@ def conv1d_shared(
     (members' activations channels-last). The input is shared, so its im2col ``[B*Lout, Cin*k]``
     is built once (no gradient flows to it) and every member is one GEMM of it with its weights
     ``[Cin*k, Cout]``."""
-    p, cout, cin, k = w.shape
+    p, _, cin, k = w.shape
     cols = F.pad(x, (padding, padding)).unfold(2, k, stride)  # [B, Cin, Lout, k]
     bsz, lout = cols.shape[0], cols.shape[2]
     cols = cols.permute(0, 2, 1, 3).reshape(1, bsz * lout, cin * k).expand(p, -1, -1)
-    wt = w.reshape(p, cout, cin * k).transpose(1, 2)
-    out = torch.bmm(cols, wt) if b is None else torch.baddbmm(b.unsqueeze(1), cols, wt)
-    return out.view(p, bsz, lout, cout)
+    return _members_gemm(cols, w, b, bsz, lout)
 
 
 def conv1d_members(
@@ -302,24 +311,20 @@ def conv1d_members(
     ``out[l] = pair[l] @ [W1; W2] + x[2l-1] @ W0`` is one GEMM on that view plus one on its odd
     half (a strided view) shifted by one position. Other shapes take an im2col (unfold) copy."""
     p, bsz, length, cin = h.shape
-    cout, k = w.shape[1], w.shape[3]
+    k = w.shape[3]
     if (k, stride, padding) == (3, 2, 1) and length % 2 == 0:
         lout = length // 2
         pair = h.reshape(p, bsz * lout, 2 * cin)
-        w12 = w[..., 1:].permute(0, 3, 2, 1).reshape(p, 2 * cin, cout)  # rows: (tap, cin)
-        out = torch.bmm(pair, w12) if b is None else torch.baddbmm(b.unsqueeze(1), pair, w12)
-        prev = torch.bmm(pair[:, :, cin:], w[..., 0].transpose(1, 2)).view(p, bsz, lout, cout)
-        out = out.view(p, bsz, lout, cout)
-        if torch.is_grad_enabled() and (out.requires_grad or prev.requires_grad):
-            return out + F.pad(prev[:, :, :-1], (0, 0, 1, 0))  # in place costs more in backward
+        w12 = w[..., 1:].transpose(2, 3)  # [P, Cout, tap, Cin]: columns in the pair's order
+        out = _members_gemm(pair, w12, b, bsz, lout)
+        prev = _members_gemm(pair[:, :, cin:], w[..., 0], None, bsz, lout)
+        if out.requires_grad:  # training: in place costs more in the backward
+            return out + F.pad(prev[:, :, :-1], (0, 0, 1, 0))
         out[:, :, 1:] += prev[:, :, :-1]  # evaluation: in place, no padded copy
         return out
     cols = F.pad(h, (0, 0, padding, padding)).unfold(2, k, stride)  # [P, B, Lout, Cin, k]
     lout = cols.shape[2]
-    cols = cols.reshape(p, bsz * lout, cin * k)
-    wt = w.reshape(p, cout, cin * k).transpose(1, 2)
-    out = torch.bmm(cols, wt) if b is None else torch.baddbmm(b.unsqueeze(1), cols, wt)
-    return out.view(p, bsz, lout, cout)
+    return _members_gemm(cols.reshape(p, bsz * lout, cin * k), w, b, bsz, lout)
 
 
 def batch_norm_members(
@@ -610,7 +615,15 @@ def train_population(
         def loss_fn(layers, params, buffers, x, y, p, penalty_wd):  # noqa: ARG001
             return _loss_of(pop.forward(x), y, p, params, penalty_wd)
 
-    update_fn = _step_fn(_sgd_update if o.name == "sgd" else _adam_update, compiled)
+    sgd = o.name == "sgd"
+    update_fn = _step_fn(_sgd_update if sgd else _adam_update, compiled)
+    # the update's fixed arguments, read from the config once (OmegaConf access is slow per step)
+    step_wd = 0.0 if penalty else wd_views
+    step_decay = "l2" if penalty else decay
+    if sgd:
+        hyper = (float(o.momentum), float(o.dampening), bool(o.nesterov), step_decay)
+    else:
+        hyper = (float(o.betas[0]), float(o.betas[1]), float(o.eps), step_decay, bool(o.amsgrad))
 
     def step_arg(v: float) -> float | torch.Tensor:  # compiled: per-step numbers as inputs
         return torch.tensor(v, dtype=torch.float64) if compiled else v
@@ -664,19 +677,9 @@ def train_population(
             eta = lr_multiplier(base.schedule, step, total)
             eta_arg = step_arg(eta)
             with torch.no_grad():
-                if o.name == "sgd":
+                if sgd:
                     update_fn(
-                        pop.params,
-                        grads,
-                        bufs,
-                        lr_views,
-                        eta_arg,
-                        0.0 if penalty else wd_views,
-                        float(o.momentum),
-                        float(o.dampening),
-                        bool(o.nesterov),
-                        "l2" if penalty else decay,
-                        step == 0,
+                        pop.params, grads, bufs, lr_views, eta_arg, step_wd, *hyper, step == 0
                     )
                 else:
                     update_fn(
@@ -688,12 +691,8 @@ def train_population(
                         step_arg(step + 1),
                         lr_views,
                         eta_arg,
-                        0.0 if penalty else wd_views,
-                        float(o.betas[0]),
-                        float(o.betas[1]),
-                        float(o.eps),
-                        "l2" if penalty else decay,
-                        bool(o.amsgrad),
+                        step_wd,
+                        *hyper,
                     )
             step += 1
             loss_sum += losses.detach()

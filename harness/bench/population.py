@@ -36,12 +36,9 @@ from harness.train import resolve_device, run_trial
 def model_overrides(model: str) -> list[str]:
     """The model group's own sizes (``conf/model/<model>.yaml``: the CNN 32 channels wide, the
     MLP 256 x 2). The default experiment (``quick``) would set width 128 for any model."""
-    from omegaconf import OmegaConf
+    from harness.study import model_group
 
-    from harness.config import CONF_DIR
-
-    spec = OmegaConf.load(f"{CONF_DIR}/model/{model}.yaml")
-    return [f"model.{k}={v}" for k, v in spec.items() if k != "name"]
+    return [f"model.{k}={v}" for k, v in model_group(model).items() if k != "name"]
 
 
 def _cfgs(
@@ -105,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats",
         type=int,
         default=3,
-        help="timed populations per P after a warm-up one (median); sequential trials are "
-        "timed before and after the populations (median of both)",
+        help="timed populations per P after a warm-up one (median)",
     )
     ap.add_argument("--amortize-epochs", type=int, default=80)
     ap.add_argument("--threads", type=int, default=0, help="train.threads (0: all cores)")
@@ -137,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         seq = _cfgs(model, args.sequential, args.epochs, str(device), threads=args.threads)
         run_trial(seq[0])  # warm-up: data generation and caches
         size = dict(o.split(".", 1)[1].split("=") for o in model_overrides(model))
-        label = f"{model} {size.get('width', '')}" + (
-            f"x{size['depth']}" if "depth" in size else ""
-        )
+        depth = f"x{size['depth']}" if model.startswith("mlp") else ""  # only the MLP has depth
+        label = f"{model} {size['width']}{depth}"
         rows, all_seq = [], []
         for variant in args.variants.split(","):
             compiled = variant.startswith("compiled")
