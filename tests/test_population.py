@@ -204,6 +204,32 @@ def test_member_convolutions_equal_conv1d_per_member(k, stride, padding, length)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_member_convolutions_take_no_per_member_path():
+    """Forward and backward of a batched convolution are the same number of kernel calls at
+    any P. A GEMM operand that BLAS cannot take (such as the strided tap ``w[..., 0]``) makes
+    ``bmm`` copy it member by member, which shows up as ``select`` / ``copy_`` calls growing
+    with P (2P more of each per layer before the weights were made contiguous)."""
+    from torch.profiler import profile
+
+    from harness.population import conv1d_members, conv1d_shared
+
+    def calls(p: int) -> int:
+        torch.manual_seed(0)
+        w0 = torch.randn(p, 6, 1, 5, requires_grad=True)
+        w = torch.randn(p, 6, 6, 3, requires_grad=True)
+        b = torch.randn(p, 6, requires_grad=True)
+        x = torch.randn(4, 1, 20)
+        with profile() as prof:
+            h = torch.relu(conv1d_shared(x, w0, b, 2, 2))
+            out = conv1d_members(h, w, b, 2, 1)
+            out.backward(torch.randn_like(out))  # a real gradient: sum() would expand a scalar
+        return sum(
+            e.count for e in prof.key_averages() if e.key in ("aten::select", "aten::copy_")
+        )
+
+    assert calls(2) == calls(16)
+
+
 def test_member_batch_norm_equals_batchnorm1d_per_member():
     """Channels-last batch norm of P members: the outputs, gradients and running statistics
     of each member's ``nn.BatchNorm1d`` (train and eval mode, float64)."""
