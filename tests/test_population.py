@@ -223,9 +223,7 @@ def test_member_convolutions_take_no_per_member_path():
             h = torch.relu(conv1d_shared(x, w0, b, 2, 2))
             out = conv1d_members(h, w, b, 2, 1)
             out.backward(torch.randn_like(out))  # a real gradient: sum() would expand a scalar
-        return sum(
-            e.count for e in prof.key_averages() if e.key in ("aten::select", "aten::copy_")
-        )
+        return sum(e.count for e in prof.key_averages() if e.key in ("aten::select", "aten::copy_"))
 
     assert calls(2) == calls(16)
 
@@ -285,6 +283,29 @@ def test_bench_population_tiny_run_uses_the_model_groups_sizes(capsys):
     assert "eager" in out and "1,000 training samples" in out.replace("\n", " ")
     rows = [line for line in out.splitlines() if "cnn 32" in line]
     assert len(rows) == 2  # the sequential baseline and P=2
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--models", "cnn,resnet20"], "--models"),
+        (["--sizes", "8,x"], "--sizes"),
+        (["--sizes", "0"], "--sizes"),
+        (["--variants", "eager,fast"], "--variants"),
+        (["--repeats", "0"], "--repeats"),
+    ],
+)
+def test_bench_population_refuses_bad_options_in_one_line(argv, option, capsys):
+    """A bad option is one line naming it and what it takes, exit 2, before anything runs
+    (an unknown variant used to run silently as eager)."""
+    from harness.bench.population import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: {option}:" in err.strip().splitlines()[-1]
 
 
 def test_auto_population_size_is_capped_by_free_memory(monkeypatch):

@@ -78,13 +78,50 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+BENCH_MODELS = ("cnn", "mlp", "cnn_bn", "mlp_bn")  # MNIST-1D: generated here, no download
+VARIANTS = ("eager", "compiled")
+
+
+def _check_args(
+    ap: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[list[str], list[int], list[str]]:
+    """The comma lists, or one line naming the option and what it takes (exit 2)."""
+    models = args.models.split(",")
+    bad = [m for m in models if m not in BENCH_MODELS]
+    if bad:
+        ap.error(f"--models: {','.join(bad)} is not one of {', '.join(BENCH_MODELS)}")
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        ap.error(f"--sizes: {args.sizes!r} is not a comma list of positive integers (1,8,32)")
+    variants = args.variants.split(",")
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"--variants: {','.join(bad)} is not one of {', '.join(VARIANTS)}")
+    for name in ("epochs", "repeats", "sequential"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name}: must be at least 1")
+    return models, sizes, variants
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m harness.bench population", description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("--models", default="cnn,mlp")
-    ap.add_argument("--sizes", default="1,8,32,64,128")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--models",
+        default="cnn,mlp",
+        help="comma list of MNIST-1D model groups (cnn, mlp, cnn_bn, mlp_bn), at their own sizes",
+    )
+    ap.add_argument("--sizes", default="1,8,32,64,128", help="comma list of population sizes P")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="epochs per trial (1,000 training samples, batch 100: 10 steps an epoch)",
+    )
     ap.add_argument(
         "--sequential",
         type=int,
@@ -92,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         help="sequential trials timed before each population size's repeats and again after "
         "(median: that row's baseline)",
     )
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     ap.add_argument(
         "--variants",
         default="eager,compiled",
@@ -104,9 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="timed populations per P after a warm-up one (median)",
     )
-    ap.add_argument("--amortize-epochs", type=int, default=80)
+    ap.add_argument(
+        "--amortize-epochs",
+        type=int,
+        default=80,
+        help="trial length for the column that charges one compile to each population",
+    )
     ap.add_argument("--threads", type=int, default=0, help="train.threads (0: all cores)")
     args = ap.parse_args(argv)
+    models, sizes, variants = _check_args(ap, args)
     from rich.console import Console
     from rich.table import Table
 
@@ -129,16 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         "peak MB",
     ):
         table.add_column(col, justify="right")
-    for model in args.models.split(","):
+    for model in models:
         seq = _cfgs(model, args.sequential, args.epochs, str(device), threads=args.threads)
         run_trial(seq[0])  # warm-up: data generation and caches
         size = dict(o.split(".", 1)[1].split("=") for o in model_overrides(model))
         depth = f"x{size['depth']}" if model.startswith("mlp") else ""  # only the MLP has depth
         label = f"{model} {size['width']}{depth}"
         rows, all_seq = [], []
-        for variant in args.variants.split(","):
-            compiled = variant.startswith("compiled")
-            for p in [int(x) for x in args.sizes.split(",")]:
+        for variant in variants:
+            compiled = variant == "compiled"
+            for p in sizes:
                 cfgs = _cfgs(model, p, args.epochs, str(device), compiled, args.threads)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
