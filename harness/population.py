@@ -301,6 +301,56 @@ def conv1d_shared(
     return _members_gemm(cols, w, b, bsz, lout)
 
 
+class _PairConv(torch.autograd.Function):
+    """P members' ``Conv1d`` with kernel 3, stride 2, padding 1 on an even length, forward and
+    backward written out (see ``conv1d_members``). Against autograd over the same GEMMs it
+    saves the backward's zero-filled slice gradient and the sum of the two input-gradient
+    contributions (the odd tap's gradient is added in place into the pair GEMM's), and the
+    forward's padded copy of the shifted product."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        p, bsz, length, cin = h.shape
+        cout, lout = w.shape[1], length // 2
+        pair = h.reshape(p, bsz * lout, 2 * cin)  # rows (x[2l], x[2l+1])
+        w12 = w[..., 1:].transpose(2, 3).reshape(p, cout, 2 * cin)  # taps 1, 2 (a copy)
+        w0 = w[..., 0].contiguous()  # tap 0, applied to x[2l-1]
+        wt = w12.transpose(1, 2)
+        out = torch.bmm(pair, wt) if b is None else torch.baddbmm(b.unsqueeze(1), pair, wt)
+        prev = torch.bmm(pair[:, :, cin:], w0.transpose(1, 2))
+        out = out.view(p, bsz, lout, cout)
+        out[:, :, 1:] += prev.view(p, bsz, lout, cout)[:, :, :-1]
+        ctx.save_for_backward(pair, w12, w0)
+        ctx.has_bias = b is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        pair, w12, w0 = ctx.saved_tensors
+        p, n, cin2 = pair.shape
+        cin = cin2 // 2
+        _, bsz, lout, cout = g.shape
+        g = g.contiguous()
+        gf = g.view(p, n, cout)
+        dh = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dpair = torch.bmm(gf, w12)  # [P, N, 2Cin]
+            dprev = torch.bmm(gf, w0).view(p, bsz, lout, cin)  # row l: g[l] @ W0, for x[2l-1]
+            dpair.view(p, bsz, lout, 2 * cin)[:, :, :-1, cin:] += dprev[:, :, 1:]
+            dh = dpair.view(p, bsz, 2 * lout, cin)
+        if ctx.needs_input_grad[1]:
+            shifted = g.new_zeros(p, bsz, lout, cout)  # row l: g[l+1] (x[2l+1] feeds out[l+1])
+            shifted[:, :, :-1] = g[:, :, 1:]
+            dw12 = torch.bmm(gf.transpose(1, 2), pair)  # [P, Cout, 2Cin]
+            dw0 = torch.bmm(shifted.view(p, n, cout).transpose(1, 2), pair[:, :, cin:])
+            dw = g.new_empty(p, cout, cin, 3)
+            dw[..., 0] = dw0
+            dw[..., 1:] = dw12.view(p, cout, 2, cin).transpose(2, 3)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = gf.sum(1)
+        return dh, dw, db
+
+
 def conv1d_members(
     h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int, padding: int
 ) -> torch.Tensor:
@@ -311,19 +361,12 @@ def conv1d_members(
     The CNNs' ``kernel 3, stride 2, padding 1`` on an even length needs no im2col copy: the
     input viewed as ``[P, B*L/2, 2*Cin]`` holds the pairs ``(x[2l], x[2l+1])``, so
     ``out[l] = pair[l] @ [W1; W2] + x[2l-1] @ W0`` is one GEMM on that view plus one on its odd
-    half (a strided view) shifted by one position. Other shapes take an im2col (unfold) copy."""
+    half (a strided view) shifted by one position (``_PairConv``, whose backward is written
+    out too). Other shapes take an im2col (unfold) copy."""
     p, bsz, length, cin = h.shape
     k = w.shape[3]
     if (k, stride, padding) == (3, 2, 1) and length % 2 == 0:
-        lout = length // 2
-        pair = h.reshape(p, bsz * lout, 2 * cin)
-        w12 = w[..., 1:].transpose(2, 3)  # [P, Cout, tap, Cin]: columns in the pair's order
-        out = _members_gemm(pair, w12, b, bsz, lout)
-        prev = _members_gemm(pair[:, :, cin:], w[..., 0], None, bsz, lout)
-        if out.requires_grad:  # training: in place costs more in the backward
-            return out + F.pad(prev[:, :, :-1], (0, 0, 1, 0))
-        out[:, :, 1:] += prev[:, :, :-1]  # evaluation: in place, no padded copy
-        return out
+        return _PairConv.apply(h, w, b)
     cols = F.pad(h, (0, 0, padding, padding)).unfold(2, k, stride)  # [P, B, Lout, Cin, k]
     lout = cols.shape[2]
     return _members_gemm(cols.reshape(p, bsz * lout, cin * k), w, b, bsz, lout)
