@@ -316,9 +316,15 @@ class _PairConv(torch.autograd.Function):
         w12 = w[..., 1:].transpose(2, 3).reshape(p, cout, 2 * cin)  # taps 1, 2 (a copy)
         w0 = w[..., 0].contiguous()  # tap 0, applied to x[2l-1]
         wt = w12.transpose(1, 2)
-        out = torch.bmm(pair, wt) if b is None else torch.baddbmm(b.unsqueeze(1), pair, wt)
+        # written through a view into a 4-D base, so the output is no view: ops may run on it in
+        # place (autograd forbids in-place ops on a view made inside a custom Function)
+        out = h.new_empty(p, bsz, lout, cout)
+        flat = out.view(p, bsz * lout, cout)
+        if b is None:
+            torch.bmm(pair, wt, out=flat)
+        else:
+            torch.baddbmm(b.unsqueeze(1), pair, wt, out=flat)
         prev = torch.bmm(pair[:, :, cin:], w0.transpose(1, 2))
-        out = out.view(p, bsz, lout, cout)
         out[:, :, 1:] += prev.view(p, bsz, lout, cout)[:, :, :-1]
         ctx.save_for_backward(pair, w12, w0)
         ctx.has_bias = b is not None
