@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.data import Dataset, load_data
+from harness.data import CIFAR, Dataset, load_data
 from harness.models import build_model
 from harness.optim.functional import adam_step, sgd_step
 from harness.optim.groups import param_groups
@@ -87,9 +87,7 @@ def member_bytes(cfg: Any) -> int:
     gradients), the evaluation batch's two largest layer outputs. From the model built on the
     ``meta`` device (shapes only, no compute, no data loaded)."""
     name = cfg.data.name
-    shape, classes = (
-        ((1, 40), 10) if name == "mnist1d" else ((3, 32, 32), 100 if "100" in name else 10)
-    )
+    shape, classes = ((1, 40), 10) if name == "mnist1d" else ((3, 32, 32), CIFAR[name]["classes"])
     with torch.device("meta"):
         model = build_model(cfg.model, shape, classes)
         outputs: list[int] = []
@@ -228,29 +226,6 @@ def layer_spec(model: nn.Sequential) -> tuple[tuple[Any, ...], ...]:
     return tuple(out)
 
 
-def member_conv(
-    conv: Callable[..., torch.Tensor],
-    h: torch.Tensor,
-    w: torch.Tensor,
-    b: torch.Tensor | None,
-    stride: Any,
-    padding: Any,
-    shared: bool,
-) -> torch.Tensor:
-    """P members' convolutions as one: weights ``[P, Cout, ...]`` become ``[P*Cout, ...]``; a
-    shared input ``[B, Cin, ...]`` is read by all (``groups=1``), a batched one ``[B, P*Cin, ...]``
-    member by member (``groups=P``). ``conv`` is ``F.conv1d`` or ``F.conv2d``."""
-    p, cout = w.shape[0], w.shape[1]
-    return conv(
-        h,
-        w.reshape(p * cout, *w.shape[2:]),
-        b.reshape(p * cout) if b is not None else None,
-        stride=stride,
-        padding=padding,
-        groups=1 if shared else p,
-    )
-
-
 def member_batch_norm(
     h: torch.Tensor,
     params: dict[str, torch.Tensor],
@@ -327,7 +302,6 @@ class _PairConv(torch.autograd.Function):
         prev = torch.bmm(pair[:, :, cin:], w0.transpose(1, 2))
         out[:, :, 1:] += prev.view(p, bsz, lout, cout)[:, :, :-1]
         ctx.save_for_backward(pair, w12, w0)
-        ctx.has_bias = b is not None
         return out
 
     @staticmethod
@@ -352,7 +326,7 @@ class _PairConv(torch.autograd.Function):
             dw = g.new_empty(p, cout, cin, 3)
             dw[..., 0] = dw0
             dw[..., 1:] = dw12.view(p, cout, 2, cin).transpose(2, 3)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when b is None
             db = gf.sum(1)
         return dh, dw, db
 

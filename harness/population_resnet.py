@@ -22,13 +22,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import BasicBlock, ResNet
-from harness.population import member_batch_norm, member_conv
+from harness.population import member_batch_norm
 
 
 def _conv(pop: Any, name: str, module: nn.Conv2d, h: torch.Tensor, shared: bool) -> torch.Tensor:
-    # the ResNet's convolutions have no bias (BatchNorm follows)
+    """P members' convolutions as one: weights ``[P, Cout, ...]`` become ``[P*Cout, ...]``; a
+    shared input ``[B, Cin, H, W]`` is read by all (``groups=1``), a batched one
+    ``[B, P*Cin, H, W]`` member by member (``groups=P``)."""
     w = pop._by_name[f"{name}.weight"]
-    return member_conv(F.conv2d, h, w, None, module.stride, module.padding, shared)
+    p, cout = w.shape[0], w.shape[1]
+    return F.conv2d(
+        h,
+        w.reshape(p * cout, *w.shape[2:]),
+        None,  # the ResNet's convolutions have no bias (BatchNorm follows)
+        stride=module.stride,
+        padding=module.padding,
+        groups=1 if shared else p,
+    )
 
 
 def _bn(pop: Any, name: str, module: nn.BatchNorm2d, h: torch.Tensor) -> torch.Tensor:

@@ -30,14 +30,13 @@ import torch
 
 from harness.config import compose_config
 from harness.population import train_population
+from harness.study import model_group
 from harness.train import resolve_device, run_trial
 
 
 def model_overrides(model: str) -> list[str]:
     """The model group's own sizes (``conf/model/<model>.yaml``: the CNN 32 channels wide, the
     MLP 256 x 2). The default experiment (``quick``) would set width 128 for any model."""
-    from harness.study import model_group
-
     return [f"model.{k}={v}" for k, v in model_group(model).items() if k != "name"]
 
 
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         seq = _cfgs(model, args.sequential, args.epochs, str(device), threads=args.threads)
         run_trial(seq[0])  # warm-up: data generation and caches
-        size = dict(o.split(".", 1)[1].split("=") for o in model_overrides(model))
+        size = model_group(model)
         depth = f"x{size['depth']}" if model.startswith("mlp") else ""  # only the MLP has depth
         label = f"{model} {size['width']}{depth}"
         rows, all_seq = [], []
