@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -115,6 +116,45 @@ def test_cli_process_from_an_optuna_storage(tmp_path):
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["variant"]) == ["adam/l2"] and m["n_cells"].item() == 16
     assert not (out / "heatmaps.pdf").exists()
+
+
+def test_cli_from_one_results_csv(tmp_path):
+    """A single results.csv with a diagonal valley (l2) and an axis-aligned basin (independent)."""
+    lrs, wds = np.geomspace(1e-4, 1e-1, 9), np.geomspace(1e-6, 1e-1, 11)
+    rows = []
+    L, W = np.meshgrid(lrs, wds, indexing="ij")
+    for variant, coupled in (("adam/l2", True), ("adam/independent", False)):
+        for seed in (0, 1):
+            for lr, wd in zip(L.ravel(), W.ravel()):
+                if coupled:  # best wd = 1e-6 / lr: a diagonal valley
+                    err = 0.1 + 0.001 * (np.log(lr * wd) - np.log(1e-6)) ** 2
+                else:  # best wd = 1e-4 whatever the lr
+                    err = 0.1 + 0.001 * (np.log(wd / 1e-4) ** 2 + np.log(lr / 1e-2) ** 2)
+                err += 0.001 * seed
+                rows.append(
+                    dict(
+                        study=variant,
+                        optimizer="adam",
+                        decay=variant.split("/")[1],
+                        lr=lr,
+                        weight_decay=wd,
+                        seed=seed,
+                        state="COMPLETE",
+                        test_error=min(err, 0.9),
+                        val_error=err,
+                        diverged=False,
+                    )
+                )
+    rows[0].update(diverged=True, test_error=1.0)
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    out = tmp_path / "figs"
+    assert main([str(tmp_path), "--out", str(out), "--bootstrap", "20"]) == 0
+    for name in ("heatmaps.png", "heatmaps.pdf", "regret.png", "metrics.csv", "regret.csv"):
+        assert (out / name).stat().st_size > 0
+    m = pd.read_csv(out / "metrics.csv").set_index("variant")
+    assert m.loc["adam/independent", "coupling_slope"] == pytest.approx(0.0, abs=0.01)
+    assert m.loc["adam/l2", "coupling_slope"] < -0.5
+    assert main([str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
 
 
 def test_experiments_are_never_mixed(results_dir, tmp_path):
