@@ -1,5 +1,6 @@
-"""W&B tracking (issue 5): real offline runs written by Tracker and read back from the .wandb
-files, secrets never written, mode resolution, and W&B Api runs -> the results.csv table."""
+"""W&B tracking: real offline runs written by Tracker and read back from the .wandb
+files, secrets never written, mode resolution, and W&B Api runs (hand-written run nodes) -> the
+results.csv table."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from harness.tracking import (
 from tests.wandb_reader import CorruptRunFile, read_offline_runs, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = Path(__file__).parent / "fixtures" / "wandb_api_runs.json"
+# wandb.Api() run nodes written by hand in the server's GraphQL shape (no real account behind them)
+HANDWRITTEN_API_RUNS = Path(__file__).parent / "fixtures" / "handwritten_wandb_api_runs.json"
 STUDY = "quick-adam-independent"
 KEY40 = "0123456789abcdef0123456789abcdef01234567"
 AUTH_ENV = (
@@ -499,10 +501,10 @@ def test_offline_init_failure_is_one_line(clean_env, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# W&B Api runs -> results.csv table (a recorded fixture in the shape the server sends)
+# W&B Api runs -> results.csv table (hand-written run nodes in the shape the server sends)
 
 
-def _expected_fixture_frame() -> pd.DataFrame:
+def _expected_handwritten_frame() -> pd.DataFrame:
     nan = float("nan")
     rows = [
         # study-suffix, trial, lr, wd, seed, state, test, val, final, loss, norm, div, steps, wall, id
@@ -548,19 +550,19 @@ def _expected_fixture_frame() -> pd.DataFrame:
     return frame
 
 
-def test_runs_to_frame_from_recorded_api_runs(tmp_path, monkeypatch):
+def test_runs_to_frame_from_handwritten_api_runs(tmp_path, monkeypatch):
     from wandb.apis.public import Run
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # Run() makes a cache folder there
-    doc = json.loads(FIXTURE.read_text())
+    doc = json.loads(HANDWRITTEN_API_RUNS.read_text())
     nodes = doc["runs"]
-    # Real wandb.apis.public.Run objects, built from the recorded GraphQL nodes (no network).
+    # Real wandb.apis.public.Run objects, built from the hand-written GraphQL nodes (no network).
     api_runs = [
         Run(None, doc["entity"], doc["project"], n["name"], attrs=copy.deepcopy(n), lazy=False)
         for n in nodes
     ]
     assert api_runs[0].id == "k3v9x2ab" and api_runs[0].group == STUDY
-    expected = _expected_fixture_frame()
+    expected = _expected_handwritten_frame()
     frame = runs_to_frame(api_runs)
     pd.testing.assert_frame_equal(frame, expected)
     # The raw nodes themselves (a JSON export of run._attrs) give the same table.
