@@ -433,8 +433,12 @@ def print_submitted(cfg: DictConfig, sub: SlurmSubmission, overrides: list[str])
 # Local worker processes
 
 
-def _local_entry(cfg_dict: dict, target: Target | None) -> None:
+WORKER_INDEX_ENV = "LRWD_WORKER_INDEX"
+
+
+def _local_entry(cfg_dict: dict, target: Target | None, index: int = 0) -> None:
     logging.basicConfig(level=logging.WARNING)
+    os.environ[WORKER_INDEX_ENV] = str(index)
     rc = (target or run_worker_from_dict)(cfg_dict)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
@@ -446,13 +450,16 @@ def run_local_workers(
     *,
     target: Target | None = None,
     timeout_s: float | None = None,
+    poll: Callable[[], None] | None = None,
+    poll_s: float = 0.5,
 ) -> list[int]:
     """Start ``n`` (default ``sweep.workers``) worker processes on one study; wait; exit codes.
 
     Processes are spawned (a fresh interpreter each, no forked torch state) and inherit the
-    environment (``LRWD_STORAGE_URL`` included). Ctrl-C reaches the workers too (same process
-    group): each hands its trials back and exits, and this waits for them. After ``timeout_s``
-    the remaining workers are terminated (SIGTERM; their exit code is then -15).
+    environment (``LRWD_STORAGE_URL`` included); each gets ``LRWD_WORKER_INDEX`` = its index.
+    ``poll()`` (progress) is called every ``poll_s`` seconds while they run. Ctrl-C reaches the
+    workers too (same process group): each hands its trials back and exits, and this waits for
+    them. After ``timeout_s`` the remaining workers are terminated (SIGTERM; exit code -15).
     """
     n = int(n if n is not None else cfg.sweep.workers)
     if n < 1:
@@ -460,15 +467,20 @@ def run_local_workers(
     cfg_dict = OmegaConf.to_container(secret_free(cfg), resolve=True)
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_local_entry, args=(cfg_dict, target), name=f"lrwd-worker-{i}")
+        ctx.Process(target=_local_entry, args=(cfg_dict, target, i), name=f"lrwd-worker-{i}")
         for i in range(n)
     ]
     for p in procs:
         p.start()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        for p in procs:
-            p.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        while any(p.is_alive() for p in procs):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if poll is not None:
+                poll()
+            for p in procs:
+                p.join(poll_s / n)
     except KeyboardInterrupt:
         for p in procs:
             p.join(30)

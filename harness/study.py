@@ -1,32 +1,13 @@
-"""Optuna studies for lr x weight-decay sweeps: storage, grid enqueueing, claiming, resume.
+"""Optuna studies for lr x weight-decay sweeps: variants, the grid, storages, the worker loop.
 
-How a grid runs exactly once
-----------------------------
-Optuna's ``GridSampler`` samples inside ``ask()``; two workers can draw the same point, and its
-cost grows with the number of finished trials. lrwd instead *enqueues* every grid cell as a
-``WAITING`` trial (one process, the driver, before any worker starts) and workers *claim* waiting
-trials with the storage's own compare-and-set (``set_trial_state_values(RUNNING)`` returns
-``False`` to all but one claimant: a row lock on RDB storages, log order on a journal file).
-
-A claimed trial carries a lease (system attr ``lrwd:lease`` = owner ``host:pid`` and the time of
-its last heartbeat, refreshed by a thread every ``sweep.heartbeat_s``). A running trial is *stale* when its owner is a
-dead process on this host, or its heartbeat is older than ``2 * sweep.heartbeat_s``. Whoever moves
-a stale trial RUNNING -> FAIL first (the same compare-and-set; every later attempt raises
-``UpdateFinishedTrialError``) re-enqueues its cell, so a cell is never queued twice. A worker
-whose trial was failed under it cannot ``tell`` COMPLETE (the storage refuses), so no cell is
-COMPLETE twice.
-
-Resume: re-running the same command re-opens the study; cells with a COMPLETE (or PRUNED) trial
-are skipped, WAITING and live RUNNING ones are left alone, FAILed and stale ones are enqueued again.
+The queue protocol (enqueue, claim, lease, reclaim, hand back) lives in :mod:`harness.workqueue`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -40,15 +21,34 @@ import numpy as np
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution, IntDistribution
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from harness.config import ConfigError
+from harness.workqueue import (  # noqa: F401 - the queue's names, re-exported for callers
+    CELL_KEY,
+    DONE_STATES,
+    LEASE_KEY,
+    CellStatus,
+    Claim,
+    Heartbeat,
+    WaitingQueue,
+    cell_counts,
+    cell_key,
+    enqueue_cells,
+    enqueue_slots,
+    fail_claim,
+    finish_claim,
+    is_stale,
+    log_training,
+    owner_id,
+    pending,
+    prune_claim,
+    reclaim_stale,
+    start_claim,
+)
 
 log = logging.getLogger("lrwd.study")
 
-LEASE_KEY = "lrwd:lease"  # [owner "host:pid", unix time of the last heartbeat]
-CELL_KEY = "cell"
 RESULT_KEYS = (
     "test_error",
     "val_error",
@@ -59,7 +59,6 @@ RESULT_KEYS = (
     "steps",
     "wall_s",
 )
-DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -168,10 +167,6 @@ def grid_axes(sweep: DictConfig) -> tuple[list[float], list[float], list[int]]:
         wds = [0.0] + wds
     seeds = list(range(sweep.seeds))
     return lrs, wds, seeds
-
-
-def cell_key(lr: float, wd: float, seed: int) -> str:
-    return f"lr={lr:.6g}|wd={wd:.6g}|seed={int(seed)}"
 
 
 def grid_cells(sweep: DictConfig) -> list[dict[str, Any]]:
@@ -330,47 +325,6 @@ def environment() -> dict[str, Any]:
 # Preparing studies (driver side, one process)
 
 
-@dataclass
-class CellStatus:
-    done: int = 0
-    queued: int = 0
-    running: int = 0
-    requeued: int = 0
-    total: int = 0
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_dead(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def is_stale(trial: FrozenTrial, heartbeat_s: float, now: float | None = None) -> bool:
-    """A RUNNING trial whose owner died on this host, or whose heartbeat is too old."""
-    if trial.state != TrialState.RUNNING:
-        return False
-    owner, beat = trial.system_attrs.get(LEASE_KEY) or (None, None)
-    if owner and owner != owner_id() and _pid_dead(owner):
-        return True
-    if beat is None:
-        start = trial.datetime_start
-        beat = start.timestamp() if start is not None else None
-    if beat is None:
-        return False
-    return (now or time.time()) - float(beat) > 2 * heartbeat_s
-
-
 def create_study(
     cfg: DictConfig, storage, variant: Variant, *, load_only: bool = False
 ) -> optuna.Study:
@@ -404,12 +358,48 @@ def create_study(
     return study
 
 
-def make_sampler(cfg: DictConfig) -> optuna.samplers.BaseSampler:
+def sampler_seed(cfg: DictConfig, n_trials: int = 0) -> int:
+    """The sampler seed of this worker: ``train.seed`` mixed with who draws and when.
+
+    Two workers (or a worker and its own resumed run) seeded alike would draw the same points
+    from one storage. The seed mixes ``train.seed``, the number of trials the study had when
+    the worker joined it, and the worker: ``$LRWD_WORKER_INDEX`` (set by the local pool),
+    else the Slurm array task and restart count, else this process's host and pid.
+    """
+    import zlib
+
+    index = os.environ.get("LRWD_WORKER_INDEX")
+    if index is None and os.environ.get("SLURM_ARRAY_TASK_ID") is not None:
+        index = (
+            f"slurm{os.environ['SLURM_ARRAY_TASK_ID']}."
+            f"{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+        )
+    if index is None:
+        index = owner_id()
+    text = f"{int(cfg.train.seed)}|{int(n_trials)}|{index}"
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+def make_sampler(cfg: DictConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     kind = cfg.sweep.sampler
-    seed = int(cfg.train.seed)
+    seed = int(cfg.train.seed) if seed is None else int(seed)
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
+    """Enqueue every grid cell that has no finished, waiting or live trial. Driver only."""
+    return enqueue_cells(
+        study, grid_cells(cfg.sweep), distributions(cfg.sweep), float(cfg.sweep.heartbeat_s)
+    )
+
+
+def enqueue_study(study: optuna.Study, cfg: DictConfig) -> CellStatus:
+    """The grid's cells, or a sampled study's budget as slots. Driver only."""
+    if cfg.sweep.sampler == "grid":
+        return enqueue_grid(study, cfg)
+    return enqueue_slots(study, sampled_budget(cfg), float(cfg.sweep.heartbeat_s))
 
 
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
@@ -419,208 +409,6 @@ def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner()
     return optuna.pruners.NopPruner()
-
-
-def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
-    """Enqueue every grid cell that has no finished, waiting or live trial. Driver only."""
-    cells = grid_cells(cfg.sweep)
-    status = CellStatus(total=len(cells))
-    trials = study.get_trials(deepcopy=False)
-    by_cell: dict[str, list[FrozenTrial]] = {}
-    for t in trials:
-        by_cell.setdefault(t.user_attrs.get(CELL_KEY, ""), []).append(t)
-    storage = study._storage
-    heartbeat = float(cfg.sweep.heartbeat_s)
-    dists = distributions(cfg.sweep)
-    to_add = []
-    for cell in cells:
-        key = cell_key(cell["lr"], cell["weight_decay"], cell["seed"])
-        states = by_cell.get(key, [])
-        if any(t.state in DONE_STATES for t in states):
-            status.done += 1
-            continue
-        if any(t.state == TrialState.WAITING for t in states):
-            status.queued += 1
-            continue
-        live = [t for t in states if t.state == TrialState.RUNNING]
-        stale = [t for t in live if is_stale(t, heartbeat)]
-        for t in stale:
-            _fail(storage, t._trial_id, reason="stale")
-        if len(live) > len(stale):
-            status.running += 1
-            continue
-        if states:
-            status.requeued += 1
-        to_add.append(_waiting_trial(cell, key, dists))
-    if to_add:
-        study.add_trials(to_add)
-        status.queued += len(to_add) - status.requeued
-    return status
-
-
-def _fail(storage, trial_id: int, reason: str) -> bool:
-    """Move a trial to FAIL. True only for the one caller whose transition took effect.
-
-    The reason is written first: a finished trial's attributes can no longer change.
-    """
-    try:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        return bool(storage.set_trial_state_values(trial_id, state=TrialState.FAIL))
-    except UpdateFinishedTrialError:
-        return False
-
-
-def _waiting_trial(cell: dict[str, Any], key: str, dists: dict[str, Any]) -> FrozenTrial:
-    """A WAITING trial that already carries its params, so claiming it writes no params."""
-    return optuna.trial.create_trial(
-        state=TrialState.WAITING,
-        params=dict(cell),
-        distributions=dict(dists),
-        system_attrs={"fixed_params": dict(cell)},
-        user_attrs={CELL_KEY: key},
-    )
-
-
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    cell = trial.system_attrs.get("fixed_params") or dict(trial.params)
-    study.add_trial(
-        _waiting_trial(cell, trial.user_attrs.get(CELL_KEY, ""), dict(trial.distributions))
-    )
-
-
-def reclaim_stale(study: optuna.Study, heartbeat_s: float) -> int:
-    """Fail stale RUNNING trials and re-enqueue the cells whose transition this caller won."""
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_stale(t, heartbeat_s) and _fail(study._storage, t._trial_id, reason="stale"):
-            if t.user_attrs.get(CELL_KEY):
-                requeue(study, t)
-            n += 1
-    return n
-
-
-def cell_counts(study: optuna.Study) -> dict[str, int]:
-    counts = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] += 1
-    return counts
-
-
-# --------------------------------------------------------------------------------------------
-# Claiming and running (worker side)
-
-
-@dataclass
-class Claim:
-    trial: optuna.Trial
-    params: dict[str, Any]
-
-    @property
-    def number(self) -> int:
-        return self.trial.number
-
-
-class Heartbeat:
-    """Refreshes ``lrwd:lease`` on the trials a worker holds, from a daemon thread."""
-
-    def __init__(self, storage, interval: float) -> None:
-        self.storage = storage
-        self.interval = max(float(interval), 0.2)
-        self.trial_ids: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lrwd-heartbeat", daemon=True)
-        self._thread.start()
-
-    def add(self, trial_id: int) -> None:
-        with self._lock:
-            self.trial_ids.add(trial_id)
-
-    def discard(self, trial_id: int) -> None:
-        with self._lock:
-            self.trial_ids.discard(trial_id)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                ids = list(self.trial_ids)
-            for tid in ids:
-                try:
-                    self.storage.set_trial_system_attr(tid, LEASE_KEY, [owner_id(), time.time()])
-                except Exception:  # noqa: BLE001 - a finished or lost trial needs no beat
-                    self.discard(tid)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-class WaitingQueue:
-    """A worker's cached list of WAITING trial ids for one study.
-
-    Listing WAITING trials costs O(remaining) on every storage, so a worker lists them once
-    and walks the list; ids that another worker claimed meanwhile fail the compare-and-set
-    cheaply. The list is refreshed only when it runs dry.
-    """
-
-    def __init__(self, study: optuna.Study) -> None:
-        self.study = study
-        self.ids: list[int] = []
-
-    def refresh(self) -> int:
-        storage = self.study._storage
-        waiting = storage.get_all_trials(
-            self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)
-        )
-        self.ids = [t._trial_id for t in waiting]
-        self.ids.reverse()  # pop() from the end takes the oldest first
-        return len(self.ids)
-
-    def claim(self, n: int) -> list[Claim]:
-        """Claim up to ``n`` cells; the storage's compare-and-set makes each claim unique."""
-        claims: list[Claim] = []
-        storage = self.study._storage
-        refreshed = False
-        while len(claims) < n:
-            if not self.ids:
-                if refreshed or not self.refresh():
-                    break
-                refreshed = True
-            tid = self.ids.pop()
-            try:
-                if not storage.set_trial_state_values(tid, state=TrialState.RUNNING):
-                    continue
-            except UpdateFinishedTrialError:
-                continue
-            storage.set_trial_system_attr(tid, LEASE_KEY, [owner_id(), time.time()])
-            trial = optuna.Trial(self.study, tid)
-            params = dict(trial.params)
-            params["seed"] = int(params["seed"])
-            claims.append(Claim(trial, params))
-        return claims
-
-
-def claim_cells(study: optuna.Study, n: int) -> list[Claim]:
-    """Claim up to ``n`` WAITING cells of ``study`` (no cache; see :class:`WaitingQueue`)."""
-    return WaitingQueue(study).claim(n)
-
-
-def ask_sampled(study: optuna.Study, cfg: DictConfig, dists: dict[str, Any]) -> Claim:
-    """Random / TPE: the sampler proposes lr and wd inside the grid's box."""
-    trial = study.ask()
-    study._storage.set_trial_system_attr(trial._trial_id, LEASE_KEY, [owner_id(), time.time()])
-    params = {
-        "lr": trial.suggest_float("lr", dists["lr"].low, dists["lr"].high, log=True),
-        "weight_decay": trial.suggest_float(
-            "weight_decay",
-            dists["weight_decay"].low,
-            dists["weight_decay"].high,
-            log=dists["weight_decay"].log,
-        ),
-        "seed": trial.suggest_int("seed", dists["seed"].low, dists["seed"].high),
-    }
-    trial.set_user_attr(CELL_KEY, cell_key(params["lr"], params["weight_decay"], params["seed"]))
-    return Claim(trial, params)
 
 
 TRIAL_GROUPS = ("name", "optimizer", "model", "data", "schedule", "train")
@@ -667,72 +455,6 @@ class Preempted(Exception):
 
 
 TrainBatch = Callable[[list[DictConfig], list[Callable[[int, dict], None]]], list[Any]]
-
-
-def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """``trial.set_user_attr`` for every item, in one transaction on RDB storages.
-
-    Optuna commits each user attr on its own (a lookup, an upsert and a commit: about 1 ms each
-    on SQLite); a trial records ~15 of them. On an RDBStorage they are written here through the
-    storage's own per-attr upsert inside one session, so they land together or not at all, with
-    the same checks (a finished trial raises ``UpdateFinishedTrialError``). Other storages, or
-    an Optuna whose internals differ, take the per-key path.
-    """
-    storage = trial.storage
-    backend = getattr(storage, "_backend", storage)
-    write = getattr(backend, "_set_trial_attr_without_commit", None)
-    if isinstance(backend, optuna.storages.RDBStorage) and write is not None:
-        try:
-            from optuna.storages._rdb import models
-            from optuna.storages._rdb.storage import _create_scoped_session
-        except ImportError:  # pragma: no cover - a future Optuna layout
-            models = None
-        if models is not None:
-            with _create_scoped_session(backend.scoped_session, True) as session:
-                for key, value in attrs.items():
-                    write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-            trial._cached_frozen_trial.user_attrs.update(attrs)
-            return
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-
-
-def finish_claim(study: optuna.Study, claim: Claim, result: Any, extra: dict[str, Any]) -> bool:
-    """Write the result attrs and tell COMPLETE. False if the trial was failed under us."""
-    trial = claim.trial
-    rec = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    try:
-        attrs = {}
-        for key in RESULT_KEYS:
-            value = rec.get(key)
-            if isinstance(value, float) and not math.isfinite(value):
-                value = None  # JSON has no NaN; None means "not defined" (diverged loss)
-            attrs[key] = value
-        set_user_attrs(trial, {**attrs, **extra})
-        objective = rec.get("val_error")
-        if objective is None or not math.isfinite(float(objective)):
-            objective = 1.0
-        study.tell(trial, float(objective))
-        return True
-    except UpdateFinishedTrialError:
-        return False
-
-
-def fail_claim(study: optuna.Study, claim: Claim, reason: str, *, requeue_cell: bool) -> None:
-    trial = claim.trial
-    if _fail(study._storage, trial._trial_id, reason=reason[:500]) and requeue_cell:
-        requeue(study, study._storage.get_trial(trial._trial_id))
-
-
-def pending(study: optuna.Study, heartbeat_s: float) -> tuple[int, int]:
-    """(waiting, live running) trial counts."""
-    waiting = running = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
-        if t.state == TrialState.WAITING:
-            waiting += 1
-        elif not is_stale(t, heartbeat_s):
-            running += 1
-    return waiting, running
 
 
 def sampled_budget(cfg: DictConfig) -> int:
@@ -926,24 +648,16 @@ def run_worker(
         for variant in variants(cfg):
             vcfg = variant_config(cfg, variant)
             study = create_study(vcfg, storage, variant, load_only=True)
-            dists = distributions(vcfg.sweep)
+            sampled = vcfg.sweep.sampler != "grid"
+            if sampled:
+                n_before = len(study.get_trials(deepcopy=False))
+                study.sampler = make_sampler(vcfg, sampler_seed(vcfg, n_before))
             tracker = Tracker(vcfg.tracking, output_dir, study.study_name)
-            queue = WaitingQueue(study)
+            queue = WaitingQueue(study, distributions(vcfg.sweep))
             vplain = trial_plain(vcfg)
-            budget = sampled_budget(vcfg) if vcfg.sweep.sampler != "grid" else 0
             while not state.stop.is_set():
-                if budget:
-                    started = len(
-                        study.get_trials(
-                            deepcopy=False,
-                            states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
-                        )
-                    )
-                    if started >= budget:
-                        break
-                    claims = [ask_sampled(study, vcfg, dists)]
-                else:
-                    claims = queue.claim(p)
+                # A sampled study draws one point at a time, so that TPE sees every result so far.
+                claims = queue.claim(1 if sampled else p)
                 if not claims:
                     if reclaim_stale(study, heartbeat_s):
                         continue
@@ -988,14 +702,15 @@ def _run_claims(
 ) -> None:
     from harness.tracking import run_name
 
+    started: list[Claim] = []
     cfgs, reports, runs = [], [], []
     for claim in claims:
         tcfg, plain = trial_config(vplain, claim.params)
         record_cfg = trial_record_config(plain)
         beat.add(claim.trial._trial_id)
         state.held.append((study, claim))
-        set_user_attrs(
-            claim.trial,
+        ok = start_claim(
+            claim,
             {
                 "optimizer": variant.optimizer,
                 "decay": variant.decay,
@@ -1004,6 +719,12 @@ def _run_claims(
                 "versions": env["versions"],
             },
         )
+        if not ok:  # failed under us (stale) before it started: another worker has the cell
+            beat.discard(claim.trial._trial_id)
+            state.held.remove((study, claim))
+            stats.lost += 1
+            log.warning("trial %d was taken from this worker before it started", claim.number)
+            continue
         name = run_name(
             variant.label, claim.params["lr"], claim.params["weight_decay"], claim.params["seed"]
         )
@@ -1018,23 +739,24 @@ def _run_claims(
             },
         )
         if run.id:
-            claim.trial.set_user_attr("wandb_run_id", run.id)
+            start_claim(claim, {"wandb_run_id": run.id})
+        started.append(claim)
         cfgs.append(tcfg)
         runs.append(run)
         reports.append(_report_hook(claim, run, state, pruning))
+    if not started:
+        return
+    log_training(study.study_name, started)
     try:
         results = train(cfgs, reports)
     except Preempted:
-        results = [Preempted()] * len(claims)
-    for claim, run, result in zip(claims, runs, results):
+        results = [Preempted()] * len(started)
+    for claim, run, result in zip(started, runs, results):
         beat.discard(claim.trial._trial_id)
         if (study, claim) in state.held:
             state.held.remove((study, claim))
         if isinstance(result, optuna.TrialPruned):
-            try:
-                study.tell(claim.trial, state=TrialState.PRUNED)
-            except UpdateFinishedTrialError:
-                pass
+            prune_claim(study, claim)
             run.finish({"pruned": True}, state="pruned")
             stats.pruned += 1
         elif isinstance(result, Preempted):
@@ -1049,7 +771,7 @@ def _run_claims(
             stats.failed += 1
         else:
             rec = result.to_dict()
-            if finish_claim(study, claim, result, {}):
+            if finish_claim(study, claim, rec, RESULT_KEYS):
                 stats.completed += 1
             else:
                 stats.lost += 1

@@ -9,7 +9,6 @@ Run ``python -m harness.sweep --help`` for the config groups and examples.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -106,17 +105,16 @@ def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
     for variant in st.variants(cfg):
         vcfg = st.variant_config(cfg, variant)
         study = st.create_study(vcfg, storage, variant)
-        if vcfg.sweep.sampler == "grid":
-            status = st.enqueue_grid(study, vcfg)
-            log.info(
-                "%s: %d cells, %d done, %d queued, %d running, %d re-queued",
-                study.study_name,
-                status.total,
-                status.done,
-                status.queued,
-                status.running,
-                status.requeued,
-            )
+        status = st.enqueue_study(study, vcfg)
+        log.info(
+            "%s: %d cells, %d done, %d queued, %d running, %d re-queued",
+            study.study_name,
+            status.total,
+            status.done,
+            status.queued,
+            status.running,
+            status.requeued,
+        )
         studies.append(study)
     return storage, studies
 
@@ -134,13 +132,6 @@ def _cells(cfg: DictConfig, variant: st.Variant) -> int:
 
 def _total(cfg: DictConfig) -> int:
     return sum(_cells(cfg, v) for v in st.variants(cfg))
-
-
-def _worker_entry(cfg_container: dict) -> None:
-    """Entry point of a local worker process (spawned; inherits the environment)."""
-    logging.basicConfig(level=logging.WARNING)
-    cfg = real_url(OmegaConf.create(cfg_container))
-    st.run_worker(cfg)
 
 
 class _LogProgress:
@@ -218,35 +209,24 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
                 progress.update(task, last=last)
                 plain(int(progress.tasks[0].completed), last)
 
+            os.environ.setdefault("LRWD_WORKER_INDEX", "0")
             st.run_worker(real_url(cfg), on_result=on_result)
             progress.update(task, completed=_count_done(studies))
             plain(_count_done(studies), force=True)
             return 0
-        ctx = mp.get_context("spawn")
-        container = OmegaConf.to_container(cfg, resolve=True)
-        procs = [
-            ctx.Process(target=_worker_entry, args=(container,), name=f"lrwd-worker-{i}")
-            for i in range(int(cfg.sweep.workers))
-        ]
-        for p in procs:
-            p.start()
-        try:
-            while any(p.is_alive() for p in procs):
-                done = _count_done(studies)
-                progress.update(task, completed=done)
-                plain(done)
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            for p in procs:
-                p.join(timeout=30)
-            raise
-        for p in procs:
-            p.join()
+        from harness.launch import run_local_workers
+
+        def poll() -> None:
+            done = _count_done(studies)
+            progress.update(task, completed=done)
+            plain(done)
+
+        codes = run_local_workers(cfg, poll=poll)
         progress.update(task, completed=_count_done(studies))
         plain(_count_done(studies), force=True)
-    bad = [p.exitcode for p in procs if p.exitcode]
+    bad = [c for c in codes if c]
     if bad:
-        log.error("%d of %d workers exited with errors: %s", len(bad), len(procs), bad)
+        log.error("%d of %d workers exited with errors: %s", len(bad), len(codes), bad)
         return 1
     return 0
 

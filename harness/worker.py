@@ -69,7 +69,7 @@ def prepare(cfg: DictConfig) -> list[Any]:
     from harness.study import (
         cell_counts,
         create_study,
-        enqueue_grid,
+        enqueue_study,
         open_storage,
         variant_config,
         variants,
@@ -80,8 +80,7 @@ def prepare(cfg: DictConfig) -> list[Any]:
     for variant in variants(cfg):
         vcfg = variant_config(cfg, variant)
         study = create_study(vcfg, storage, variant)
-        if vcfg.sweep.sampler == "grid":
-            enqueue_grid(study, vcfg)
+        enqueue_study(study, vcfg)
         counts = {k: v for k, v in cell_counts(study).items() if v}
         print(f"{study.study_name}: {counts}")
         studies.append(study)
