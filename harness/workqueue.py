@@ -470,18 +470,28 @@ def finish_claim(
         objective = rec.get("val_error")
         if objective is None or not math.isfinite(float(objective)):
             objective = 1.0
-        study.tell(claim.trial, float(objective))
-        return True
+        return _tell(study, claim, values=float(objective))
     except UpdateFinishedTrialError:
         return False
 
 
 def prune_claim(study: optuna.Study, claim: Claim) -> bool:
+    """Tell PRUNED. False if the trial was failed under us."""
+    return _tell(study, claim, state=TrialState.PRUNED)
+
+
+def _tell(study: optuna.Study, claim: Claim, **kwargs: Any) -> bool:
+    """``study.tell``; False when the trial is already finished (Optuna raises
+    ``UpdateFinishedTrialError`` for some finished states and ``ValueError`` for FAIL)."""
     try:
-        study.tell(claim.trial, state=TrialState.PRUNED)
+        study.tell(claim.trial, **kwargs)
         return True
     except UpdateFinishedTrialError:
         return False
+    except ValueError:
+        if study._storage.get_trial(claim.trial._trial_id).state.is_finished():
+            return False
+        raise
 
 
 def fail_claim(study: optuna.Study, claim: Claim, reason: str, *, requeue_cell: bool) -> None:

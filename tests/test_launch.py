@@ -120,12 +120,12 @@ def wait_running(study: optuna.Study, timeout: float = 120, age_s: float = 0.5) 
     raise TimeoutError("no trial started running")
 
 
-def assert_preempted_once_and_done(study: optuna.Study) -> None:
+def assert_preempted_once_and_done(study: optuna.Study, preempted: int = 1) -> None:
     trials = study.get_trials(deepcopy=False)
     done = Counter(t.user_attrs.get("cell") for t in trials if t.state == TrialState.COMPLETE)
     assert len(done) == 2 and set(done.values()) == {1}, [(t.state, t.params) for t in trials]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert [t.user_attrs.get("fail_reason") for t in failed] == ["preempted"]
+    assert [t.user_attrs.get("fail_reason") for t in failed] == ["preempted"] * preempted
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
@@ -199,22 +199,40 @@ def test_submit_slurm_keeps_the_password_off_disk(slurm_cluster, on_nodes, tmp_p
 
 
 @pytest.mark.slow
-def test_warning_signal_hands_back_and_requeues(slurm_cluster, on_nodes, tmp_path):
-    """submitit path: SIGUSR2 mid-trial -> checkpoint() hands the trial back -> requeue -> done."""
-    out = tmp_path / "sweep"
-    cfg = resolved([*SLOW2, *SLURM_SMALL, "sweep.workers=1"], out)
+@pytest.mark.parametrize("population", [1, 2])
+def test_warning_signal_hands_back_and_requeues(
+    slurm_cluster, on_nodes, tmp_path, monkeypatch, population
+):
+    """submitit path: SIGUSR2 mid-trial -> checkpoint() hands the trials back -> requeue -> done.
+
+    With a population of 2 both cells are in flight: both are handed back and trained again,
+    and nothing else is (the training log counts trainings per cell).
+    """
+    from harness import workqueue as wq
+
+    out, logs = tmp_path / "sweep", tmp_path / "trainings"
+    monkeypatch.setenv(wq.TRAINING_LOG_ENV, str(logs))  # sbatch exports it to the job
+    overrides = [o for o in SLOW2 if not o.startswith("sweep.population=")]
+    cfg = resolved(
+        [*overrides, f"sweep.population={population}", *SLURM_SMALL, "sweep.workers=1"], out
+    )
     from harness.sweep import prepare
 
     _, (study,) = prepare(cfg)
     sub = launch.submit_slurm(cfg, overrides=[])
     wait_running(study)
+    in_flight = {t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.RUNNING,))}
     slurm_cluster.run("scancel", f"--signal={launch_signal()}", sub.job_ids[0])
     assert sub.wait(poll_s=0.5, timeout_s=240) == {sub.array_id: "success"}, slurm_cluster.logs()
-    assert_preempted_once_and_done(study)
+    assert_preempted_once_and_done(study, preempted=population)
+    trained = {cell: n for (_, cell), n in wq.read_training_log(logs).items()}
+    assert len(trained) == 2
+    assert {c for c, n in trained.items() if n == 2} == in_flight, (trained, in_flight)
+    assert max(trained.values()) <= 2
     info = slurm_cluster.run("scontrol", "show", "job", sub.array_id)
     assert "Restarts=1" in info
     log = (sub.folder / f"{sub.array_id}_0_log.err").read_text()
-    assert "checkpoint: handed 1 trial(s) back to the study" in log
+    assert f"checkpoint: handed {population} trial(s) back to the study" in log
     assert "checkpointed 1 times" in log  # the requeued task ran the checkpointed callable
 
 

@@ -1,4 +1,4 @@
-"""One study, three Slurm workers, on a real one-node Slurm cluster (issue 7)."""
+"""One study, three Slurm workers, on a real one-node Slurm cluster."""
 
 from __future__ import annotations
 
@@ -90,13 +90,19 @@ def _job_of(pid: int) -> str | None:
     return f"{job.decode()}_{task.decode()}" if job and task else None
 
 
-def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster):
-    out = tmp_path / "cancel"
+@pytest.mark.parametrize("population", [1, 2])
+def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster, population):
+    """A worker killed mid-trial (mid-population) costs only the cells it had in flight."""
+    from harness import workqueue as wq
+
+    out, logs = tmp_path / "cancel", tmp_path / "trainings"
     # ~4 s trials: long enough to be caught (and killed) mid-trial
-    slow = [*SLURM, "storage=journal", "train.epochs=60", "model.width=256"]
-    proc = run_sweep(out, *slow, "launcher.wait=false", timeout=300)
+    pop = f"sweep.population={population}"
+    slow = [*SLURM, "storage=journal", "train.epochs=60", "model.width=256", pop]
+    env = {**os.environ, wq.TRAINING_LOG_ENV: str(logs)}  # sbatch exports it to the tasks
+    proc = run_sweep(out, *slow, "launcher.wait=false", timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    overrides = [*TINY, *SLOW, "train.epochs=60", "model.width=256"]
+    overrides = [*TINY, *SLOW, "train.epochs=60", "model.width=256", pop]
     deadline, victim, trial_no, victim_pid = time.time() + 240, None, None, 0
     while victim is None and time.time() < deadline:
         trials = load(out, "journal", overrides).get_trials(deepcopy=False)
@@ -114,6 +120,13 @@ def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster):
                         break
         time.sleep(0.3)
     assert victim, "no worker caught mid-trial"
+    owner = f"{victim_pid}"
+    in_flight = {
+        t.user_attrs["cell"]
+        for t in load(out, "journal", overrides).get_trials(deepcopy=False)
+        if t.state == TrialState.RUNNING
+        and t.system_attrs.get("lrwd:lease", [""])[0].rsplit(":", 1)[-1] == owner
+    }
     subprocess.run(["scancel", victim], check=True)
     # On a real cluster scancel's SIGTERM + SIGKILL (after KillWait) ends the task. In this
     # sandbox (proctrack/linuxproc, no cgroups) slurmd marks the task done but can miss the
@@ -129,3 +142,7 @@ def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster):
     # reclaimed as stale after the SIGKILL (or handed back, if scancel's SIGTERM won the race)
     assert lost.state == TrialState.FAIL, lost.state
     assert lost.user_attrs.get("fail_reason") in ("stale", "preempted"), lost.user_attrs
+    trained = {cell: n for (_, cell), n in wq.read_training_log(logs).items()}
+    assert len(trained) == 9
+    again = {cell for cell, n in trained.items() if n > 1}
+    assert again <= in_flight and max(trained.values()) <= 2, (trained, in_flight)

@@ -1,4 +1,4 @@
-"""W&B tracking through the real sweep: offline runs read back; secrets never written (issue 5)."""
+"""W&B tracking through the real sweep: offline runs read back; secrets never written."""
 
 from __future__ import annotations
 
@@ -15,9 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACKED = [o for o in TINY if not o.startswith("tracking=")] + ["tracking.mode=offline"]
 
 
-def test_offline_runs_match_trials(tmp_path):
+@pytest.mark.parametrize("population", ["1", "4"])
+def test_offline_runs_match_trials(tmp_path, population):
+    """One offline run per trial, sequential or trained as one population of four."""
     out = tmp_path / "wb"
-    proc = run_sweep(out, *TRACKED, "sweep.lr.num=2", "sweep.weight_decay.num=2", "train.epochs=2")
+    proc = run_sweep(
+        out,
+        *TRACKED,
+        "sweep.lr.num=2",
+        "sweep.weight_decay.num=2",
+        "train.epochs=2",
+        f"sweep.population={population}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     overrides = TRACKED + ["sweep.lr.num=2", "sweep.weight_decay.num=2"]
     study = load(out, "sqlite", overrides)
