@@ -21,9 +21,10 @@ overhead, not arithmetic. Here the P members' parameters are stacked along a lea
 
 Speed (CPU; see docs/population.md): the step is written as functions of tensors only
 (``_population_loss``, ``_sgd_update`` / ``_adam_update``), so ``train.compile=true`` can hand them
-to ``torch.compile`` once per process and shape (eager fallback if compilation fails), and glibc is
-told to keep freed blocks (:func:`keep_freed_memory`) so a step's multi-MB activations and
-gradients are not page-faulted in afresh every step.
+to ``torch.compile`` once per process and shape (eager fallback if compilation fails; each
+population logs which step ran on the ``lrwd.population`` logger), and glibc is told to keep
+freed blocks (:func:`keep_freed_memory`) so a step's multi-MB activations and gradients are not
+page-faulted in afresh every step.
 
 Supported: ``mlp``, ``mlp_bn``, ``cnn``, ``cnn_bn`` (BatchNorm of P members x C channels is one
 batch norm over P*C channels, with per-member running statistics), the CIFAR ResNets
@@ -36,6 +37,7 @@ result.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -65,6 +67,7 @@ from harness.train import (
 EVAL_CHUNK = 4096  # member-samples per evaluation batch on a CPU (see Stacked.errors)
 SUPPORTED_MODELS = ("mlp", "mlp_bn", "cnn", "cnn_bn", "resnet20", "resnet_tiny")
 Report = Callable[[int, dict[str, float]], None]
+log = logging.getLogger("lrwd.population")
 
 
 def supports(cfg: Any) -> bool:
@@ -545,41 +548,60 @@ def keep_freed_memory() -> bool:
 
 
 _COMPILED: dict[Callable[..., Any], Callable[..., Any] | None] = {}
+_COMPILE_FAILED: dict[Callable[..., Any], str] = {}  # why a function runs eagerly from now on
 
 
-def _step_fn(fn: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
+class _Step:
     """``fn``, or with ``compiled`` its ``torch.compile`` (inductor; built once per process and
     shared by every population, so same-shaped populations compile once). If compilation fails
     (no C++ compiler, an unsupported op), a warning is issued and ``fn`` runs eagerly from then
-    on; the step that failed is rerun eagerly (compilation fails before the graph runs)."""
-    if not compiled:
-        return fn
-    if fn not in _COMPILED:
-        # static shapes: one graph per (model, optimizer variant, P); Dynamo's default limit of
-        # 8 graphs per function would silently send the 9th shape to eager
-        dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    on; the step that failed is rerun eagerly (compilation fails before the graph runs).
 
-    def call(*args: Any) -> Any:
-        c = _COMPILED.get(fn)
-        if c is None:
-            return fn(*args)
-        try:
-            return c(*args)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
-            warnings.warn(
-                f"population training: torch.compile of {fn.__name__} failed, running eagerly "
-                f"({type(exc).__name__}: {str(exc)[:200]})",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            _COMPILED[fn] = None
-            return fn(*args)
+    Records how its calls ran: ``compiled_calls``, ``eager_calls`` and ``failure`` (why a
+    requested compilation is not running, else None); :attr:`mode` sums them up."""
 
-    return call
+    def __init__(self, fn: Callable[..., Any], compiled: bool) -> None:
+        self.fn = fn
+        self.compiled = compiled
+        self.compiled_calls = 0
+        self.eager_calls = 0
+        self.failure: str | None = None
+        if compiled and fn not in _COMPILED:
+            # static shapes: one graph per (model, optimizer variant, P); Dynamo's default limit
+            # of 8 graphs per function would silently send the 9th shape to eager
+            dynamo = torch._dynamo.config
+            dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+            _COMPILED[fn] = torch.compile(fn, dynamic=False)
+
+    @property
+    def mode(self) -> str:
+        """``"compiled"`` when every call ran the compiled function, else ``"eager"``."""
+        return "compiled" if self.compiled_calls and not self.eager_calls else "eager"
+
+    def __call__(self, *args: Any) -> Any:
+        c = _COMPILED.get(self.fn) if self.compiled else None
+        if c is not None:
+            try:
+                out = c(*args)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                warnings.warn(
+                    f"population training: torch.compile of {self.fn.__name__} failed, running "
+                    f"eagerly ({reason})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _COMPILED[self.fn] = None
+                _COMPILE_FAILED[self.fn] = reason
+            else:
+                self.compiled_calls += 1
+                return out
+        if self.compiled:
+            self.failure = _COMPILE_FAILED.get(self.fn, "torch.compile failed")
+        self.eager_calls += 1
+        return self.fn(*args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,10 +635,11 @@ def train_population(
     pop = Stacked(model, p)
     o = base.optimizer
     decay = o.decay
-    lr = torch.tensor([float(c.optimizer.lr) for c in cfgs], device=device, dtype=dtype)
-    wd = torch.tensor(  # lam = lam_norm*sqrt(b/(B*T)) per member when optimizer.normalized
-        [effective_weight_decay(c, data) for c in cfgs], device=device, dtype=dtype
-    )
+    # reported as given (a float32 tensor would round them)
+    lrs = [float(c.optimizer.lr) for c in cfgs]
+    wds = [effective_weight_decay(c, data) for c in cfgs]  # normalized: lam_norm*sqrt(b/(B*T))
+    lr = torch.tensor(lrs, device=device, dtype=dtype)
+    wd = torch.tensor(wds, device=device, dtype=dtype)
     groups, _ = param_groups(model, 0.0, rule=o.param_groups, no_decay_names=list(o.no_decay_names))
     decayed = {id(q) for q in groups[0]["params"]}
     decays = [id(q) in decayed for q in model.parameters()]
@@ -633,15 +656,17 @@ def train_population(
     if o.name == "sgd" and float(o.momentum) != 0.0:
         bufs = [torch.zeros_like(q) for q in pop.params]  # filled from the grads at step 0
     # the ResNet runs eagerly: its forward walks the module (harness.population_resnet)
-    compiled = bool(base.train.get("compile", False)) and pop.layers is not None
-    loss_fn = _step_fn(_population_loss, compiled)
+    compile_requested = bool(base.train.get("compile", False))
+    compiled = compile_requested and pop.layers is not None
+    loss_step = _Step(_population_loss, compiled)
+    loss_fn: Callable[..., Any] = loss_step
     if pop.layers is None:
 
         def loss_fn(layers, params, buffers, x, y, p, penalty_wd):  # noqa: ARG001
             return _loss_of(pop.forward(x), y, p, params, penalty_wd)
 
     sgd = o.name == "sgd"
-    update_fn = _step_fn(_sgd_update if sgd else _adam_update, compiled)
+    update_fn = _Step(_sgd_update if sgd else _adam_update, compiled)
     # the update's fixed arguments, read from the config once (OmegaConf access is slow per step)
     step_wd = 0.0 if penalty else wd_views
     step_decay = "l2" if penalty else decay
@@ -738,14 +763,15 @@ def train_population(
                 for m in torch.nonzero(active).flatten().tolist():
                     if reports[m] is None:
                         continue
+                    # shrink as harness.optim records it: eta_t*wd (independent), else lr_t*wd
+                    # (loss: the penalty's gradient wd*w is l2's)
+                    lr_t = lrs[m] * eta
                     metrics = {
                         "train_loss": float(train_loss[m]),
                         "val_error": float(last_val[m]),
-                        "lr": float(lr[m]) * eta,
+                        "lr": lr_t,
                         "eta": eta,
-                        "shrink": float(
-                            (eta if decay == "independent" else float(lr[m]) * eta) * float(wd[m])
-                        ),
+                        "shrink": (eta if decay == "independent" else lr_t) * wds[m],
                         "weight_norm": float(norms[m]),
                         "epoch": step / per_epoch,
                     }
@@ -759,6 +785,7 @@ def train_population(
                 loss_sum.zero_()
                 loss_count = 0
     elapsed = time.perf_counter() - t0
+    _log_step(p, base, compile_requested, pop.layers is None, loss_step, update_fn)
     test = pop.errors(data.x_test, data.y_test)
     norms = pop.weight_norms()
     results: list[Any] = []
@@ -785,6 +812,35 @@ def train_population(
     if return_states:
         return [(r, pop.member_state(m)) for m, r in enumerate(results)]
     return results
+
+
+def _log_step(
+    p: int, cfg: Any, requested: bool, resnet: bool, loss_step: _Step, update_step: _Step
+) -> None:
+    """One line on the ``lrwd.population`` logger saying how the population's step ran; the
+    record carries it as ``step_mode`` (``"compiled"`` or ``"eager"``)."""
+    what = f"population of {p} {cfg.model.name} members"
+    if not requested:
+        log.debug("%s: eager step", what, extra={"step_mode": "eager"})
+        return
+    if resnet:
+        log.info(
+            "%s: eager step (train.compile covers the sequential models, not the ResNet)",
+            what,
+            extra={"step_mode": "eager"},
+        )
+        return
+    modes = {loss_step.mode, update_step.mode}
+    if modes == {"compiled"}:
+        log.info("%s: compiled step (torch.compile)", what, extra={"step_mode": "compiled"})
+        return
+    reason = loss_step.failure or update_step.failure or "no step ran compiled"
+    log.warning(
+        "%s: eager step, train.compile=true not in effect (%s)",
+        what,
+        reason,
+        extra={"step_mode": "eager"},
+    )
 
 
 def _key(cfg: Any) -> str:

@@ -212,6 +212,9 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                 if report is not None:
                     group = opt.param_groups[0]
                     eta = lr_multiplier(cfg.schedule, step - 1, total)  # of the step just taken
+                    shrink = group["shrink"]
+                    if penalty_wd:  # decay=loss: the penalty's gradient wd*w, as l2's
+                        shrink = group["initial_lr"] * eta * penalty_wd
                     report(
                         step,
                         {
@@ -219,7 +222,7 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                             "val_error": last_val,
                             "lr": group["initial_lr"] * eta,
                             "eta": eta,
-                            "shrink": group["shrink"],
+                            "shrink": shrink,
                             "weight_norm": weight_norm(model),
                             "epoch": step / per_epoch,
                         },
