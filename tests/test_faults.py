@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from harness import study as st
 from harness import workqueue as wq
 from harness.config import compose_config
-from tests.test_sweep import ROOT, TINY, load, sweep_cmd
+from tests.test_sweep import ROOT, TINY, load, run_sweep, sweep_cmd
 
 # TINY without its population=1: populations of 4, a 3 x 4 grid (12 cells).
 POP = [o for o in TINY if not o.startswith("sweep.population=")] + [
@@ -35,15 +35,9 @@ N_POP = 12
 
 
 def run_logged(out: Path, log_dir: Path, *overrides: str, timeout: float = 600):
+    """The sweep CLI with the training log written to ``log_dir``."""
     env = {**os.environ, wq.TRAINING_LOG_ENV: str(log_dir)}
-    return subprocess.run(
-        sweep_cmd(out, *overrides),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_sweep(out, *overrides, timeout=timeout, env=env)
 
 
 def assert_complete_once(study: optuna.Study, n_cells: int) -> set[str]:
