@@ -1,5 +1,5 @@
 """analysis.load: results.csv, real Optuna storages (SQLite, journal, PostgreSQL) built with the
-trial attribute schema of docs/CONTRACTS.md, and a W&B export all give the same tidy frame."""
+trial attributes the sweep stores (docs/sweep.md), and a W&B export all give the same tidy frame."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data, models, schedules and one trial end to end (issue 3)."""
+"""Data, models, schedules and one trial end to end."""
 
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ Parameter sets:
 - ``resnet18``: the 62 tensors of torchvision's ResNet-18 (11.7M parameters).
 - ``small``:    2,000 small tensors (vectors and matrices of 16 to 1,024 elements).
 
-Rows marked ``seed loop`` time the seed article's per-parameter Python loop style (one
-``mul_`` / ``add_`` per tensor, Examples 2-3) against the same torch counterpart.
+Rows marked ``seed loop`` time decoupled decay written as a plain Python loop over the
+parameters (``p.mul_(1 - lr * wd)``, then the SGD-momentum or Adam update, one ``mul_`` / ``add_``
+per tensor) against the same torch counterpart.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ SETS: dict[str, Callable[[int], list[tuple[int, ...]]]] = {
 
 
 class SeedLoopSGD(torch.optim.Optimizer):
-    """The seed article's style (Examples 2-3): one Python iteration per parameter."""
+    """SGD with momentum and decoupled decay as a plain loop: one Python iteration per parameter."""
 
     def __init__(self, params: Any, lr: float, momentum: float, weight_decay: float) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -88,7 +89,7 @@ class SeedLoopSGD(torch.optim.Optimizer):
 
 
 class SeedLoopAdamW(torch.optim.Optimizer):
-    """AdamW written as the seed's per-parameter loop (Example 3 with the Adam update filled in)."""
+    """AdamW (decay ``p *= 1 - lr * wd``, then the Adam update) as a per-parameter Python loop."""
 
     def __init__(self, params: Any, lr: float, betas: Any, eps: float, weight_decay: float) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))

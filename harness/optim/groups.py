@@ -1,4 +1,4 @@
-"""Which parameters decay (seed Example 4), and the paper's normalized weight decay."""
+"""Which parameters decay (timm's rule, names, or all), and the paper's normalized weight decay."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The loss-side L2 penalty, ``decay="loss"`` (seed Example 5)."""
+"""The loss-side L2 penalty, ``decay="loss"``: ``wd / 2 * sum ||w||^2`` added to the loss."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def l2_penalty(params: Iterable[Any], weight_decay: float = 0.0) -> torch.Tensor
 
     So plain SGD on ``loss + l2_penalty(params, wd)`` equals ``SGD(decay="l2",
     weight_decay=wd)``; with momentum or Adam the two also agree, since either way the same
-    ``g + wd*w`` enters the optimizer. Seed Example 5 adds ``lambda * sum ||w||^2`` without the
-    half: its ``lambda`` is ``wd / 2`` here.
+    ``g + wd*w`` enters the optimizer. A penalty written ``lambda * sum ||w||^2`` (without the
+    half) is this one with ``wd = 2 * lambda``.
 
     ``params``: tensors, or param-group dicts (a group's own ``"weight_decay"`` replaces
     ``weight_decay``, so ``l2_penalty(param_groups(model, wd)[0], wd)`` skips the exempt group).

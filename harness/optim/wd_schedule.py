@@ -1,4 +1,4 @@
-"""Weight-decay schedules, independent of the lr schedule (seed Example 7)."""
+"""Weight-decay schedules (constant, linear ramp, cosine, step), independent of the lr schedule."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ class WeightDecayScheduler:
     construction, which already applies ``m(0)``); ``T = total_steps``; ``f = min(t / T, 1)``:
 
     - ``constant``: ``m = 1``
-    - ``linear``:   ``m = start + (end - start) * f``      (default 0 -> 1, seed Example 7's ramp)
+    - ``linear``:   ``m = start + (end - start) * f``   (default 0 -> 1: the decay ramps from 0
+      to its value)
     - ``cosine``:   ``m = end + (start - end) * (1 + cos(pi * f)) / 2``   (default 0 -> 1)
     - ``step``:     ``m = gamma ** (number of milestones <= f)``  (milestones are fractions of T)
 
