@@ -9,7 +9,7 @@ Sources, mixed freely in one call to :func:`load_results`:
   with ``studies=[...]`` or a ``#name1,name2`` suffix on the source;
 - a W&B export: ``wandb:entity/project`` or ``wandb:entity/project/group`` (``wandb.Api()``), a
   JSON file holding a list of runs (``{"id", "state", "group", "config", "summary"}``), or an
-  iterable of runs; rows come from ``harness.tracking.runs_to_frame``;
+  iterable of runs; rows come from ``analysis.wandb_runs.runs_to_frame``;
 - a pandas DataFrame already in the results.csv schema.
 
 The tidy frame has one row per COMPLETE trial with the results.csv columns (typed: floats,
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from harness import registry
 
 # The results.csv schema (docs/CONTRACTS.md); harness.study writes it, tests check they agree.
 RESULTS_COLUMNS: tuple[str, ...] = (
@@ -66,8 +68,6 @@ RESULT_ATTRS = (  # trial user_attrs copied into a row (the Optuna trial attribu
 ERROR_COLUMNS = ("test_error", "val_error", "final_val_error")
 FLOAT_COLUMNS = ("lr", "weight_decay", *ERROR_COLUMNS, "train_loss", "weight_norm", "wall_s")
 STRING_COLUMNS = ("study", "experiment", "optimizer", "decay", "model", "data", "state")
-DECAY_ORDER = ("l2", "loss", "decoupled", "independent")
-FAMILY_ORDER = ("sgd", "adam")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -222,13 +222,13 @@ def read_optuna(storage: str | Any, studies: Sequence[str] | None = None) -> pd.
 
 
 def read_wandb(source: str | Path | Iterable[Any]) -> pd.DataFrame:
-    """W&B runs -> results frame, through ``harness.tracking.runs_to_frame``.
+    """W&B runs -> results frame, through ``analysis.wandb_runs.runs_to_frame``.
 
     ``source``: ``entity/project`` or ``entity/project/group`` (optionally prefixed
     ``wandb:``; queried with ``wandb.Api()``), a JSON export file (a list of run dicts), or an
     iterable of runs (``wandb.Api().runs(...)`` objects or dicts).
     """
-    from harness.tracking import runs_to_frame  # lazily: W&B parsing lives in harness.tracking
+    from analysis.wandb_runs import runs_to_frame
 
     if isinstance(source, Path) or (isinstance(source, str) and source.endswith(".json")):
         try:
@@ -521,14 +521,16 @@ def snap_to_grid(frame: pd.DataFrame, n_lr: int = 8, n_wd: int = 8) -> pd.DataFr
 
 
 def variants_in_order(frame: pd.DataFrame) -> list[str]:
-    """Variants sorted like the paper: SGD before Adam, coupled before decoupled."""
+    """Variants sorted like the paper (the registry's order): SGD before Adam, coupled before
+    decoupled; unknown names last."""
     present = list(dict.fromkeys(frame["variant"]))
+    families, decays = registry.names("optimizer"), registry.names("decay")
 
     def key(v: str) -> tuple[int, int, str]:
         fam, _, dec = v.partition("/")
         return (
-            FAMILY_ORDER.index(fam) if fam in FAMILY_ORDER else 99,
-            DECAY_ORDER.index(dec) if dec in DECAY_ORDER else 99,
+            families.index(fam) if fam in families else 99,
+            decays.index(dec) if dec in decays else 99,
             v,
         )
 

@@ -40,11 +40,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError
+from harness.secrets import hide_url, real_url
+from harness.storage import describe
 
 log = logging.getLogger("lrwd.launch")
 
-SECRET_ENV = "LRWD_STORAGE_URL"
-ENV_PREFIX = "env:"
 HANDBACK_TIMEOUT_S = 30.0
 
 Target = Callable[[dict], Any]
@@ -52,22 +52,6 @@ Target = Callable[[dict], Any]
 
 # --------------------------------------------------------------------------------------------
 # The function every worker runs
-
-
-def real_url(cfg: DictConfig) -> DictConfig:
-    """``storage.url = env:NAME`` -> a copy holding the value of ``$NAME`` on this node."""
-    url = str(cfg.storage.url or "")
-    if not url.startswith(ENV_PREFIX):
-        return cfg
-    name = url[len(ENV_PREFIX) :]
-    if name not in os.environ:
-        raise ConfigError(
-            f"storage.url: the environment variable {name} is not set on this node; "
-            f"export {name}=<the URL> where the workers run (sbatch exports the submit shell's)"
-        )
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    out.storage.url = os.environ[name]
-    return out
 
 
 def run_worker_from_dict(cfg_dict: dict) -> int:
@@ -269,40 +253,6 @@ def _outcome(job: Any, state: str) -> str | None:
     return _pickled_outcome(job) or state
 
 
-def secret_free(cfg: DictConfig) -> DictConfig:
-    """A resolved copy whose ``storage.url`` holds no password (moved to ``$LRWD_STORAGE_URL``).
-
-    Sets ``os.environ["LRWD_STORAGE_URL"]`` in this process: sbatch and local worker processes
-    inherit it, and :func:`real_url` reads it back on the other side.
-    """
-    from harness.tracking import mask_secrets
-
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    url = str(out.storage.url or "")
-    if url and not url.startswith(ENV_PREFIX) and mask_secrets(url) != url:
-        os.environ[SECRET_ENV] = url
-        out.storage.url = ENV_PREFIX + SECRET_ENV
-    return out
-
-
-def storage_for_humans(cfg: DictConfig) -> str:
-    """The storage as ``optuna-dashboard`` takes it, password masked."""
-    from harness.tracking import mask_secrets
-
-    kind = cfg.storage.kind
-    out = Path(cfg.output_dir or ".")
-    if kind == "journal":
-        return str(Path(cfg.storage.path or out / "study.journal").expanduser().resolve())
-    if kind == "sqlite":
-        return f"sqlite:///{Path(cfg.storage.path or out / 'study.db').expanduser().resolve()}"
-    if kind == "url":
-        try:
-            return mask_secrets(str(real_url(cfg).storage.url))
-        except ConfigError:
-            return str(cfg.storage.url)
-    return str(kind)
-
-
 def slurm_folder(cfg: DictConfig) -> Path:
     """``launcher.folder`` or ``<output dir>/slurm``, absolute (it must be on a shared FS)."""
     folder = cfg.launcher.folder or Path(cfg.output_dir or ".") / "slurm"
@@ -370,7 +320,7 @@ def submit_slurm(
     n = int(n_workers if n_workers is not None else cfg.sweep.workers)
     if n < 1:
         raise ConfigError(f"sweep.workers: {n}; pass sweep.workers=<1 or more>")
-    cfg = secret_free(cfg)
+    cfg = hide_url(cfg)
     folder = slurm_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     executor = make_executor(cfg, folder)
@@ -404,7 +354,7 @@ def _user_overrides(overrides: Sequence[str] | None) -> list[str]:
 
 def print_submitted(cfg: DictConfig, sub: SlurmSubmission, overrides: list[str]) -> None:
     """Job ids, where the logs are and the commands to watch, report and cancel."""
-    from harness.tracking import mask_secrets
+    from harness.secrets import mask_secrets
 
     n = len(sub.job_ids)
     what = f"array job {sub.array_id} ({n} tasks)" if n > 1 else f"job {sub.array_id}"
@@ -420,7 +370,7 @@ def print_submitted(cfg: DictConfig, sub: SlurmSubmission, overrides: list[str])
                 f"  logs       {sub.folder}/{sub.job_ids[0]}_0_log.out (.err)",
                 f"  queue      squeue -j {sub.array_id}",
                 f"  cells      {sweep} sweep.action=status",
-                f"  dashboard  optuna-dashboard {shlex.quote(storage_for_humans(cfg))}",
+                f"  dashboard  optuna-dashboard {shlex.quote(describe(cfg))}",
                 f"  results    {sweep} sweep.action=report",
                 f"  cancel     scancel {sub.array_id}",
             ]
@@ -464,7 +414,7 @@ def run_local_workers(
     n = int(n if n is not None else cfg.sweep.workers)
     if n < 1:
         raise ConfigError(f"sweep.workers: {n}; pass sweep.workers=<1 or more>")
-    cfg_dict = OmegaConf.to_container(secret_free(cfg), resolve=True)
+    cfg_dict = OmegaConf.to_container(hide_url(cfg), resolve=True)
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_local_entry, args=(cfg_dict, target, i), name=f"lrwd-worker-{i}")

@@ -26,10 +26,10 @@ population logs which step ran on the ``lrwd.population`` logger), and glibc is 
 freed blocks (:func:`keep_freed_memory`) so a step's multi-MB activations and gradients are not
 page-faulted in afresh every step.
 
-Supported: ``mlp``, ``mlp_bn``, ``cnn``, ``cnn_bn`` (BatchNorm of P members x C channels is one
-batch norm over P*C channels, with per-member running statistics), the CIFAR ResNets
-``resnet20`` / ``resnet_tiny`` (grouped 2-D convolutions, ``harness/population_resnet.py``); SGD
-and Adam with any decay form (``l2``, ``loss``, ``decoupled``, ``independent``), any
+Supported: the models and optimizer families whose :mod:`harness.registry` entry says
+``population=True``: today the MLPs and 1-D CNNs (BatchNorm of P members x C channels is one
+batch norm over P*C channels, with per-member running statistics), the CIFAR ResNets (grouped
+2-D convolutions, ``harness/population_resnet.py``); SGD and Adam with any decay form, any
 parameter-group rule, normalized weight decay, constant weight decay. Anything else (relative or
 scheduled decay) runs through the sequential trial runner, so every config still gets a correct
 result.
@@ -49,14 +49,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.data import CIFAR, Dataset, load_data
+from harness import registry
+from harness.data import Dataset, load_data
 from harness.models import build_model
 from harness.optim.functional import adam_step, sgd_step
 from harness.optim.groups import param_groups
+from harness.results import Preempted, TrialResult
 from harness.schedules import lr_multiplier
 from harness.train import (
     EVAL_BATCH,
-    TrialResult,
     effective_weight_decay,
     resolve_device,
     run_trial,
@@ -65,7 +66,6 @@ from harness.train import (
 )
 
 EVAL_CHUNK = 4096  # member-samples per evaluation batch on a CPU (see Stacked.errors)
-SUPPORTED_MODELS = ("mlp", "mlp_bn", "cnn", "cnn_bn", "resnet20", "resnet_tiny")
 Report = Callable[[int, dict[str, float]], None]
 log = logging.getLogger("lrwd.population")
 
@@ -73,9 +73,12 @@ log = logging.getLogger("lrwd.population")
 def supports(cfg: Any) -> bool:
     """True when ``cfg`` can run in a population (else the sequential runner is used)."""
     o = cfg.optimizer
+    model, family = registry.MODELS.get(cfg.model.name), registry.OPTIMIZERS.get(o.name)
     return (
-        cfg.model.name in SUPPORTED_MODELS
-        and o.name in ("sgd", "adam")
+        model is not None
+        and model.population
+        and family is not None
+        and family.population
         and not o.relative
         and o.wd_schedule == "constant"
     )
@@ -89,8 +92,8 @@ def member_bytes(cfg: Any) -> int:
     optimizer state (x5), the training batch's activations x3 (outputs, saved for backward, their
     gradients), the evaluation batch's two largest layer outputs. From the model built on the
     ``meta`` device (shapes only, no compute, no data loaded)."""
-    name = cfg.data.name
-    shape, classes = ((1, 40), 10) if name == "mnist1d" else ((3, 32, 32), CIFAR[name]["classes"])
+    data = registry.dataset(cfg.data.name)
+    shape, classes = data.shape, data.classes
     with torch.device("meta"):
         model = build_model(cfg.model, shape, classes)
         outputs: list[int] = []
@@ -634,7 +637,7 @@ def train_population(
     model = build_model(base.model, data.input_shape, data.num_classes).to(device, dtype)
     pop = Stacked(model, p)
     o = base.optimizer
-    decay = o.decay
+    form = registry.decay(o.decay)
     # reported as given (a float32 tensor would round them)
     lrs = [float(c.optimizer.lr) for c in cfgs]
     wds = [effective_weight_decay(c, data) for c in cfgs]  # normalized: lam_norm*sqrt(b/(B*T))
@@ -646,7 +649,7 @@ def train_population(
     zero = torch.zeros_like(wd)
     lr_views = [_view(lr, q) for q in pop.params]
     wd_views = [_view(wd if d else zero, q) for q, d in zip(pop.params, decays)]
-    penalty = decay == "loss"
+    penalty = form.penalty
     total, per_epoch = total_steps(base, data)
     eval_every = int(base.train.eval_every) or per_epoch
     batch = int(base.data.batch_size)
@@ -669,7 +672,7 @@ def train_population(
     update_fn = _Step(_sgd_update if sgd else _adam_update, compiled)
     # the update's fixed arguments, read from the config once (OmegaConf access is slow per step)
     step_wd = 0.0 if penalty else wd_views
-    step_decay = "l2" if penalty else decay
+    step_decay = form.mode
     if sgd:
         hyper = (float(o.momentum), float(o.dampening), bool(o.nesterov), step_decay)
     else:
@@ -763,22 +766,22 @@ def train_population(
                 for m in torch.nonzero(active).flatten().tolist():
                     if reports[m] is None:
                         continue
-                    # shrink as harness.optim records it: eta_t*wd (independent), else lr_t*wd
-                    # (loss: the penalty's gradient wd*w is l2's)
+                    # shrink as harness.optim records it: the form's eta_t*wd or lr_t*wd (a loss
+                    # penalty's gradient wd*w shrinks like the mode it runs)
                     lr_t = lrs[m] * eta
                     metrics = {
                         "train_loss": float(train_loss[m]),
                         "val_error": float(last_val[m]),
                         "lr": lr_t,
                         "eta": eta,
-                        "shrink": (eta if decay == "independent" else lr_t) * wds[m],
+                        "shrink": (eta if form.shrink == "eta" else lr_t) * wds[m],
                         "weight_norm": float(norms[m]),
                         "epoch": step / per_epoch,
                     }
                     try:
                         reports[m](step, metrics)
                     except Exception as exc:  # noqa: BLE001 - pruned members stop, others go on
-                        if type(exc).__name__ == "Preempted":
+                        if isinstance(exc, Preempted):
                             raise
                         outcome[m] = exc
                         freeze(m)
@@ -793,9 +796,7 @@ def train_population(
         if isinstance(outcome[m], BaseException):
             results.append(outcome[m])
         elif outcome[m] == "diverged" or not math.isfinite(float(norms[m])):
-            results.append(
-                TrialResult(1.0, 1.0, 1.0, math.nan, math.nan, steps[m], elapsed / p, True)
-            )
+            results.append(TrialResult.of_divergence(steps[m], elapsed / p))
         else:
             results.append(
                 TrialResult(
@@ -870,7 +871,7 @@ def run_population(cfgs: Sequence[Any], reports: Sequence[Report | None]) -> lis
                 try:
                     out[i] = run_trial(cfgs[i], report=reports[i])
                 except Exception as exc:  # noqa: BLE001 - recorded on the trial
-                    if type(exc).__name__ == "Preempted":
+                    if isinstance(exc, Preempted):
                         raise
                     out[i] = exc
             continue

@@ -5,13 +5,12 @@ The queue protocol (enqueue, claim, lease, reclaim, hand back) lives in :mod:`ha
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,9 +20,16 @@ import numpy as np
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution, IntDistribution
-from optuna.trial import TrialState
 
 from harness.config import ConfigError
+from harness.results import (  # noqa: F401 - re-exported for callers
+    RESULT_KEYS,
+    RESULTS_COLUMNS,
+    Preempted,
+    result_attrs,
+    write_results,
+)
+from harness.storage import open_storage, storage_url  # noqa: F401 - re-exported
 from harness.workqueue import (  # noqa: F401 - the queue's names, re-exported for callers
     CELL_KEY,
     DONE_STATES,
@@ -49,16 +55,6 @@ from harness.workqueue import (  # noqa: F401 - the queue's names, re-exported f
 
 log = logging.getLogger("lrwd.study")
 
-RESULT_KEYS = (
-    "test_error",
-    "val_error",
-    "final_val_error",
-    "train_loss",
-    "weight_norm",
-    "diverged",
-    "steps",
-    "wall_s",
-)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -182,109 +178,6 @@ def distributions(sweep: DictConfig) -> dict[str, Any]:
     else:
         wd = FloatDistribution(sweep.weight_decay.min, sweep.weight_decay.max, log=True)
     return {"lr": lr, "weight_decay": wd, "seed": IntDistribution(0, max(sweep.seeds - 1, 0))}
-
-
-# --------------------------------------------------------------------------------------------
-# Storage
-
-
-def storage_url(cfg: DictConfig, output_dir: str | Path) -> str:
-    """The storage's URL or file path as a string (for messages, after masking)."""
-    kind = cfg.storage.kind
-    if kind == "sqlite":
-        path = Path(cfg.storage.path or Path(output_dir) / "study.db").expanduser().resolve()
-        return f"sqlite:///{path}"
-    if kind == "journal":
-        return str(
-            Path(cfg.storage.path or Path(output_dir) / "study.journal").expanduser().resolve()
-        )
-    if kind == "url":
-        return cfg.storage.url
-    return "memory"
-
-
-_MEMORY: dict[str, optuna.storages.BaseStorage] = {}
-
-
-def open_storage(cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
-    """Open (and with ``create`` make) the configured storage. Errors are one ``ConfigError`` line."""
-    kind = cfg.storage.kind
-    url = storage_url(cfg, output_dir)
-    if kind == "memory":
-        return _MEMORY.setdefault(str(output_dir), optuna.storages.InMemoryStorage())
-    if kind == "journal":
-        path = Path(url)
-        if not path.parent.exists():
-            if not create:
-                raise ConfigError(f"storage.path: {path.parent} does not exist")
-            path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-        return optuna.storages.JournalStorage(backend)
-    if kind == "sqlite":
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        return _rdb(url, cfg)
-    return _rdb(url, cfg)
-
-
-def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
-    from harness.tracking import mask_secrets as mask_url
-
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    elif url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        engine_kwargs["pool_pre_ping"] = True
-    try:
-        storage = _rdb_retrying(url, engine_kwargs)
-    except Exception as exc:  # noqa: BLE001 - any driver error becomes one config line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"storage.url: cannot open {mask_url(url)} ({mask_url(reason)[:200]}); "
-            "check the host, port, credentials and that the database exists"
-        ) from None
-    if url.startswith("sqlite"):
-        _sqlite_wal(storage)
-    return storage
-
-
-def _schema_race(exc: BaseException) -> bool:
-    """Another process (a worker, optuna-dashboard, a status query) created the schema first."""
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-
-    text = str(exc).lower()
-    return isinstance(exc, IntegrityError) or (
-        isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in text
-    )
-
-
-def _rdb_retrying(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
-    """``RDBStorage(url)``, retried when two processes create a fresh database's tables at once
-    (SQLite raises ``UNIQUE constraint failed: alembic_version``; PostgreSQL ``already exists``)."""
-    for attempt in range(8):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the race
-            if attempt == 7 or not _schema_race(exc):
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
-    """WAL journal + NORMAL sync: one fsync per checkpoint instead of per commit."""
-    from sqlalchemy import event
-
-    @event.listens_for(storage.engine, "connect")
-    def _pragma(dbapi_conn, _record):  # pragma: no cover - exercised through sqlite
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    storage.engine.dispose()
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +328,7 @@ def trial_config(
 
 def trial_record_config(plain: dict[str, Any]) -> dict[str, Any]:
     """The trial's resolved config as stored on the trial and the W&B run (secrets masked)."""
-    from harness.tracking import mask_config
+    from harness.secrets import mask_config
 
     return mask_config(plain)
 
@@ -450,10 +343,6 @@ class WorkerStats:
     per_variant: dict[str, int] = field(default_factory=dict)
 
 
-class Preempted(Exception):
-    """Raised from the report hook when the worker was asked to stop (Slurm's warning signal)."""
-
-
 TrainBatch = Callable[[list[DictConfig], list[Callable[[int, dict], None]]], list[Any]]
 
 
@@ -463,81 +352,6 @@ def sampled_budget(cfg: DictConfig) -> int:
         return n
     lrs, wds, seeds = grid_axes(cfg.sweep)
     return len(lrs) * len(wds) * len(seeds)
-
-
-def results_rows(
-    study: optuna.Study, summary: optuna.study.StudySummary | None = None
-) -> Iterable[dict]:
-    attrs = study.user_attrs
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING:
-            continue
-        ua = t.user_attrs
-        cfg = ua.get("config") or {}
-        if isinstance(cfg, str):
-            try:
-                cfg = json.loads(cfg)
-            except ValueError:
-                cfg = {}
-        row = {
-            "study": study.study_name,
-            "experiment": attrs.get("experiment", ""),
-            "optimizer": attrs.get("optimizer", ua.get("optimizer", "")),
-            "decay": attrs.get("decay", ua.get("decay", "")),
-            "model": attrs.get("model", ""),
-            "data": attrs.get("data", ""),
-            "trial": t.number,
-            "lr": t.params.get("lr", (t.system_attrs.get("fixed_params") or {}).get("lr")),
-            "weight_decay": t.params.get(
-                "weight_decay", (t.system_attrs.get("fixed_params") or {}).get("weight_decay")
-            ),
-            "seed": t.params.get("seed", (t.system_attrs.get("fixed_params") or {}).get("seed")),
-            "state": t.state.name,
-        }
-        for key in RESULT_KEYS:
-            row[key] = ua.get(key)
-        if row["train_loss"] is None and ua.get("diverged"):
-            row["train_loss"] = float("nan")
-        row["wandb_run_id"] = ua.get("wandb_run_id") or ""
-        yield row
-
-
-RESULTS_COLUMNS: Sequence[str] = (
-    "study",
-    "experiment",
-    "optimizer",
-    "decay",
-    "model",
-    "data",
-    "trial",
-    "lr",
-    "weight_decay",
-    "seed",
-    "state",
-    "test_error",
-    "val_error",
-    "final_val_error",
-    "train_loss",
-    "weight_norm",
-    "diverged",
-    "steps",
-    "wall_s",
-    "wandb_run_id",
-)
-
-
-def write_results(studies: Sequence[optuna.Study], path: str | Path) -> Path:
-    """Write ``results.csv`` (one row per non-waiting trial), atomically."""
-    import pandas as pd
-
-    rows = [row for s in studies for row in results_rows(s)]
-    frame = pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -771,7 +585,7 @@ def _run_claims(
             stats.failed += 1
         else:
             rec = result.to_dict()
-            if finish_claim(study, claim, rec, RESULT_KEYS):
+            if finish_claim(study, claim, result_attrs(rec)):
                 stats.completed += 1
             else:
                 stats.lost += 1

@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import study as st
 from harness.config import ConfigError, register_schema, validate
+from harness.secrets import hide_url, mask_config, mask_secrets, real_url
+from harness.storage import describe
 
 log = logging.getLogger("lrwd.sweep")
 
-SECRET_ENV = "LRWD_STORAGE_URL"
-_ENV_PREFIX = "env:"
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,34 +59,14 @@ def resolve(cfg: DictConfig, overrides: list[str], output_dir: str) -> DictConfi
         # `model=mlp_bn` names the one model to run, whatever the experiment's sweep.models.
         out.sweep.models = []
     out.output_dir = str(Path(cfg.output_dir or output_dir).resolve())
-    url = out.storage.url
-    if out.storage.kind == "url" and url and not url.startswith(_ENV_PREFIX):
-        from harness.tracking import mask_secrets
-
-        if mask_secrets(url) != url:
-            # The password travels in the environment (inherited by local and Slurm workers),
-            # never in a saved config, a pickle or a log line.
-            os.environ[SECRET_ENV] = url
-            out.storage.url = _ENV_PREFIX + SECRET_ENV
-    return out
-
-
-def real_url(cfg: DictConfig) -> DictConfig:
-    """A copy whose storage URL is the real one (read back from the environment)."""
-    url = cfg.storage.url
-    if not url.startswith(_ENV_PREFIX):
-        return cfg
-    name = url[len(_ENV_PREFIX) :]
-    if name not in os.environ:
-        raise ConfigError(f"storage.url: the environment variable {name} is not set on this node")
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    out.storage.url = os.environ[name]
+    if out.storage.kind == "url":
+        # The password travels in the environment (inherited by local and Slurm workers),
+        # never in a saved config, a pickle or a log line.
+        out = hide_url(out)
     return out
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
-    from harness.tracking import mask_config
-
     path.parent.mkdir(parents=True, exist_ok=True)
     data = mask_config(OmegaConf.to_container(cfg, resolve=True))
     tmp = path.with_suffix(".tmp")
@@ -295,9 +275,7 @@ def draw_figures(results_csv: Path, out: Path) -> dict[str, Path]:
 def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
     cfg = resolve(cfg, overrides, output_dir)
     out = Path(cfg.output_dir)
-    from harness.tracking import mask_secrets
-
-    url = mask_secrets(st.storage_url(real_url(cfg), out))
+    url = describe(cfg)
     if cfg.sweep.action == "status":
         storage = st.open_storage(real_url(cfg), out)
         for variant in st.variants(cfg):
@@ -352,8 +330,6 @@ def main(cfg: DictConfig) -> None:
     try:
         rc = sweep(cfg, list(hc.overrides.task), hc.runtime.output_dir)
     except ConfigError as exc:
-        from harness.tracking import mask_secrets
-
         print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
         sys.exit(2)
     if rc:

@@ -1,4 +1,4 @@
-"""Weights & Biases runs for trials (online, offline or off), secret masking, runs -> results.
+"""Weights & Biases runs for trials: online, offline or off.
 
 One W&B run per trial::
 
@@ -34,20 +34,18 @@ Several runs may be open at once in one process (population training): each is c
 
 Secrets: W&B's metadata record (it copies ``sys.argv``, where ``storage.url=...`` may carry a
 password), console capture (``output.log``), system stats, git and code saving are all switched
-off; config values, tags and summary strings are masked with :func:`mask_secrets`.
+off; config values, tags and summary strings are masked with
+:func:`harness.secrets.mask_secrets`. Reading runs back into a results frame:
+:mod:`analysis.wandb_runs`.
 
-Start-up cost (``python -m harness.tracking bench``; 2-core CPU box, wandb 0.31, offline):
-importing wandb ~0.5 s once, the first run ~0.6 s (wandb-core service start), then ~0.14 s to
-start and ~0.01 s to finish each further run. ``disabled`` costs microseconds.
+Start-up cost: ``python -m harness.tracking bench`` (figures in docs/tracking.md).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import netrc
 import os
-import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -55,142 +53,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from harness.secrets import (  # noqa: F401 - wandb_host is part of this module's API
+    _netrc_password,
+    mask_config,
+    mask_secrets,
+    wandb_host,
+)
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
 OUTCOMES = ("finished", "diverged", "pruned", "failed", "preempted")
 _EXIT_CODE = {"finished": 0, "diverged": 0, "pruned": 0, "failed": 1, "preempted": 1}
-DEFAULT_HOST = "https://api.wandb.ai"
-MASK = "***"
-# Environment variables whose values are secrets wherever they show up.
-SECRET_ENV_VARS = ("WANDB_API_KEY", "LRWD_STORAGE_URL", "PGPASSWORD")
-
-# ------------------------------------------------------------------------------------------------
-# Secrets
-
-# scheme://user:password@host  (the password may itself hold '@'; it ends at the last '@' before
-# the first '/' or whitespace)
-_URL_PW = re.compile(
-    r"(?P<pre>(?<![a-zA-Z0-9+.\-])[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^/\s]*)@"
-)
-# password=... in a query string or a libpq DSN
-_KV_PW = re.compile(
-    r"(?i)(?P<pre>\b(?:password|passwd|pwd|api_?key|access_?token|token|secret)\s*[=:]\s*)"
-    r"(?P<pw>[^\s&;,'\"]+)"
-)
-# W&B API keys: legacy 40 hex (on-prem ones prefixed "<name>-"), and the newer wandb_v1_...
-_KEY = re.compile(r"\b(?:[A-Za-z0-9]+-)?[0-9a-f]{40}\b|\bwandb_v\d+_[A-Za-z0-9_]{20,}")
-_SECRET_NAME = re.compile(
-    r"(?:^|[_.\-])(?:password|passwd|pwd|secret|token|api_?key|access_?key|private_?key)"
-    r"(?:$|[_.\-])",
-    re.IGNORECASE,
-)
-_GIT_NAME = re.compile(r"(?:^|[_.])(?:git_rev|git_commit|commit|sha|revision)$", re.IGNORECASE)
-_HEX40 = re.compile(r"[0-9a-f]{40}")
-_registered: set[str] = set()
-_netrc_cache: dict[str, str | None] = {}
-
-
-def register_secret(value: str) -> None:
-    """Mask ``value`` (a literal, e.g. a password read from a file) in every later mask call."""
-    if value and len(value) >= 4:
-        _registered.add(value)
-
-
-def _known_secrets() -> list[str]:
-    out = set(_registered)
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var)
-        if not value:
-            continue
-        if "://" in value:  # a URL: its password part is the secret
-            pw = urlsplit(value).password
-            if pw and len(pw) >= 4:
-                out.add(pw)
-        elif len(value) >= 4:
-            out.add(value)
-    key = _netrc_password(wandb_host())
-    if key and len(key) >= 4:
-        out.add(key)
-    return sorted(out, key=len, reverse=True)
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with secrets replaced by ``***``. Non-strings are returned unchanged.
-
-    Masked: the password of any ``scheme://user:password@host`` URL; ``password=...`` (also
-    ``pwd``, ``token``, ``secret``, ``api_key``) in query strings and DSNs; anything shaped like
-    a W&B API key (40 hex digits, optionally ``<prefix>-``; ``wandb_v1_...``); and the literal
-    values of ``WANDB_API_KEY``, ``PGPASSWORD``, the password in ``LRWD_STORAGE_URL``, the netrc
-    key for the W&B host and anything passed to :func:`register_secret`.
-    """
-    if not isinstance(text, str):
-        return text
-    out = text
-    for secret in _known_secrets():
-        out = out.replace(secret, MASK)
-    if "://" in out:
-        out = _URL_PW.sub(lambda m: f"{m['pre']}{MASK}@", out)
-    if "=" in out or ":" in out:
-        out = _KV_PW.sub(lambda m: f"{m['pre']}{MASK}", out)
-    return _KEY.sub(MASK, out)
-
-
-def mask_config(obj: Any, _key: str = "") -> Any:
-    """A copy of a nested config (dicts, lists, tuples) with every secret masked.
-
-    Strings go through :func:`mask_secrets`; the value of any key named like a secret
-    (``password``, ``db_password``, ``token``, ``api_key``, ``secret``, ...; not ``tokenizer``)
-    becomes ``***`` whatever it is. A 40-hex string under a key named like a git revision
-    (``git_rev``, ``commit``, ``sha``) is kept, unless it is a known secret.
-    """
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            name = str(k)
-            if _SECRET_NAME.search(name) and v is not None and not (isinstance(v, str) and not v):
-                out[k] = MASK
-            else:
-                out[k] = mask_config(v, name)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(mask_config(v, _key) for v in obj)
-    if isinstance(obj, str):
-        if _GIT_NAME.search(_key) and _HEX40.fullmatch(obj) and obj not in _known_secrets():
-            return obj
-        return mask_secrets(obj)
-    return obj
-
-
 # ------------------------------------------------------------------------------------------------
 # Mode
-
-
-def wandb_host() -> str:
-    """The W&B server: ``WANDB_BASE_URL`` or https://api.wandb.ai."""
-    return os.environ.get("WANDB_BASE_URL") or DEFAULT_HOST
-
-
-def _netrc_password(host: str) -> str | None:
-    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    cache_key = f"{path}\0{host}\0{st.st_mtime_ns}\0{st.st_size}"
-    if cache_key in _netrc_cache:
-        return _netrc_cache[cache_key]
-    key = None
-    netloc = urlsplit(host).netloc or host
-    try:
-        auth = netrc.netrc(path).authenticators(netloc)
-        if auth is None and netloc.startswith("api."):
-            auth = netrc.netrc(path).authenticators(netloc[4:])
-        key = auth[2] if auth and auth[2] else None
-    except (OSError, netrc.NetrcParseError):
-        key = None
-    _netrc_cache[cache_key] = key
-    return key
 
 
 def has_login() -> bool:
@@ -497,169 +373,6 @@ class Tracker:
         else:
             self.finish_all("failed", {"error": mask_secrets(f"{exc_type.__name__}: {exc}")[:500]})
         return False
-
-
-# ------------------------------------------------------------------------------------------------
-# W&B runs -> results.csv rows
-
-_RESULT_KEYS = (
-    "test_error",
-    "val_error",
-    "final_val_error",
-    "train_loss",
-    "weight_norm",
-    "diverged",
-    "steps",
-    "wall_s",
-)
-_INTERNAL = ("_wandb", "wandb_version")
-
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(key, default)
-    try:
-        return getattr(obj, key, default)
-    except Exception:  # noqa: BLE001 - a lazy Api attribute that failed to load
-        return default
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    """A config/summary in any of its shapes -> a plain dict."""
-    import json
-
-    if value is None:
-        return {}
-    if isinstance(value, (str, bytes, bytearray)):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    inner = getattr(value, "_json_dict", None)  # wandb.apis.public HTTPSummary
-    if isinstance(inner, Mapping):
-        value = inner
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _unwrap_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"k": {"value": v, "desc": ...}}`` (server JSON) or ``{"k": v}`` -> flat ``{"k": v}``."""
-    plain = {}
-    for key, value in raw.items():
-        if key in _INTERNAL or str(key).startswith("_"):
-            continue
-        if isinstance(value, Mapping) and "value" in value and set(value) <= {"value", "desc"}:
-            value = value["value"]
-        plain[key] = value
-    return flatten_config(plain)
-
-
-def _normalize_run(run: Any) -> dict[str, Any]:
-    """An Api run, its raw GraphQL node (``displayName``, ``summaryMetrics``...), an export dict
-    (``id, name, group, job_type, state, config, summary``) or a tests/wandb_reader dict."""
-    raw_node = isinstance(run, Mapping) and ("summaryMetrics" in run or "displayName" in run)
-    if raw_node:
-        return {
-            "id": run.get("name", ""),  # GraphQL: name = run id, id = storage id
-            "name": run.get("displayName", ""),
-            "group": run.get("group") or "",
-            "job_type": run.get("jobType") or "",
-            "state": run.get("state") or "",
-            "config": _unwrap_config(_as_dict(run.get("config"))),
-            "summary": _as_dict(run.get("summaryMetrics")),
-        }
-    summary = _get(run, "summary_metrics", None) if not isinstance(run, Mapping) else None
-    if not isinstance(summary, Mapping):
-        summary = _get(run, "summary", {})
-    return {
-        "id": _get(run, "id", "") or "",
-        "name": _get(run, "name", "") or "",
-        "group": _get(run, "group", "") or "",
-        "job_type": _get(run, "job_type", "") or "",
-        "state": _get(run, "state", "") or "",
-        "config": _unwrap_config(_as_dict(_get(run, "config", {}))),
-        "summary": _as_dict(summary),
-    }
-
-
-def optuna_state(state: str, summary: Mapping[str, Any]) -> str:
-    """A W&B run state + our summary -> Optuna's trial state name (results.csv ``state``).
-
-    running/pending -> RUNNING; outcome ``pruned`` -> PRUNED; exit 0 with outcome
-    finished/diverged (or, for runs written by other code, a ``val_error``) -> COMPLETE;
-    anything else (failed, crashed, killed, preempted) -> FAIL.
-    """
-    state = str(state or "").lower()
-    outcome = summary.get("outcome")
-    if state in ("running", "pending", "preempting"):
-        return "RUNNING"
-    if outcome == "pruned" or summary.get("pruned") is True:
-        return "PRUNED"
-    if state == "finished" and (
-        outcome in ("finished", "diverged") or (outcome is None and "val_error" in summary)
-    ):
-        return "COMPLETE"
-    return "FAIL"
-
-
-def runs_to_frame(runs: Iterable[Any]):
-    """W&B runs -> a DataFrame with exactly the results.csv columns, one row per run.
-
-    ``runs``: ``wandb.Api().runs("entity/project", filters={"group": study})`` objects, their raw
-    GraphQL nodes (a JSON export of ``run._attrs``), dicts with ``id, name, group, job_type, state,
-    config, summary`` (as ``tests/wandb_reader.read_offline_runs`` returns), in any mix. Columns
-    come from the run config written by :class:`Tracker` (``study``, ``name`` = experiment,
-    ``optimizer.name``, ``optimizer.decay``, ``model.name``, ``data.name``, ``trial``, ``lr``,
-    ``weight_decay``, ``seed``) with the job type (``<optimizer>/<decay>``) and group as fallbacks;
-    metrics from the summary of COMPLETE runs (empty for the others, as in results.csv: a failed
-    run's summary holds its last report, not a result); ``state`` from :func:`optuna_state`. A
-    diverged run's ``train_loss`` is NaN (W&B stores a NaN summary value as null).
-    """
-    import pandas as pd
-
-    from harness.study import RESULTS_COLUMNS
-
-    rows = []
-    for run in runs:
-        r = _normalize_run(run)
-        config, summary = r["config"], r["summary"]
-        variant = str(r["job_type"] or "").split("/")
-        optimizer = config.get("optimizer.name") or (variant[0] if len(variant) == 2 else "")
-        decay = config.get("optimizer.decay") or (variant[1] if len(variant) == 2 else "")
-        study = config.get("study") or r["group"] or ""
-        experiment = config.get("name") or ""
-        if not experiment and optimizer and decay and study.endswith(f"-{optimizer}-{decay}"):
-            experiment = study[: -len(f"-{optimizer}-{decay}")]
-        state = optuna_state(r["state"], summary)
-        row = {
-            "study": study,
-            "experiment": experiment,
-            "optimizer": optimizer,
-            "decay": decay,
-            "model": config.get("model.name", ""),
-            "data": config.get("data.name", ""),
-            "trial": config.get("trial"),
-            "lr": config.get("lr", config.get("optimizer.lr")),
-            "weight_decay": config.get("weight_decay", config.get("optimizer.weight_decay")),
-            "seed": config.get("seed", config.get("train.seed")),
-            "state": state,
-            "wandb_run_id": r["id"],
-        }
-        for key in _RESULT_KEYS:  # as in results.csv: only complete trials have results
-            row[key] = summary.get(key) if state == "COMPLETE" else None
-        if state == "COMPLETE" and row["diverged"] is None:
-            row["diverged"] = False
-        if row["diverged"] is True and row["train_loss"] is None:
-            row["train_loss"] = float("nan")
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
-    for col in ("lr", "weight_decay", *[k for k in _RESULT_KEYS if k != "diverged"]):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-    for col in ("trial", "seed", "steps"):  # ints as in results.csv; float where one is missing
-        values = pd.to_numeric(frame[col], errors="coerce")
-        frame[col] = values.astype("int64") if values.notna().all() else values
-    if frame["diverged"].notna().all():
-        frame["diverged"] = frame["diverged"].astype(bool)
-    return frame
 
 
 # ------------------------------------------------------------------------------------------------

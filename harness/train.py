@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -33,25 +32,11 @@ from harness.optim import (
     normalized_weight_decay,
     param_groups,
 )
+from harness.results import TrialResult
 from harness.schedules import lr_multiplier
 
 Report = Callable[[int, dict[str, float]], None]
 EVAL_BATCH = 2000
-
-
-@dataclass
-class TrialResult:
-    test_error: float
-    val_error: float  # best over evaluations
-    final_val_error: float
-    train_loss: float  # mean over the last epoch (or the last report interval); nan if diverged
-    weight_norm: float  # global L2 norm of all parameters at the end
-    steps: int
-    wall_s: float
-    diverged: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def cpu_count() -> int:
@@ -234,7 +219,7 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                 break
     norm = weight_norm(model)
     if diverged or not math.isfinite(norm):
-        return TrialResult(1.0, 1.0, 1.0, math.nan, math.nan, step, time.perf_counter() - t0, True)
+        return TrialResult.of_divergence(step, time.perf_counter() - t0)
     test = error_rate(model, data.x_test, data.y_test)
     return TrialResult(
         test_error=test,

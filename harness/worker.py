@@ -65,7 +65,8 @@ def resolved(overrides: list[str]) -> DictConfig:
 
 def prepare(cfg: DictConfig) -> list[Any]:
     """Create the studies and enqueue their grids (idempotent); return the studies."""
-    from harness.launch import real_url, storage_for_humans
+    from harness.secrets import real_url
+    from harness.storage import describe
     from harness.study import (
         cell_counts,
         create_study,
@@ -84,7 +85,7 @@ def prepare(cfg: DictConfig) -> list[Any]:
         counts = {k: v for k, v in cell_counts(study).items() if v}
         print(f"{study.study_name}: {counts}")
         studies.append(study)
-    print(f"storage: {storage_for_humans(cfg)}; output dir: {cfg.output_dir}")
+    print(f"storage: {describe(cfg)}; output dir: {cfg.output_dir}")
     return studies
 
 
@@ -150,7 +151,7 @@ class _Signals:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError
-    from harness.tracking import mask_secrets
+    from harness.secrets import mask_secrets
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if do_prepare:
             prepare(cfg)
             return 0
-        from harness.launch import real_url
+        from harness.secrets import real_url
         from harness.study import run_worker
 
         real = real_url(cfg)

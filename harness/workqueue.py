@@ -455,17 +455,11 @@ def start_claim(claim: Claim, attrs: dict[str, Any]) -> bool:
         return False
 
 
-def finish_claim(
-    study: optuna.Study, claim: Claim, rec: dict[str, Any], keys: Iterable[str]
-) -> bool:
-    """Write the result attrs ``keys`` of ``rec`` and tell COMPLETE. False if failed under us."""
+def finish_claim(study: optuna.Study, claim: Claim, attrs: dict[str, Any]) -> bool:
+    """Write the result ``attrs`` and tell COMPLETE with ``attrs["val_error"]`` as the objective
+    (1.0 if it is not a finite number). False if the trial was failed under us."""
+    rec = attrs
     try:
-        attrs = {}
-        for key in keys:
-            value = rec.get(key)
-            if isinstance(value, float) and not math.isfinite(value):
-                value = None  # JSON has no NaN; None means "not defined" (diverged loss)
-            attrs[key] = value
         set_user_attrs(claim.trial, attrs)
         objective = rec.get("val_error")
         if objective is None or not math.isfinite(float(objective)):

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from harness import launch
 from harness import study as st
 from harness.config import compose_config
+from harness.secrets import STORAGE_URL_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +69,9 @@ def storage_url_digest(cfg_dict: dict) -> str:
 
     from omegaconf import OmegaConf
 
-    url = str(launch.real_url(OmegaConf.create(cfg_dict)).storage.url)
+    from harness.secrets import real_url
+
+    url = str(real_url(OmegaConf.create(cfg_dict)).storage.url)
     return hashlib.sha256(url.encode()).hexdigest()
 
 
@@ -93,7 +96,7 @@ def sleep_long(cfg_dict: dict) -> int:
 def on_nodes(monkeypatch):
     """Jobs inherit the environment: make this checkout (and tests/) importable there."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv(launch.SECRET_ENV, "")  # restored after the test (secret_free sets it)
+    monkeypatch.setenv(STORAGE_URL_ENV, "")  # restored after the test (hide_url sets it)
 
 
 def resolved(overrides: list[str], out: Path):

@@ -18,20 +18,17 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from analysis.wandb_runs import optuna_state, runs_to_frame
 from harness.config import ConfigError
-from harness.study import RESULTS_COLUMNS
+from harness.results import RESULTS_COLUMNS
+from harness.secrets import mask_config, mask_secrets, register_secret
 from harness.tracking import (
     OUTCOMES,
     Tracker,
     TrackingError,
     flatten_config,
-    mask_config,
-    mask_secrets,
-    optuna_state,
-    register_secret,
     resolve_mode,
     run_name,
-    runs_to_frame,
 )
 from tests.wandb_reader import CorruptRunFile, read_offline_runs, read_records
 

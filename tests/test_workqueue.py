@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from harness import workqueue as wq
 from harness.config import compose_config
+from harness.results import result_attrs
 from harness.study import open_storage
 
 DISTS = {
@@ -62,7 +63,7 @@ def test_enqueue_cells_once_then_counts(study):
     queue = wq.WaitingQueue(study)
     (done,) = queue.claim(1)
     assert done.params == CELLS[0]  # oldest first
-    assert wq.finish_claim(study, done, {"val_error": 0.25, "test_error": 0.5}, ["test_error"])
+    assert wq.finish_claim(study, done, {"val_error": 0.25, "test_error": 0.5})
     (failed,) = queue.claim(1)
     wq.fail_claim(study, failed, "boom", requeue_cell=False)
     (live,) = queue.claim(1)
@@ -99,7 +100,7 @@ def test_finish_after_failed_under_us_is_refused(study):
     (claim,) = wq.WaitingQueue(study).claim(1)
     assert wq.fail_trial(study._storage, claim.trial._trial_id, "stale")
     assert wq.start_claim(claim, {"x": 1}) is False
-    assert wq.finish_claim(study, claim, {"val_error": 0.1}, ["val_error"]) is False
+    assert wq.finish_claim(study, claim, {"val_error": 0.1}) is False
     assert wq.prune_claim(study, claim) is False
     assert states(study) == ["FAIL"]
     assert study.trials[0].user_attrs["fail_reason"] == "stale"
@@ -109,7 +110,7 @@ def test_non_finite_results_are_stored_as_none_and_objective_one(study):
     wq.enqueue_cells(study, CELLS[:1], DISTS, heartbeat_s=30)
     (claim,) = wq.WaitingQueue(study).claim(1)
     rec = {"val_error": float("nan"), "train_loss": float("inf"), "diverged": True}
-    assert wq.finish_claim(study, claim, rec, ["train_loss", "diverged"])
+    assert wq.finish_claim(study, claim, result_attrs(rec))
     t = study.trials[0]
     assert t.value == 1.0 and t.user_attrs["train_loss"] is None and t.user_attrs["diverged"]
 
@@ -193,7 +194,7 @@ def test_slots_keep_a_sampled_budget(study):
         assert set(c.params) == {"lr", "weight_decay", "seed"}
         assert 1e-3 <= c.params["lr"] <= 1e-1 and 1e-5 <= c.params["weight_decay"] <= 1e-2
         assert study._storage.get_trial(c.trial._trial_id).user_attrs[wq.CELL_KEY] == c.cell
-    assert wq.finish_claim(study, a, {"val_error": 0.5}, [])
+    assert wq.finish_claim(study, a, {"val_error": 0.5})
     wq.fail_claim(study, b, "preempted", requeue_cell=True)  # handed back with its point
     assert len(study.trials) == 6
     back = study.trials[-1]

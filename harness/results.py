@@ -1,0 +1,127 @@
+"""What a trial produces, and ``results.csv``: :class:`TrialResult` is the schema.
+
+The result keys stored on every finished trial, the CSV's columns and its rows all derive from
+:class:`TrialResult`'s fields; a new result column is a new field here plus the code that
+computes it. ``analysis.load`` and the W&B reader use the same :data:`RESULTS_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrialResult:
+    """One finished trial. A diverged trial has errors 1.0 and NaN loss and norm."""
+
+    test_error: float
+    val_error: float  # best over evaluations
+    final_val_error: float
+    train_loss: float  # mean over the last epoch (or the last report interval); nan if diverged
+    weight_norm: float  # global L2 norm of all parameters at the end
+    diverged: bool
+    steps: int
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of_divergence(cls, steps: int, wall_s: float) -> TrialResult:
+        """The result recorded for a run whose loss or weights went non-finite."""
+        return cls(
+            test_error=1.0,
+            val_error=1.0,
+            final_val_error=1.0,
+            train_loss=math.nan,
+            weight_norm=math.nan,
+            diverged=True,
+            steps=int(steps),
+            wall_s=float(wall_s),
+        )
+
+
+class Preempted(Exception):
+    """Raised from a trial's report hook when its worker was asked to stop (Slurm's warning
+    signal, Ctrl-C); trainers let it through, and the worker hands the trial back."""
+
+
+RESULT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrialResult))
+
+# Who the trial was: the study, its variant and cell, and its Optuna state.
+TRIAL_COLUMNS: tuple[str, ...] = (
+    "study",
+    "experiment",
+    "optimizer",
+    "decay",
+    "model",
+    "data",
+    "trial",
+    "lr",
+    "weight_decay",
+    "seed",
+    "state",
+)
+RESULTS_COLUMNS: tuple[str, ...] = (*TRIAL_COLUMNS, *RESULT_KEYS, "wandb_run_id")
+
+
+def result_attrs(rec: dict[str, Any]) -> dict[str, Any]:
+    """The result keys of ``rec`` as stored on a trial: JSON has no NaN, so a non-finite float
+    is stored as None ("not defined", e.g. a diverged run's loss)."""
+    out = {}
+    for key in RESULT_KEYS:
+        value = rec.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+def results_rows(study) -> Iterable[dict[str, Any]]:
+    """One ``results.csv`` row per trial of an Optuna study that is not WAITING."""
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            continue
+        ua = t.user_attrs
+        fixed = t.system_attrs.get("fixed_params") or {}
+        row = {
+            "study": study.study_name,
+            "experiment": attrs.get("experiment", ""),
+            "optimizer": attrs.get("optimizer", ua.get("optimizer", "")),
+            "decay": attrs.get("decay", ua.get("decay", "")),
+            "model": attrs.get("model", ""),
+            "data": attrs.get("data", ""),
+            "trial": t.number,
+            "lr": t.params.get("lr", fixed.get("lr")),
+            "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
+            "seed": t.params.get("seed", fixed.get("seed")),
+            "state": t.state.name,
+        }
+        for key in RESULT_KEYS:
+            row[key] = ua.get(key)
+        if row["train_loss"] is None and ua.get("diverged"):
+            row["train_loss"] = float("nan")
+        row["wandb_run_id"] = ua.get("wandb_run_id") or ""
+        yield row
+
+
+def write_results(studies: Sequence[Any], path: str | Path) -> Path:
+    """Write ``results.csv`` (one row per non-waiting trial of ``studies``), atomically."""
+    import pandas as pd
+
+    rows = [row for s in studies for row in results_rows(s)]
+    frame = pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path

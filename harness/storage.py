@@ -1,0 +1,147 @@
+"""Optuna storages, one place per kind: where it lives, how to open it, who can share it.
+
+| kind | where | shared by |
+| --- | --- | --- |
+| ``sqlite`` (default) | ``<output dir>/study.db`` or ``storage.path`` (WAL, ``synchronous=NORMAL``) | one worker process |
+| ``journal`` | ``<output dir>/study.journal`` or ``storage.path``, a file (lock file beside it) | processes and hosts on one filesystem |
+| ``url`` | ``storage.url``: any SQLAlchemy URL, e.g. ``postgresql://user:pw@host/db`` | processes and hosts that reach the server |
+| ``memory`` | this process | nothing: one in-process worker |
+
+Errors opening a storage are one :class:`~harness.config.ConfigError` line with the password
+masked. Two processes creating a fresh database's tables at once is retried, not an error.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from harness.config import ConfigError
+from harness.secrets import mask_secrets, real_url
+
+# kind -> (several processes may share it, several hosts may share it)
+SHARING: dict[str, tuple[bool, bool]] = {
+    "sqlite": (False, False),
+    "journal": (True, True),
+    "url": (True, True),
+    "memory": (False, False),
+}
+
+
+def shared_by_processes(kind: str) -> bool:
+    return SHARING.get(kind, (False, False))[0]
+
+
+def shared_by_hosts(kind: str) -> bool:
+    return SHARING.get(kind, (False, False))[1]
+
+
+def describe(cfg: DictConfig) -> str:
+    """The storage as ``optuna-dashboard`` takes it (file path or URL), password masked."""
+    out = cfg.get("output_dir") or "."
+    try:
+        return mask_secrets(storage_url(real_url(cfg), out))
+    except ConfigError:  # env:NAME not set here: say so by name
+        return str(cfg.storage.url)
+
+
+
+def storage_url(cfg: DictConfig, output_dir: str | Path) -> str:
+    """The storage's URL or file path as a string (for messages, after masking)."""
+    kind = cfg.storage.kind
+    if kind == "sqlite":
+        path = Path(cfg.storage.path or Path(output_dir) / "study.db").expanduser().resolve()
+        return f"sqlite:///{path}"
+    if kind == "journal":
+        return str(
+            Path(cfg.storage.path or Path(output_dir) / "study.journal").expanduser().resolve()
+        )
+    if kind == "url":
+        return cfg.storage.url
+    return "memory"
+
+
+_MEMORY: dict[str, optuna.storages.BaseStorage] = {}
+
+
+def open_storage(cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+    """Open (and with ``create`` make) the configured storage. Errors are one ``ConfigError`` line."""
+    kind = cfg.storage.kind
+    url = storage_url(cfg, output_dir)
+    if kind == "memory":
+        return _MEMORY.setdefault(str(output_dir), optuna.storages.InMemoryStorage())
+    if kind == "journal":
+        path = Path(url)
+        if not path.parent.exists():
+            if not create:
+                raise ConfigError(f"storage.path: {path.parent} does not exist")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
+    if kind == "sqlite":
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return _rdb(url, cfg)
+    return _rdb(url, cfg)
+
+
+def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        storage = _rdb_retrying(url, engine_kwargs)
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one config line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"storage.url: cannot open {mask_secrets(url)} ({mask_secrets(reason)[:200]}); "
+            "check the host, port, credentials and that the database exists"
+        ) from None
+    if url.startswith("sqlite"):
+        _sqlite_wal(storage)
+    return storage
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Another process (a worker, optuna-dashboard, a status query) created the schema first."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    text = str(exc).lower()
+    return isinstance(exc, IntegrityError) or (
+        isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in text
+    )
+
+
+def _rdb_retrying(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried when two processes create a fresh database's tables at once
+    (SQLite raises ``UNIQUE constraint failed: alembic_version``; PostgreSQL ``already exists``)."""
+    for attempt in range(8):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the race
+            if attempt == 7 or not _schema_race(exc):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    """WAL journal + NORMAL sync: one fsync per checkpoint instead of per commit."""
+    from sqlalchemy import event
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragma(dbapi_conn, _record):  # pragma: no cover - exercised through sqlite
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    storage.engine.dispose()
