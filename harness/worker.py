@@ -6,7 +6,7 @@ is ``hydra.run.dir``, default ``outputs/<name>``, or ``output_dir=...``), then:
 
 ``--prepare``  creates the studies and enqueues the grid, prints what is queued and exits. Run it
                once, on the login node, before ``sbatch`` (workers never enqueue new cells).
-(default)      :func:`harness.study.run_worker`: join the studies and train cells until none
+(default)      :func:`harness.sweep.worker.run_worker`: join the studies and train cells until none
                are left; exit 0.
 
 Signals (Slurm): on ``SIGUSR1`` (``#SBATCH --signal=B:USR1@120``: the warning before the time
@@ -57,7 +57,7 @@ def compose(overrides: list[str]) -> tuple[DictConfig, str]:
 
 def resolved(overrides: list[str]) -> DictConfig:
     """Validated, resolved config as the sweep driver resolves it (variants, output dir, secrets)."""
-    from harness.sweep import resolve
+    from harness.sweep.cli import resolve
 
     cfg, run_dir = compose(overrides)
     return resolve(cfg, [o for o in overrides if not o.startswith("hydra.")], run_dir)
@@ -65,26 +65,14 @@ def resolved(overrides: list[str]) -> DictConfig:
 
 def prepare(cfg: DictConfig) -> list[Any]:
     """Create the studies and enqueue their grids (idempotent); return the studies."""
-    from harness.secrets import real_url
     from harness.storage import describe
-    from harness.study import (
-        cell_counts,
-        create_study,
-        enqueue_study,
-        open_storage,
-        variant_config,
-        variants,
-    )
+    from harness.sweep.plan import prepare as prepare_studies
+    from harness.sweep.queue import cell_counts
 
-    storage = open_storage(real_url(cfg), cfg.output_dir)
-    studies = []
-    for variant in variants(cfg):
-        vcfg = variant_config(cfg, variant)
-        study = create_study(vcfg, storage, variant)
-        enqueue_study(study, vcfg)
+    _, studies = prepare_studies(cfg)
+    for study in studies:
         counts = {k: v for k, v in cell_counts(study).items() if v}
         print(f"{study.study_name}: {counts}")
-        studies.append(study)
     print(f"storage: {describe(cfg)}; output dir: {cfg.output_dir}")
     return studies
 
@@ -104,13 +92,13 @@ class _Signals:
         if self.fired.is_set():
             return
         self.fired.set()
-        from harness import study
+        from harness.sweep import worker
 
-        study.request_stop()  # no new cells; the running ones stop at their next report
+        worker.request_stop()  # no new cells; the running ones stop at their next report
         threading.Thread(target=self._leave, args=(signum,), daemon=True).start()
 
     def _leave(self, signum: int) -> None:
-        from harness.launch import handback
+        from harness.sweep.launch import handback
 
         name = signal.Signals(signum).name
         n = handback()
@@ -184,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare(cfg)
             return 0
         from harness.secrets import real_url
-        from harness.study import run_worker
+        from harness.sweep.worker import run_worker
 
         real = real_url(cfg)
         _Signals(int(cfg.launcher.max_requeue)).install()

@@ -96,7 +96,7 @@ def _norm(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fill(storage) -> None:
-    """Write TRUTH into ``storage`` the way harness.study does: one study per variant."""
+    """Write TRUTH into ``storage`` the way the sweep does: one study per variant."""
     dists = {
         "lr": FloatDistribution(1e-5, 1.0, log=True),
         "weight_decay": FloatDistribution(1e-6, 1.0, log=True),
@@ -276,14 +276,14 @@ def test_named_studies(sqlite_path, journal_path):
 
 
 def test_agrees_with_the_sweep_writer(sqlite_path, tmp_path):
-    st = pytest.importorskip("harness.study")
-    assert tuple(st.RESULTS_COLUMNS) == RESULTS_COLUMNS  # the contract, on both sides
+    results = pytest.importorskip("harness.results")
+    assert tuple(results.RESULTS_COLUMNS) == RESULTS_COLUMNS  # the contract, on both sides
     storage = optuna.storages.RDBStorage(f"sqlite:///{sqlite_path}")
     studies = [
         optuna.load_study(study_name=s.study_name, storage=storage)
         for s in storage.get_all_studies()
     ]
-    written = st.write_results(studies, tmp_path / "results.csv")
+    written = results.write_results(studies, tmp_path / "results.csv")
     pd.testing.assert_frame_equal(_norm(load_results(written)), _expected(), check_dtype=False)
 
 

@@ -121,16 +121,16 @@ def test_committed_figures_come_from_the_committed_run(tmp_path):
 
 @pytest.mark.parametrize("name", ["quick", "fig2_mnist1d", "fig2_cifar10"])
 def test_experiment_presets_compose_and_validate(name):
-    from harness import study as st
     from harness.config import compose_config, validate
     from harness.population import supports
+    from harness.sweep import plan
 
     cfg = compose_config([f"experiment={name}"])
     validate(cfg)
     assert cfg.name == name
-    for v in st.variants(cfg):
-        vcfg = st.variant_config(cfg, v)
+    for v in plan.variants(cfg):
+        vcfg = plan.variant_config(cfg, v)
         validate(vcfg)
-        lrs, wds, _ = st.grid_axes(vcfg.sweep)
+        lrs, wds, _ = plan.grid_axes(vcfg.sweep)
         assert len(lrs) >= 6 and len(wds) >= 6, v
         assert supports(vcfg), f"{name} {v.label} would not run as a population"

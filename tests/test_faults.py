@@ -20,9 +20,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import study as st
-from harness import workqueue as wq
 from harness.config import compose_config
+from harness.storage import open_storage
+from harness.sweep import plan
+from harness.sweep import queue as wq
+from harness.sweep import worker as sweep_worker
 from tests.test_sweep import ROOT, TINY, load, run_sweep, sweep_cmd
 
 # TINY without its population=1: populations of 4, a 3 x 4 grid (12 cells).
@@ -42,7 +44,7 @@ def run_logged(out: Path, log_dir: Path, *overrides: str, timeout: float = 600):
 
 def assert_complete_once(study: optuna.Study, n_cells: int) -> set[str]:
     trials = study.get_trials(deepcopy=False)
-    complete = Counter(t.user_attrs["cell"] for t in trials if t.state in st.DONE_STATES)
+    complete = Counter(t.user_attrs["cell"] for t in trials if t.state in wq.DONE_STATES)
     assert len(complete) == n_cells, f"{n_cells - len(complete)} cells never finished"
     assert set(complete.values()) == {1}, f"cells finished twice: {complete.most_common(3)}"
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
@@ -61,7 +63,7 @@ def owners(study: optuna.Study) -> set[str]:
     return {
         t.system_attrs[wq.LEASE_KEY][0]
         for t in study.get_trials(deepcopy=False)
-        if t.state in st.DONE_STATES
+        if t.state in wq.DONE_STATES
     }
 
 
@@ -72,7 +74,7 @@ _CLAIMER = """
 import sys, time
 import optuna
 from optuna.trial import TrialState
-from harness.workqueue import claim_trial
+from harness.sweep.queue import claim_trial
 url, start = sys.argv[1], float(sys.argv[2])
 storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 study = optuna.load_study(study_name="race", storage=storage)
@@ -116,7 +118,7 @@ def test_sqlite_claim_has_one_winner_under_a_race(tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "memory"])
 def test_claim_trial_refuses_running_and_finished_trials(tmp_path, kind):
     cfg = compose_config([f"storage={kind}"])
-    storage = st.open_storage(cfg, tmp_path)
+    storage = open_storage(cfg, tmp_path)
     study = optuna.create_study(study_name=f"cas-{kind}", storage=storage)
     study.add_trials(
         [optuna.trial.create_trial(state=TrialState.WAITING, params={}, distributions={})] * 2
@@ -134,14 +136,14 @@ def test_claim_trial_refuses_running_and_finished_trials(tmp_path, kind):
 def test_trial_failed_under_a_worker_is_not_trained_by_it(tmp_path):
     """Another worker declares a claimed trial stale (fails and re-enqueues it) before its
     owner starts it: the owner drops it untrained, and the cell is trained once, later."""
-    cfg = st.variant_config(
-        compose_config([*TINY, "storage=journal"]), st.Variant("adam", "independent")
+    cfg = plan.variant_config(
+        compose_config([*TINY, "storage=journal"]), plan.Variant("adam", "independent")
     )
     cfg.output_dir = str(tmp_path)
-    storage = st.open_storage(cfg, tmp_path)
-    variant = st.variants(cfg)[0]
-    study = st.create_study(cfg, storage, variant)
-    st.enqueue_grid(study, cfg)
+    storage = open_storage(cfg, tmp_path)
+    variant = plan.variants(cfg)[0]
+    study = plan.create_study(cfg, storage, variant)
+    plan.enqueue_grid(study, cfg)
 
     real_claim = wq.WaitingQueue.claim
     taken: list[str] = []
@@ -167,7 +169,7 @@ def test_trial_failed_under_a_worker_is_not_trained_by_it(tmp_path):
 
     wq.WaitingQueue.claim = claim_then_lose_first
     try:
-        st.run_worker(cfg, train=train)
+        sweep_worker.run_worker(cfg, train=train)
     finally:
         wq.WaitingQueue.claim = real_claim
     assert taken and trained[taken[0]] == 1, (taken, trained)
@@ -226,7 +228,7 @@ def test_sigkill_mid_population_then_resume(tmp_path):
         env=env,
     )
     cfg = compose_config(slow)
-    name = st.study_name(cfg, st.Variant("adam", "independent"))
+    name = plan.study_name(cfg, plan.Variant("adam", "independent"))
     in_flight: set[str] = set()
     try:
         deadline = time.time() + 300
@@ -243,7 +245,7 @@ def test_sigkill_mid_population_then_resume(tmp_path):
     assert in_flight, "no population started"
     study = load(out, "journal", slow)
     running = {t.user_attrs["cell"] for t in study.get_trials() if t.state == TrialState.RUNNING}
-    done_before = {t.user_attrs["cell"] for t in study.get_trials() if t.state in st.DONE_STATES}
+    done_before = {t.user_attrs["cell"] for t in study.get_trials() if t.state in wq.DONE_STATES}
     assert running, "nothing was in flight at the kill"
     rerun = run_logged(out, logs, *slow)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -272,7 +274,7 @@ def test_sampled_sweep_with_two_workers_keeps_its_budget(tmp_path, sampler):
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(out, "journal", args)
     trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 8 and all(t.state in st.DONE_STATES for t in trials), trials
+    assert len(trials) == 8 and all(t.state in wq.DONE_STATES for t in trials), trials
     points = [(t.params["lr"], t.params["weight_decay"]) for t in trials]
     assert len(set(points)) == 8, f"workers drew the same points: {points}"
     for t in trials:
@@ -285,17 +287,17 @@ def test_sampled_sweep_with_two_workers_keeps_its_budget(tmp_path, sampler):
     # a resume with a larger budget adds exactly the difference
     more = run_logged(out, logs, *[a for a in args if a != "sweep.n_trials=8"], "sweep.n_trials=10")
     assert more.returncode == 0, more.stderr[-3000:]
-    assert len(load(out, "journal", args).get_trials(states=st.DONE_STATES)) == 10
+    assert len(load(out, "journal", args).get_trials(states=wq.DONE_STATES)) == 10
 
 
 def test_sampler_seed_differs_per_worker_and_per_resume(monkeypatch):
     cfg = compose_config(["sweep=random"])
     monkeypatch.setenv("LRWD_WORKER_INDEX", "0")
-    a = st.sampler_seed(cfg, 0)
-    assert st.sampler_seed(cfg, 0) == a  # reproducible for the same worker and study size
-    assert st.sampler_seed(cfg, 5) != a  # a resume draws a new stream
+    a = plan.sampler_seed(cfg, 0)
+    assert plan.sampler_seed(cfg, 0) == a  # reproducible for the same worker and study size
+    assert plan.sampler_seed(cfg, 5) != a  # a resume draws a new stream
     monkeypatch.setenv("LRWD_WORKER_INDEX", "1")
-    assert st.sampler_seed(cfg, 0) != a
+    assert plan.sampler_seed(cfg, 0) != a
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import launch
-from harness import study as st
 from harness.config import compose_config
 from harness.secrets import STORAGE_URL_ENV
+from harness.storage import open_storage
+from harness.sweep import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +100,7 @@ def on_nodes(monkeypatch):
 
 
 def resolved(overrides: list[str], out: Path):
-    from harness.sweep import resolve
+    from harness.sweep.cli import resolve
 
     return resolve(compose_config(overrides), overrides, str(out))
 
@@ -108,7 +108,7 @@ def resolved(overrides: list[str], out: Path):
 def journal_study(out: Path) -> optuna.Study:
     return optuna.load_study(
         study_name="quick-adam-independent",
-        storage=st.open_storage(compose_config(["storage=journal"]), out, create=False),
+        storage=open_storage(compose_config(["storage=journal"]), out, create=False),
     )
 
 
@@ -149,7 +149,7 @@ def test_run_local_workers_real_grid_exactly_once(tmp_path):
     out = tmp_path / "local"
     overrides = [*SLOW2, "train.epochs=1", "sweep.workers=2"]
     cfg = resolved(overrides, out)
-    from harness.sweep import prepare
+    from harness.sweep.cli import prepare
 
     prepare(cfg)
     assert launch.run_local_workers(cfg) == [0, 0]
@@ -211,7 +211,7 @@ def test_warning_signal_hands_back_and_requeues(
     With a population of 2 both cells are in flight: both are handed back and trained again,
     and nothing else is (the training log counts trainings per cell).
     """
-    from harness import workqueue as wq
+    from harness.sweep import queue as wq
 
     out, logs = tmp_path / "sweep", tmp_path / "trainings"
     monkeypatch.setenv(wq.TRAINING_LOG_ENV, str(logs))  # sbatch exports it to the job
@@ -219,7 +219,7 @@ def test_warning_signal_hands_back_and_requeues(
     cfg = resolved(
         [*overrides, f"sweep.population={population}", *SLURM_SMALL, "sweep.workers=1"], out
     )
-    from harness.sweep import prepare
+    from harness.sweep.cli import prepare
 
     _, (study,) = prepare(cfg)
     sub = launch.submit_slurm(cfg, overrides=[])

@@ -93,7 +93,7 @@ def _job_of(pid: int) -> str | None:
 @pytest.mark.parametrize("population", [1, 2])
 def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster, population):
     """A worker killed mid-trial (mid-population) costs only the cells it had in flight."""
-    from harness import workqueue as wq
+    from harness.sweep import queue as wq
 
     out, logs = tmp_path / "cancel", tmp_path / "trainings"
     # ~4 s trials: long enough to be caught (and killed) mid-trial

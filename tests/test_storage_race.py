@@ -12,8 +12,8 @@ import time
 
 import optuna
 
-from harness import study as st
 from harness.config import compose_config
+from harness.storage import open_storage
 
 
 def _open(cfg_overrides: list[str], out: str, start_at: float, queue) -> None:
@@ -21,7 +21,7 @@ def _open(cfg_overrides: list[str], out: str, start_at: float, queue) -> None:
     while time.time() < start_at:
         pass
     try:
-        st.open_storage(cfg, out)
+        open_storage(cfg, out)
         queue.put("ok")
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         queue.put(f"{type(exc).__name__}: {exc}")

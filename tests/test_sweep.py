@@ -14,8 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import study as st
+from harness import results
 from harness.config import compose_config
+from harness.sweep import plan
+from harness.sweep import queue as wq
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,9 +62,9 @@ def load(out: Path, storage: str, overrides: list[str], url: str = "") -> optuna
         [*overrides, f"storage={storage}"] + ([f"storage.url={url}"] if url else [])
     )
     cfg.output_dir = str(out)
-    variant = st.variants(cfg)[0]
+    variant = plan.variants(cfg)[0]
     return optuna.load_study(
-        study_name=st.study_name(cfg, variant), storage=st.open_storage(cfg, out)
+        study_name=plan.study_name(cfg, variant), storage=storage.open_storage(cfg, out)
     )
 
 
@@ -82,7 +84,7 @@ def assert_exactly_once(study: optuna.Study, n_cells: int) -> list[optuna.trial.
 
 def test_grid_is_log_spaced_and_seed_major():
     cfg = compose_config(TINY + ["sweep.seeds=2", "sweep.include_zero_wd=true"])
-    cells = st.grid_cells(cfg.sweep)
+    cells = plan.grid_cells(cfg.sweep)
     assert len(cells) == 3 * 4 * 2
     lrs = sorted({c["lr"] for c in cells})
     assert lrs == pytest.approx([1e-3, 10**-2.5, 1e-2], rel=1e-5)
@@ -147,7 +149,7 @@ def test_sweep_runs_and_resumes(tmp_path):
 
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 9 and set(frame.state) == {"COMPLETE"}
-    assert set(st.RESULTS_COLUMNS) <= set(frame.columns)
+    assert set(results.RESULTS_COLUMNS) <= set(frame.columns)
     # resume: a second run trains nothing new
     again = run_sweep(out, *TINY)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -174,7 +176,7 @@ def test_sigkill_mid_trial_then_rerun_completes_grid(tmp_path):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    name = st.study_name(compose_config(slow), st.Variant("adam", "independent"))
+    name = plan.study_name(compose_config(slow), plan.Variant("adam", "independent"))
     try:
 
         def one_done_one_running() -> bool:
@@ -217,7 +219,7 @@ def _three_workers(out: Path, storage_args: list[str], env=None) -> None:
 
 
 def _owners(trials) -> set[str]:
-    return {t.system_attrs[st.LEASE_KEY][0] for t in trials}
+    return {t.system_attrs[wq.LEASE_KEY][0] for t in trials}
 
 
 def test_three_workers_journal_exactly_once(tmp_path):
@@ -247,28 +249,28 @@ def test_three_workers_postgres_exactly_once(tmp_path, postgres_url):
 
 def test_models_cross_variants_with_their_own_model_group():
     cfg = compose_config(["sweep.models=[mlp,cnn_bn]", "sweep.variants=[adam/l2,sgd/independent]"])
-    vs = st.variants(cfg)
+    vs = plan.variants(cfg)
     assert [v.label for v in vs] == [
         "mlp:adam/l2",
         "mlp:sgd/independent",
         "cnn_bn:adam/l2",
         "cnn_bn:sgd/independent",
     ]
-    names = [st.study_name(cfg, v) for v in vs]
+    names = [plan.study_name(cfg, v) for v in vs]
     assert names[2] == "quick-cnn_bn-adam-l2" and len(set(names)) == 4
-    cnn = st.variant_config(cfg, vs[2])
+    cnn = plan.variant_config(cfg, vs[2])
     assert (cnn.model.name, cnn.model.width) == ("cnn_bn", 32)  # conf/model/cnn_bn.yaml
     assert (cnn.optimizer.name, cnn.optimizer.decay) == ("adam", "l2")
-    assert st.variant_config(cfg, vs[0]).model.width == 128  # quick.yaml's mlp
+    assert plan.variant_config(cfg, vs[0]).model.width == 128  # quick.yaml's mlp
 
 
 def test_model_on_the_command_line_runs_just_that_model(tmp_path):
-    from harness.sweep import resolve
+    from harness.sweep.cli import resolve
 
     cfg = compose_config(["sweep.models=[mlp,mlp_bn]", "model=mlp_bn"])
     out = resolve(cfg, ["model=mlp_bn"], str(tmp_path))
     assert list(out.sweep.models) == []
-    assert [v.label for v in st.variants(out)] == [v for v in cfg.sweep.variants]
+    assert [v.label for v in plan.variants(out)] == [v for v in cfg.sweep.variants]
 
 
 def test_worker_refuses_sqlite_for_an_array(tmp_path):
@@ -296,14 +298,14 @@ def test_bn_twin_keeps_width_and_ranges_apply_per_variant():
             "+sweep.ranges.sgd-independent.weight_decay={min: 1e-6, max: 1e-3, num: 2}",
         ]
     )
-    by = {v.label: st.variant_config(cfg, v) for v in st.variants(cfg)}
+    by = {v.label: plan.variant_config(cfg, v) for v in plan.variants(cfg)}
     assert by["mlp_bn:adam/l2"].model.width == 64  # the BatchNorm twin of the configured mlp
     assert by["cnn:adam/l2"].model.width == 32  # another model: its own conf/model defaults
-    lrs, wds, _ = st.grid_axes(by["mlp:adam/l2"].sweep)
+    lrs, wds, _ = plan.grid_axes(by["mlp:adam/l2"].sweep)
     assert (len(lrs), len(wds)) == (6, 6)  # quick's ranges
-    lrs, wds, _ = st.grid_axes(by["mlp:sgd/l2"].sweep)
+    lrs, wds, _ = plan.grid_axes(by["mlp:sgd/l2"].sweep)
     assert lrs == [1e-3, 1e-2, 1e-1, 1.0] and len(wds) == 6
-    lrs, wds, _ = st.grid_axes(by["mlp:sgd/independent"].sweep)
+    lrs, wds, _ = plan.grid_axes(by["mlp:sgd/independent"].sweep)
     assert lrs == [1e-3, 1e-2, 1e-1, 1.0] and wds == [1e-6, 1e-3]
 
 

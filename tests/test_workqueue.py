@@ -15,10 +15,10 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from harness import workqueue as wq
 from harness.config import compose_config
 from harness.results import result_attrs
-from harness.study import open_storage
+from harness.storage import open_storage
+from harness.sweep import queue as wq
 
 DISTS = {
     "lr": FloatDistribution(1e-3, 1e-1, log=True),

@@ -20,8 +20,11 @@ from pathlib import Path
 import optuna
 from omegaconf import OmegaConf
 
-from harness import study as st
 from harness.config import compose_config
+from harness.results import write_results
+from harness.storage import open_storage
+from harness.sweep.plan import create_study, enqueue_grid, variants
+from harness.sweep.worker import run_worker
 
 
 @dataclass
@@ -59,10 +62,10 @@ def bench_storage(kind: str, n_lr: int, n_wd: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _cfg(kind, Path(tmp), n_lr, n_wd)
         t0 = time.perf_counter()
-        storage = st.open_storage(cfg, cfg.output_dir)
-        variant = st.variants(cfg)[0]
-        study = st.create_study(cfg, storage, variant)
-        st.enqueue_grid(study, cfg)
+        storage = open_storage(cfg, cfg.output_dir)
+        variant = variants(cfg)[0]
+        study = create_study(cfg, storage, variant)
+        enqueue_grid(study, cfg)
         t_enqueue = time.perf_counter() - t0
         stamps: list[float] = []
 
@@ -71,10 +74,10 @@ def bench_storage(kind: str, n_lr: int, n_wd: int) -> dict:
             return [_Result() for _ in cfgs]
 
         t0 = time.perf_counter()
-        st.run_worker(cfg, train=train)
+        run_worker(cfg, train=train)
         t_total = time.perf_counter() - t0
         t0 = time.perf_counter()
-        st.write_results([study], Path(tmp) / "results.csv")
+        write_results([study], Path(tmp) / "results.csv")
         t_results = time.perf_counter() - t0
         n = len(stamps)
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]

@@ -1,50 +1,43 @@
-"""Optuna studies for lr x weight-decay sweeps: variants, the grid, storages, the worker loop.
+"""The worker loop: join a sweep's studies, claim cells, train them, record the results.
 
-The queue protocol (enqueue, claim, lease, reclaim, hand back) lives in :mod:`harness.workqueue`.
+Every worker (the in-process one of ``python -m harness.sweep``, the local pool, a Slurm array
+task, ``python -m harness.worker``) runs :func:`run_worker` on the same resolved config. A claim
+of P cells is trained as one population (``sweep.population``); results, failures, pruning and
+preemption are written back through :mod:`harness.sweep.queue`; each trial is one W&B run.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import FloatDistribution, IntDistribution
 
 from harness.config import ConfigError
-from harness.results import (  # noqa: F401 - re-exported for callers
-    RESULT_KEYS,
-    RESULTS_COLUMNS,
-    Preempted,
-    result_attrs,
-    write_results,
+from harness.results import Preempted, result_attrs
+from harness.storage import open_storage
+from harness.sweep.plan import (
+    create_study,
+    distributions,
+    make_sampler,
+    sampler_seed,
+    variant_config,
+    variants,
 )
-from harness.storage import open_storage, storage_url  # noqa: F401 - re-exported
-from harness.workqueue import (  # noqa: F401 - the queue's names, re-exported for callers
-    CELL_KEY,
-    DONE_STATES,
-    LEASE_KEY,
-    CellStatus,
+from harness.sweep.queue import (
     Claim,
     Heartbeat,
     WaitingQueue,
-    cell_counts,
-    cell_key,
-    enqueue_cells,
-    enqueue_slots,
     fail_claim,
     finish_claim,
-    is_stale,
     log_training,
     owner_id,
     pending,
@@ -53,131 +46,7 @@ from harness.workqueue import (  # noqa: F401 - the queue's names, re-exported f
     start_claim,
 )
 
-log = logging.getLogger("lrwd.study")
-
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-# --------------------------------------------------------------------------------------------
-# Variants and names
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One optimizer variant: a family and a decay form, e.g. ``adam/independent``."""
-
-    optimizer: str
-    decay: str
-    model: str = ""  # set when the run crosses sweep.models with the variants
-
-    @property
-    def key(self) -> str:
-        return f"{self.optimizer}/{self.decay}"
-
-    @property
-    def label(self) -> str:
-        """``mlp_bn:adam/l2`` when a model is part of the variant, else ``adam/l2``."""
-        return f"{self.model}:{self.key}" if self.model else self.key
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        parts = str(text).split("/")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(
-                f"sweep.variants: '{text}' is not 'optimizer/decay'; write e.g. adam/independent"
-            )
-        return cls(parts[0], parts[1])
-
-
-def variants(cfg: DictConfig) -> list[Variant]:
-    """The variants a run covers: ``sweep.variants`` or the single configured optimizer."""
-    listed = list(cfg.sweep.get("variants") or [])
-    base = [Variant.parse(v) for v in listed] or [Variant(cfg.optimizer.name, cfg.optimizer.decay)]
-    models = list(cfg.sweep.get("models") or [])
-    if not models:
-        return base
-    return [Variant(v.optimizer, v.decay, str(m)) for m in models for v in base]
-
-
-def study_name(cfg: DictConfig, variant: Variant) -> str:
-    base = cfg.sweep.study_name or cfg.name
-    if variant.model:
-        return f"{base}-{variant.model}-{variant.optimizer}-{variant.decay}"
-    return f"{base}-{variant.optimizer}-{variant.decay}"
-
-
-def model_group(name: str) -> dict[str, Any]:
-    """The ``conf/model/<name>.yaml`` option merged over the schema defaults."""
-    from harness.config import CONF_DIR, ModelConfig
-
-    path = Path(CONF_DIR) / "model" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"sweep.models: no model option '{name}' ({path} does not exist)")
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
-    return OmegaConf.to_container(merged, resolve=True)
-
-
-def _twins(a: str, b: str) -> bool:
-    return a.removesuffix("_bn") == b.removesuffix("_bn")
-
-
-def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
-    """A copy of ``cfg`` for one variant: its optimizer family and decay (family defaults kept
-    from cfg); when the variant names a model, that option of ``conf/model/`` (width and depth
-    kept from cfg for the model's BatchNorm twin); ``sweep.ranges`` applied to the grid."""
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    out.optimizer.name = variant.optimizer
-    out.optimizer.decay = variant.decay
-    if variant.model and variant.model != out.model.name:
-        current = dict(out.model)
-        out.model = model_group(variant.model)
-        if _twins(current["name"], variant.model):
-            # mlp <-> mlp_bn, cnn <-> cnn_bn: the same network with and without BatchNorm, so
-            # the configured width/depth carry over (model.width=128 applies to both).
-            out.model.width, out.model.depth = current["width"], current["depth"]
-    ranges = out.sweep.get("ranges") or {}
-    specific = f"{variant.optimizer}-{variant.decay}"
-    for key in (variant.decay, variant.optimizer, variant.key, specific):  # most specific wins
-        for axis, r in (ranges.get(key) or {}).items():
-            out.sweep[axis] = {"min": float(r["min"]), "max": float(r["max"]), "num": int(r["num"])}
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# The grid
-
-
-def log_range(lo: float, hi: float, num: int) -> list[float]:
-    """``num`` log-spaced values from ``lo`` to ``hi`` inclusive, rounded to 6 significant digits."""
-    if num == 1:
-        return [float(f"{lo:.6g}")]
-    values = np.geomspace(lo, hi, num)
-    return [float(f"{v:.6g}") for v in values]
-
-
-def grid_axes(sweep: DictConfig) -> tuple[list[float], list[float], list[int]]:
-    lrs = log_range(sweep.lr.min, sweep.lr.max, sweep.lr.num)
-    wds = log_range(sweep.weight_decay.min, sweep.weight_decay.max, sweep.weight_decay.num)
-    if sweep.include_zero_wd:
-        wds = [0.0] + wds
-    seeds = list(range(sweep.seeds))
-    return lrs, wds, seeds
-
-
-def grid_cells(sweep: DictConfig) -> list[dict[str, Any]]:
-    """Every (lr, weight_decay, seed) cell, seed-major so early results cover the whole grid."""
-    lrs, wds, seeds = grid_axes(sweep)
-    return [{"lr": lr, "weight_decay": wd, "seed": s} for s in seeds for lr in lrs for wd in wds]
-
-
-def distributions(sweep: DictConfig) -> dict[str, Any]:
-    lr = FloatDistribution(sweep.lr.min, sweep.lr.max, log=True)
-    if sweep.include_zero_wd:
-        wd = FloatDistribution(0.0, sweep.weight_decay.max)
-    else:
-        wd = FloatDistribution(sweep.weight_decay.min, sweep.weight_decay.max, log=True)
-    return {"lr": lr, "weight_decay": wd, "seed": IntDistribution(0, max(sweep.seeds - 1, 0))}
+log = logging.getLogger("lrwd.worker")
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +58,7 @@ def environment() -> dict[str, Any]:
     """Git revision of the harness checkout and the versions of the packages that matter."""
     import importlib.metadata as md
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
@@ -212,96 +81,6 @@ def environment() -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[pkg] = None
     return {"git_rev": rev or "unknown", "versions": versions}
-
-
-# --------------------------------------------------------------------------------------------
-# Preparing studies (driver side, one process)
-
-
-def create_study(
-    cfg: DictConfig, storage, variant: Variant, *, load_only: bool = False
-) -> optuna.Study:
-    name = study_name(cfg, variant)
-    sampler = make_sampler(cfg)
-    pruner = make_pruner(cfg)
-    if load_only:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="minimize",
-        load_if_exists=True,
-    )
-    lrs, wds, seeds = grid_axes(cfg.sweep)
-    attrs = {
-        "experiment": cfg.name,
-        "optimizer": variant.optimizer,
-        "decay": variant.decay,
-        "grid": {"lr": lrs, "weight_decay": wds, "seed": seeds},
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "sampler": cfg.sweep.sampler,
-    }
-    existing = study.user_attrs
-    for key, value in attrs.items():
-        if existing.get(key) != value:
-            study.set_user_attr(key, value)
-    return study
-
-
-def sampler_seed(cfg: DictConfig, n_trials: int = 0) -> int:
-    """The sampler seed of this worker: ``train.seed`` mixed with who draws and when.
-
-    Two workers (or a worker and its own resumed run) seeded alike would draw the same points
-    from one storage. The seed mixes ``train.seed``, the number of trials the study had when
-    the worker joined it, and the worker: ``$LRWD_WORKER_INDEX`` (set by the local pool),
-    else the Slurm array task and restart count, else this process's host and pid.
-    """
-    import zlib
-
-    index = os.environ.get("LRWD_WORKER_INDEX")
-    if index is None and os.environ.get("SLURM_ARRAY_TASK_ID") is not None:
-        index = (
-            f"slurm{os.environ['SLURM_ARRAY_TASK_ID']}."
-            f"{os.environ.get('SLURM_RESTART_COUNT', '0')}"
-        )
-    if index is None:
-        index = owner_id()
-    text = f"{int(cfg.train.seed)}|{int(n_trials)}|{index}"
-    return zlib.crc32(text.encode()) & 0x7FFFFFFF
-
-
-def make_sampler(cfg: DictConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    kind = cfg.sweep.sampler
-    seed = int(cfg.train.seed) if seed is None else int(seed)
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
-    """Enqueue every grid cell that has no finished, waiting or live trial. Driver only."""
-    return enqueue_cells(
-        study, grid_cells(cfg.sweep), distributions(cfg.sweep), float(cfg.sweep.heartbeat_s)
-    )
-
-
-def enqueue_study(study: optuna.Study, cfg: DictConfig) -> CellStatus:
-    """The grid's cells, or a sampled study's budget as slots. Driver only."""
-    if cfg.sweep.sampler == "grid":
-        return enqueue_grid(study, cfg)
-    return enqueue_slots(study, sampled_budget(cfg), float(cfg.sweep.heartbeat_s))
-
-
-def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
-    kind = cfg.sweep.pruner
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.NopPruner()
 
 
 TRIAL_GROUPS = ("name", "optimizer", "model", "data", "schedule", "train")
@@ -340,18 +119,9 @@ class WorkerStats:
     pruned: int = 0
     lost: int = 0  # trials failed under us (stale) whose results were discarded
     preempted: bool = False
-    per_variant: dict[str, int] = field(default_factory=dict)
 
 
 TrainBatch = Callable[[list[DictConfig], list[Callable[[int, dict], None]]], list[Any]]
-
-
-def sampled_budget(cfg: DictConfig) -> int:
-    n = int(cfg.sweep.n_trials)
-    if n > 0:
-        return n
-    lrs, wds, seeds = grid_axes(cfg.sweep)
-    return len(lrs) * len(wds) * len(seeds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +316,7 @@ def _run_claims(
             name,
             job_type=variant.key,
             config={
-                **_flatten(record_cfg),
+                **record_cfg,  # flattened to dotted keys by the tracker
                 **claim.params,
                 "trial": claim.number,
                 "study": study.study_name,
@@ -605,14 +375,3 @@ def _report_hook(claim: Claim, run, state: _WorkerState, pruning: bool):
                 raise optuna.TrialPruned()
 
     return report
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

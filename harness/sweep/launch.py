@@ -1,6 +1,6 @@
 """Workers for one sweep: N local processes, or a Slurm job array through submitit.
 
-Every worker runs the same function, :func:`harness.study.run_worker`, on the same resolved
+Every worker runs the same function, :func:`harness.sweep.worker.run_worker`, on the same resolved
 config: it joins the study (or studies) and pulls grid cells until none are left. Workers never
 talk to each other; the storage (a journal file on a shared filesystem, or PostgreSQL) is the
 only thing they share, so any number of them, started at any time, finish the grid exactly once.
@@ -55,8 +55,8 @@ Target = Callable[[dict], Any]
 
 
 def run_worker_from_dict(cfg_dict: dict) -> int:
-    """The default worker target: ``harness.study.run_worker(cfg)`` on a plain config dict."""
-    from harness.study import run_worker  # lazily: submitting needs neither torch nor optuna
+    """The default worker target: ``harness.sweep.worker.run_worker(cfg)`` on a plain config dict."""
+    from harness.sweep.worker import run_worker  # lazily: submitting needs no torch
 
     cfg = real_url(OmegaConf.create(cfg_dict))
     return int(run_worker(cfg) or 0)
@@ -65,21 +65,19 @@ def run_worker_from_dict(cfg_dict: dict) -> int:
 def handback(timeout_s: float = HANDBACK_TIMEOUT_S) -> int | None:
     """Hand the running worker's trials back to the study; ``None`` if that did not finish.
 
-    Runs :func:`harness.study.handback` in a helper thread: the caller is usually a signal
+    Runs :func:`harness.sweep.worker.handback` in a helper thread: the caller is usually a signal
     handler that interrupted the worker, possibly while it held a storage lock (journal file
     lock, database row lock) that the helper then has to wait for. Trials that could not be
     handed back within ``timeout_s`` stay RUNNING and are re-run by any worker once their
     heartbeat is stale (2 x ``sweep.heartbeat_s``).
     """
-    from harness import study
+    from harness.sweep import worker
 
-    if not hasattr(study, "handback"):
-        return 0
     result: list[int] = []
 
     def run() -> None:
         try:
-            result.append(int(study.handback() or 0))
+            result.append(int(worker.handback() or 0))
         except Exception as exc:  # noqa: BLE001 - best effort; stale reclaim is the fallback
             log.warning("handing trials back failed: %s", exc)
 

@@ -19,10 +19,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness import study as st
 from harness.config import ConfigError, register_schema, validate
 from harness.secrets import hide_url, mask_config, mask_secrets, real_url
-from harness.storage import describe
+from harness.storage import describe, open_storage
+from harness.sweep import plan, worker
+from harness.sweep.plan import prepare, total_cells
+from harness.sweep.queue import Claim, cell_counts
+from harness.sweep.report import count_done, report
 
 log = logging.getLogger("lrwd.sweep")
 
@@ -78,42 +81,6 @@ def save_config(cfg: DictConfig, path: Path) -> None:
 # Driver
 
 
-def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
-    """Open the storage, create each variant's study and enqueue its missing grid cells."""
-    storage = st.open_storage(real_url(cfg), cfg.output_dir)
-    studies = []
-    for variant in st.variants(cfg):
-        vcfg = st.variant_config(cfg, variant)
-        study = st.create_study(vcfg, storage, variant)
-        status = st.enqueue_study(study, vcfg)
-        log.info(
-            "%s: %d cells, %d done, %d queued, %d running, %d re-queued",
-            study.study_name,
-            status.total,
-            status.done,
-            status.queued,
-            status.running,
-            status.requeued,
-        )
-        studies.append(study)
-    return storage, studies
-
-
-def _count_done(studies: list[Any]) -> int:
-    return sum(len(s.get_trials(deepcopy=False, states=st.DONE_STATES)) for s in studies)
-
-
-def _cells(cfg: DictConfig, variant: st.Variant) -> int:
-    vcfg = st.variant_config(cfg, variant)
-    if vcfg.sweep.sampler == "grid":
-        return len(st.grid_cells(vcfg.sweep))
-    return st.sampled_budget(vcfg)
-
-
-def _total(cfg: DictConfig) -> int:
-    return sum(_cells(cfg, v) for v in st.variants(cfg))
-
-
 class _LogProgress:
     """Progress as plain lines when stdout is not a terminal (nohup, Slurm, CI logs), where the
     live bar would print nothing until the end: one line every ``every_s`` seconds and at the end.
@@ -158,8 +125,8 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
         TimeRemainingColumn,
     )
 
-    total = _total(cfg)
-    done0 = _count_done(studies)
+    total = total_cells(cfg)
+    done0 = count_done(studies)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -173,7 +140,7 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
         task = progress.add_task(cfg.name, total=total, completed=done0, last="")
         if int(cfg.sweep.workers) == 1:
 
-            def on_result(study_name: str, claim: st.Claim, result: Any) -> None:
+            def on_result(study_name: str, claim: Claim, result: Any) -> None:
                 variant = study_name.split("-", 1)[-1]
                 if isinstance(result, BaseException):
                     last = f"{variant} #{claim.number}: {type(result).__name__}"
@@ -190,20 +157,20 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
                 plain(int(progress.tasks[0].completed), last)
 
             os.environ.setdefault("LRWD_WORKER_INDEX", "0")
-            st.run_worker(real_url(cfg), on_result=on_result)
-            progress.update(task, completed=_count_done(studies))
-            plain(_count_done(studies), force=True)
+            worker.run_worker(real_url(cfg), on_result=on_result)
+            progress.update(task, completed=count_done(studies))
+            plain(count_done(studies), force=True)
             return 0
-        from harness.launch import run_local_workers
+        from harness.sweep.launch import run_local_workers
 
         def poll() -> None:
-            done = _count_done(studies)
+            done = count_done(studies)
             progress.update(task, completed=done)
             plain(done)
 
         codes = run_local_workers(cfg, poll=poll)
-        progress.update(task, completed=_count_done(studies))
-        plain(_count_done(studies), force=True)
+        progress.update(task, completed=count_done(studies))
+        plain(count_done(studies), force=True)
     bad = [c for c in codes if c]
     if bad:
         log.error("%d of %d workers exited with errors: %s", len(bad), len(codes), bad)
@@ -211,82 +178,21 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
     return 0
 
 
-def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
-    """results.csv, a summary table and figures from the storage alone."""
-    out = Path(cfg.output_dir)
-    paths = {"results": st.write_results(studies, out / "results.csv")}
-    import pandas as pd
-
-    frame = pd.read_csv(paths["results"])
-    totals = {st.study_name(cfg, v): _cells(cfg, v) for v in st.variants(cfg)}
-    print_summary(frame, total_per_study=totals)
-    try:
-        paths.update(draw_figures(paths["results"], out / "figures"))
-    except Exception as exc:  # noqa: BLE001 - figures never lose the results
-        log.warning("figures skipped: %s", exc)
-    return paths
-
-
-def print_summary(frame, total_per_study: dict[str, int]) -> None:
-    """One row per study: cells done out of its grid (``total_per_study[study]``), the best cell."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="lr x weight-decay sweep", show_lines=False)
-    for col in ("variant", "cells", "diverged", "best test err", "at lr", "at wd", "median wall s"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
-    if frame.empty:
-        Console().print("no finished trials yet")
-        return
-    for name, g in frame.groupby("study", sort=False):
-        done = g[g.state == "COMPLETE"]
-        total = total_per_study.get(name, "?")
-        variant = f"{g.optimizer.iloc[0]}/{g.decay.iloc[0]}"
-        if "model" in g and frame["model"].nunique() > 1:
-            variant = f"{g.model.iloc[0]}:{variant}"
-        if done.empty:
-            table.add_row(variant, f"0/{total}", "-", "-", "-", "-", "-")
-            continue
-        cells = done.groupby(["lr", "weight_decay"])["test_error"].mean()
-        (lr, wd), err = cells.idxmin(), cells.min()
-        table.add_row(
-            variant,
-            f"{done[['lr', 'weight_decay', 'seed']].drop_duplicates().shape[0]}/{total}",
-            str(int(done.diverged.astype(bool).sum())),
-            f"{err:.4f}",
-            f"{lr:.3g}",
-            f"{wd:.3g}",
-            f"{done.wall_s.median():.2f}",
-        )
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
-
-
-def draw_figures(results_csv: Path, out: Path) -> dict[str, Path]:
-    """Heatmaps and metrics via ``analysis`` (the paper-style figure)."""
-    from analysis.figures import main as figures_main
-
-    out.mkdir(parents=True, exist_ok=True)
-    rc = figures_main([str(results_csv), "--out", str(out)])
-    if rc:
-        raise RuntimeError(f"analysis.figures exited {rc}")
-    return {"figures": out}
-
-
 def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
     cfg = resolve(cfg, overrides, output_dir)
     out = Path(cfg.output_dir)
     url = describe(cfg)
     if cfg.sweep.action == "status":
-        storage = st.open_storage(real_url(cfg), out)
-        for variant in st.variants(cfg):
+        storage = open_storage(real_url(cfg), out)
+        for variant in plan.variants(cfg):
             try:
-                s = st.create_study(
-                    st.variant_config(cfg, variant), storage, variant, load_only=True
+                s = plan.create_study(
+                    plan.variant_config(cfg, variant), storage, variant, load_only=True
                 )
             except KeyError:
-                print(f"{st.study_name(cfg, variant)}: no such study in {url}")
+                print(f"{plan.study_name(cfg, variant)}: no such study in {url}")
                 continue
-            counts = {k: v for k, v in st.cell_counts(s).items() if v}
+            counts = {k: v for k, v in cell_counts(s).items() if v}
             print(f"{s.study_name}: {counts}")
         return 0
     if cfg.sweep.action == "run":
@@ -298,10 +204,10 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
     if cfg.sweep.action == "run":
         print(
             f"lrwd: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, "
-            f"{_total(cfg)} cells in all, in {url}; output {out}"
+            f"{total_cells(cfg)} cells in all, in {url}; output {out}"
         )
         if cfg.launcher.name == "slurm":
-            from harness.launch import submit_slurm
+            from harness.sweep.launch import submit_slurm
 
             submit_slurm(cfg)
             if not cfg.launcher.wait:
@@ -324,7 +230,7 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
 register_schema()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:

@@ -1,0 +1,84 @@
+"""After a sweep (or at any time, from the storage alone): ``results.csv``, the summary table
+and the figures (through :mod:`analysis.figures`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from harness.results import write_results
+from harness.sweep.plan import cells, study_name, variants
+from harness.sweep.queue import DONE_STATES
+
+log = logging.getLogger("lrwd.sweep")
+
+
+def count_done(studies: list[Any]) -> int:
+    return sum(len(s.get_trials(deepcopy=False, states=DONE_STATES)) for s in studies)
+
+
+def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
+    """results.csv, a summary table and figures from the storage alone."""
+    out = Path(cfg.output_dir)
+    paths = {"results": write_results(studies, out / "results.csv")}
+    import pandas as pd
+
+    frame = pd.read_csv(paths["results"])
+    totals = {study_name(cfg, v): cells(cfg, v) for v in variants(cfg)}
+    print_summary(frame, total_per_study=totals)
+    try:
+        paths.update(draw_figures(paths["results"], out / "figures"))
+    except Exception as exc:  # noqa: BLE001 - figures never lose the results
+        log.warning("figures skipped: %s", exc)
+    return paths
+
+
+def print_summary(frame, total_per_study: dict[str, int]) -> None:
+    """One row per study: cells done out of its grid (``total_per_study[study]``), the best cell."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lr x weight-decay sweep", show_lines=False)
+    for col in ("variant", "cells", "diverged", "best test err", "at lr", "at wd", "median wall s"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    if frame.empty:
+        Console().print("no finished trials yet")
+        return
+    for name, g in frame.groupby("study", sort=False):
+        done = g[g.state == "COMPLETE"]
+        total = total_per_study.get(name, "?")
+        variant = f"{g.optimizer.iloc[0]}/{g.decay.iloc[0]}"
+        if "model" in g and frame["model"].nunique() > 1:
+            variant = f"{g.model.iloc[0]}:{variant}"
+        if done.empty:
+            table.add_row(variant, f"0/{total}", "-", "-", "-", "-", "-")
+            continue
+        cells = done.groupby(["lr", "weight_decay"])["test_error"].mean()
+        (lr, wd), err = cells.idxmin(), cells.min()
+        table.add_row(
+            variant,
+            f"{done[['lr', 'weight_decay', 'seed']].drop_duplicates().shape[0]}/{total}",
+            str(int(done.diverged.astype(bool).sum())),
+            f"{err:.4f}",
+            f"{lr:.3g}",
+            f"{wd:.3g}",
+            f"{done.wall_s.median():.2f}",
+        )
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+def draw_figures(results_csv: Path, out: Path) -> dict[str, Path]:
+    """Heatmaps and metrics via ``analysis`` (the paper-style figure)."""
+    from analysis.figures import main as figures_main
+
+    out.mkdir(parents=True, exist_ok=True)
+    rc = figures_main([str(results_csv), "--out", str(out)])
+    if rc:
+        raise RuntimeError(f"analysis.figures exited {rc}")
+    return {"figures": out}
+
+
