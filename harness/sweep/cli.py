@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, register_schema, validate
+from harness.config import CONF_DIR, ConfigError, register_schema, validate
 from harness.secrets import hide_url, mask_config, mask_secrets, real_url
 from harness.storage import describe, open_storage
 from harness.sweep import plan, worker
@@ -230,7 +230,7 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
 register_schema()
 
 
-@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:
