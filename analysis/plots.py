@@ -23,23 +23,13 @@ from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch, Rectangle
 
-from analysis.load import DECAY_ORDER, FAMILY_ORDER, grid
+from analysis.load import grid
 from analysis.metrics import coupling_fit, valley, valley_fit_rows
+from harness import registry
 
-FAMILY_NAMES = {"sgd": "SGD", "adam": "Adam"}
-DECAY_NAMES = {
-    "l2": "coupled L2",
-    "loss": "L2 in the loss",
-    "decoupled": "decoupled, lr·wd",
-    "independent": "independent, η·wd",
-}
-DECAY_COLORS = {
-    "l2": "#c0392b",
-    "loss": "#8e44ad",
-    "decoupled": "#e67e22",
-    "independent": "#2471a3",
-}
-FAMILY_STYLES = {"sgd": "-", "adam": "--"}
+# line colours of the decay forms and line styles of the families, in the registry's order
+DECAY_PALETTE = ("#c0392b", "#8e44ad", "#e67e22", "#2471a3", "#16a085", "#7f8c8d")
+FAMILY_LINESTYLES = ("-", "--", "-.")
 VALLEY_COLOR = "#ff3b30"
 STYLE = {
     "font.size": 8,
@@ -57,12 +47,23 @@ STYLE = {
 
 
 def variant_title(variant: str) -> str:
-    """``sgd/l2`` -> ``SGD, coupled L2``; ``adam/independent`` -> ``AdamW, independent, η·wd``."""
+    """``sgd/l2`` -> ``SGD, coupled L2``; ``adam/independent`` -> ``AdamW, independent, η·wd``
+    (labels from the registry; unknown names as they are)."""
     fam, _, dec = variant.partition("/")
-    name = FAMILY_NAMES.get(fam, fam)
-    if dec in ("decoupled", "independent"):
+    name = _family_label(fam)
+    form = registry.decay_forms().get(dec)
+    if form is not None and form.decoupled:
         name += "W"
-    return f"{name}, {DECAY_NAMES.get(dec, dec)}"
+    return f"{name}, {form.label if form else dec}"
+
+
+def _family_label(fam: str) -> str:
+    family = registry.OPTIMIZERS.get(fam)
+    return family.label if family else fam
+
+
+def _by_order(name: str, order: tuple[str, ...], values: tuple[str, ...], default: str) -> str:
+    return values[order.index(name) % len(values)] if name in order else default
 
 
 def tick_labels(values: np.ndarray) -> list[str]:
@@ -144,9 +145,9 @@ def n_circled(n_cells: int, n_best: int = 10) -> int:
 
 
 def _layout(variants: list[str]) -> tuple[list[str], list[str]]:
-    fams = [f for f in FAMILY_ORDER if any(v.split("/")[0] == f for v in variants)]
+    fams = [f for f in registry.names("optimizer") if any(v.split("/")[0] == f for v in variants)]
     fams += sorted({v.split("/")[0] for v in variants} - set(fams))
-    decs = [d for d in DECAY_ORDER if any(v.split("/")[-1] == d for v in variants)]
+    decs = [d for d in registry.names("decay") if any(v.split("/")[-1] == d for v in variants)]
     decs += sorted({v.split("/")[-1] for v in variants} - set(decs))
     return fams, decs
 
@@ -434,8 +435,8 @@ def heatmap_figure(
 def _variant_style(variant: str) -> dict:
     fam, _, dec = variant.partition("/")
     return {
-        "color": DECAY_COLORS.get(dec, "#555555"),
-        "ls": FAMILY_STYLES.get(fam, ":"),
+        "color": _by_order(dec, registry.names("decay"), DECAY_PALETTE, "#555555"),
+        "ls": _by_order(fam, registry.names("optimizer"), FAMILY_LINESTYLES, ":"),
         "label": variant_title(variant),
     }
 
@@ -534,7 +535,7 @@ def valley_figure(
             ax.set_yscale("log")
             ax.set_xlabel("initial learning rate")
             ax.set_ylabel("best weight decay")
-            ax.set_title(FAMILY_NAMES.get(fam, fam))
+            ax.set_title(_family_label(fam))
             ax.grid(alpha=0.25, lw=0.5, which="major")
             ax.spines[["top", "right"]].set_visible(False)
             ax.legend(

@@ -14,18 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-DECAYS = ("l2", "loss", "decoupled", "independent")
-OPTIMIZERS = ("sgd", "adam")
-MODELS = ("mlp", "mlp_bn", "cnn", "cnn_bn", "resnet20", "resnet_tiny")
-DATASETS = ("mnist1d", "cifar10", "cifar100")
-SCHEDULES = ("constant", "cosine", "step", "warmup_cosine", "warmup_constant")
-WD_SCHEDULES = ("constant", "linear", "cosine", "step")
-PARAM_GROUPS = ("timm", "names", "all")
-SAMPLERS = ("grid", "random", "tpe")
-PRUNERS = ("none", "median", "hyperband")
-STORAGES = ("sqlite", "journal", "url", "memory")
-TRACKING_MODES = ("auto", "online", "offline", "disabled")
-LAUNCHERS = ("local", "slurm")
+from harness import registry
 
 
 class ConfigError(ValueError):
@@ -176,10 +165,8 @@ class LrwdConfig:
     output_dir: str = ""  # default: Hydra's run dir (outputs/<name>)
 
 
-ACTIONS = ("run", "report", "status")
-
-
-def _choice(value: Any, allowed: tuple[str, ...], field_name: str) -> None:
+def _choice(value: Any, group: str, field_name: str) -> None:
+    allowed = registry.names(group)
     if value not in allowed:
         raise ConfigError(
             f"{field_name}: '{value}' is not one of {', '.join(allowed)}; "
@@ -213,27 +200,21 @@ def _range(r: Any, field_name: str) -> None:
         )
 
 
-_SIGNAL_MODELS = ("cnn", "cnn_bn")  # 1-D convolutions: MNIST-1D only
-_IMAGE_MODELS = ("resnet20", "resnet_tiny")  # 2-D images: CIFAR only
-
-
 def _model_fits_data(model: str, data: str, field_name: str) -> None:
-    if model in _SIGNAL_MODELS and data != "mnist1d":
+    if not registry.fits(model, data):
+        kind = registry.INPUT_KINDS[registry.model(model).input]
         raise ConfigError(
-            f"{field_name}: '{model}' is a 1-D CNN for mnist1d, not {data}; "
-            "use model=resnet20 (or resnet_tiny, mlp) for CIFAR"
-        )
-    if model in _IMAGE_MODELS and data == "mnist1d":
-        raise ConfigError(
-            f"{field_name}: '{model}' needs images (CIFAR), not mnist1d; "
-            "use model=mlp, mlp_bn, cnn or cnn_bn for mnist1d"
+            f"{field_name}: '{model}' needs {kind.description} "
+            f"({', '.join(registry.datasets_for(model))}), not {data}; "
+            f"use model={registry.one_of(registry.models_for(data))} for {data}"
         )
 
 
 def _check_ranges(key: str, value: Any) -> None:
     parts = key.replace("-", "/").split("/")
-    ok = (len(parts) == 1 and key in OPTIMIZERS + DECAYS) or (
-        len(parts) == 2 and parts[0] in OPTIMIZERS and parts[1] in DECAYS
+    optimizers, decays = registry.names("optimizer"), registry.names("decay")
+    ok = (len(parts) == 1 and key in optimizers + decays) or (
+        len(parts) == 2 and parts[0] in optimizers and parts[1] in decays
     )
     if not ok:
         raise ConfigError(
@@ -259,8 +240,8 @@ def _check_ranges(key: str, value: Any) -> None:
 def validate(cfg: Any) -> None:
     """Semantic checks that types cannot express. Raises ConfigError (one line) on the first."""
     o = cfg.optimizer
-    _choice(o.name, OPTIMIZERS, "optimizer.name")
-    _choice(o.decay, DECAYS, "optimizer.decay")
+    _choice(o.name, "optimizer", "optimizer.name")
+    _choice(o.decay, "decay", "optimizer.decay")
     _positive(float(o.lr), "optimizer.lr")
     _positive(float(o.weight_decay), "optimizer.weight_decay", zero_ok=True)
     if not 0.0 <= float(o.momentum) < 1.0:
@@ -270,25 +251,27 @@ def validate(cfg: Any) -> None:
             f"optimizer.betas: {list(o.betas)} must be two values in [0, 1); e.g. [0.9,0.999]"
         )
     _positive(float(o.eps), "optimizer.eps", zero_ok=True)
-    _choice(o.param_groups, PARAM_GROUPS, "optimizer.param_groups")
-    _choice(o.wd_schedule, WD_SCHEDULES, "optimizer.wd_schedule")
-    _choice(cfg.model.name, MODELS, "model.name")
-    _choice(cfg.data.name, DATASETS, "data.name")
+    _choice(o.param_groups, "param_groups", "optimizer.param_groups")
+    _choice(o.wd_schedule, "wd_schedule", "optimizer.wd_schedule")
+    _choice(cfg.model.name, "model", "model.name")
+    _choice(cfg.data.name, "data", "data.name")
     _model_fits_data(cfg.model.name, cfg.data.name, "model.name")
     _positive(int(cfg.data.batch_size), "data.batch_size")
-    _choice(cfg.schedule.name, SCHEDULES, "schedule.name")
+    _choice(cfg.schedule.name, "schedule", "schedule.name")
     if int(cfg.train.epochs) < 1 and int(cfg.train.max_steps) < 1:
         raise ConfigError("train.epochs: must be >= 1 (or set train.max_steps >= 1)")
-    if cfg.train.dtype not in ("float32", "float64"):
-        raise ConfigError(f"train.dtype: '{cfg.train.dtype}' is not float32 or float64")
+    if cfg.train.dtype not in registry.names("dtype"):
+        raise ConfigError(
+            f"train.dtype: '{cfg.train.dtype}' is not {registry.one_of(registry.names('dtype'))}"
+        )
     s = cfg.sweep
     _range(s.lr, "sweep.lr")
     _range(s.weight_decay, "sweep.weight_decay")
     if int(s.seeds) < 1:
         raise ConfigError(f"sweep.seeds: {s.seeds}; pass sweep.seeds=<1 or more>")
-    _choice(s.sampler, SAMPLERS, "sweep.sampler")
-    _choice(s.pruner, PRUNERS, "sweep.pruner")
-    _choice(s.action, ACTIONS, "sweep.action")
+    _choice(s.sampler, "sampler", "sweep.sampler")
+    _choice(s.pruner, "pruner", "sweep.pruner")
+    _choice(s.action, "action", "sweep.action")
     if int(s.workers) < 1:
         raise ConfigError(f"sweep.workers: {s.workers}; pass sweep.workers=<1 or more>")
     if int(s.heartbeat_s) < 1:
@@ -302,34 +285,39 @@ def validate(cfg: Any) -> None:
             raise ConfigError(
                 f"sweep.variants: '{v}' is not optimizer/decay; e.g. adam/independent"
             )
-        _choice(parts[0], OPTIMIZERS, f"sweep.variants ('{v}') optimizer")
-        _choice(parts[1], DECAYS, f"sweep.variants ('{v}') decay")
+        _choice(parts[0], "optimizer", f"sweep.variants ('{v}') optimizer")
+        _choice(parts[1], "decay", f"sweep.variants ('{v}') decay")
     for key, value in (s.get("ranges") or {}).items():
         _check_ranges(str(key), value)
     for m in s.get("models") or []:
-        _choice(m, MODELS, f"sweep.models ('{m}')")
+        _choice(m, "model", f"sweep.models ('{m}')")
         _model_fits_data(m, cfg.data.name, f"sweep.models ('{m}')")
     st = cfg.storage
-    _choice(st.kind, STORAGES, "storage.kind")
+    _choice(st.kind, "storage", "storage.kind")
+    storage = registry.storage(st.kind)
+    launcher = registry.LAUNCHERS.get(cfg.launcher.name)
+    on_cluster = launcher is None or launcher.cluster
     if st.kind == "url" and not st.url:
         raise ConfigError(
             "storage.url: empty; pass storage.url=postgresql://user@host/db (any SQLAlchemy URL)"
         )
-    if st.kind == "sqlite" and int(s.workers) > 1:
+    if storage.persistent and not storage.shared and int(s.workers) > 1:
         raise ConfigError(
-            f"storage.kind: SQLite cannot be shared by {s.workers} workers; use storage=journal "
-            "(a file on a shared filesystem) or storage=url storage.url=postgresql://..."
+            f"storage.kind: {storage.label} cannot be shared by {s.workers} workers; use "
+            "storage=journal (a file on a shared filesystem) or storage=url "
+            "storage.url=postgresql://..."
         )
-    if st.kind == "memory" and (int(s.workers) > 1 or cfg.launcher.name != "local"):
+    if not storage.persistent and (int(s.workers) > 1 or on_cluster):
         raise ConfigError(
-            "storage.kind: memory is private to one process; use storage=journal or storage=url "
-            "(storage=sqlite for one local worker)"
+            f"storage.kind: {storage.label} is private to one process; use storage=journal or "
+            "storage=url (storage=sqlite for one local worker)"
         )
-    _choice(cfg.tracking.mode, TRACKING_MODES, "tracking.mode")
-    _choice(cfg.launcher.name, LAUNCHERS, "launcher.name")
-    if cfg.launcher.name == "slurm" and st.kind == "sqlite":
+    _choice(cfg.tracking.mode, "tracking", "tracking.mode")
+    _choice(cfg.launcher.name, "launcher", "launcher.name")
+    if on_cluster and not storage.cluster:
         raise ConfigError(
-            "storage.kind: SQLite is not safe on a cluster; use storage=journal or storage=url"
+            f"storage.kind: {storage.label} is not safe on a cluster; use storage=journal or "
+            "storage=url"
         )
 
 

@@ -10,8 +10,10 @@
   augmented in whole batches on the device (random crop with 4-pixel zero padding, horizontal
   flip), as airbench does.
 
-The validation split (``val_size`` samples) is carved from the end of the training set, the same
-for every seed; the test set is only read for the final report.
+Each entry of :data:`harness.registry.DATASETS` names its loader in this module (and, for
+CIFAR, the archive's layout and address). The validation split (``val_size`` samples) is carved from the
+end of the training set, the same for every seed; the test set is only read for the final
+report.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import json
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,26 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness import registry
 from harness.config import ConfigError
-
-CIFAR = {
-    "cifar10": {
-        "dir": "cifar-10-batches-py",
-        "train": [f"data_batch_{i}" for i in range(1, 6)],
-        "test": ["test_batch"],
-        "label": b"labels",
-        "classes": 10,
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    },
-    "cifar100": {
-        "dir": "cifar-100-python",
-        "train": ["train"],
-        "test": ["test"],
-        "label": b"fine_labels",
-        "classes": 100,
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    },
-}
 
 
 class DataError(ConfigError):
@@ -171,21 +156,25 @@ def load_mnist1d(cfg: Any) -> Dataset:
         lab(y_val),
         t(x_test),
         lab(y_test),
-        num_classes=10,
+        num_classes=registry.dataset("mnist1d").classes,
         name="mnist1d",
     )
 
 
+def _source(cfg: Any) -> Any:
+    """The on-disk format of the configured dataset (its registry entry's ``source``)."""
+    return registry.dataset(cfg.name).source
+
+
 def cifar_dir(cfg: Any) -> Path:
-    spec = CIFAR[cfg.name]
-    return _root(cfg) / spec["dir"]
+    return _root(cfg) / _source(cfg)["dir"]
 
 
 def check_cifar(cfg: Any) -> Path:
     """The dataset directory, or one DataError naming the path and how to get the data."""
-    spec = CIFAR[cfg.name]
+    spec = _source(cfg)
     folder = cifar_dir(cfg)
-    missing = [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
+    missing = [f for f in (*spec["train"], *spec["test"]) if not (folder / f).is_file()]
     if missing:
         what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
         raise DataError(
@@ -196,7 +185,7 @@ def check_cifar(cfg: Any) -> Path:
 
 
 def _read_batches(
-    folder: Path, files: list[str], label_key: bytes
+    folder: Path, files: Sequence[str], label_key: bytes
 ) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in files:
@@ -214,7 +203,7 @@ def _read_batches(
 
 
 def load_cifar(cfg: Any) -> Dataset:
-    spec = CIFAR[cfg.name]
+    spec = _source(cfg)
     folder = check_cifar(cfg)
     x, y = _read_batches(folder, spec["train"], spec["label"])
     x_test, y_test = _read_batches(folder, spec["test"], spec["label"])
@@ -231,7 +220,7 @@ def load_cifar(cfg: Any) -> Dataset:
         lab(y_val),
         norm(x_test),
         lab(y_test),
-        num_classes=spec["classes"],
+        num_classes=registry.dataset(cfg.name).classes,
         name=cfg.name,
         augment_images=bool(cfg.augment),
     )
@@ -239,8 +228,9 @@ def load_cifar(cfg: Any) -> Dataset:
 
 def check_data(cfg: Any) -> None:
     """Cheap check, before any study exists, that the configured data can be had."""
-    if cfg.name in CIFAR:
-        check_cifar(cfg)
+    spec = registry.DATASETS.get(cfg.name)
+    if spec is not None and spec.check:
+        registry.resolve(spec.check)(cfg)
 
 
 _CACHE: dict[tuple, Dataset] = {}
@@ -252,12 +242,9 @@ def load_data(
     """The configured dataset on ``device`` (memoized per process: a worker loads it once)."""
     key = (json.dumps({k: cfg[k] for k in cfg}, sort_keys=True, default=str), str(device), dtype)
     if key not in _CACHE:
-        if cfg.name == "mnist1d":
-            data = load_mnist1d(cfg)
-        elif cfg.name in CIFAR:
-            data = load_cifar(cfg)
-        else:
-            raise DataError(f"data.name: '{cfg.name}' is not one of mnist1d, cifar10, cifar100")
+        if cfg.name not in registry.DATASETS:
+            raise DataError(f"data.name: '{cfg.name}' is not one of {', '.join(registry.DATASETS)}")
+        data = registry.resolve(registry.dataset(cfg.name).loader)(cfg)
         if len(_CACHE) > 4:
             _CACHE.clear()
         _CACHE[key] = data.to(device, dtype)

@@ -7,14 +7,21 @@
 - ``cnn_bn``: the same with ``BatchNorm1d(w)`` after each convolution
 - ``resnet20`` / ``resnet_tiny``: CIFAR ResNets (He et al. 2016, 3 stages, BasicBlocks with
   BatchNorm, 1x1-conv projection shortcuts), 3 / 1 blocks per stage, base width ``w``.
+
+Each entry of :data:`harness.registry.MODELS` names its builder in this module (``build_*``:
+input shape, classes, width, depth and the entry's options); :func:`build_model` looks the
+configured name up there.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
+
+from harness import registry
 
 
 def mlp(in_features: int, num_classes: int, width: int, depth: int, bn: bool) -> nn.Sequential:
@@ -82,22 +89,32 @@ class ResNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+def build_mlp(
+    input_shape: tuple[int, ...], num_classes: int, width: int, depth: int, bn: bool = False
+) -> nn.Sequential:
+    return mlp(math.prod(input_shape), num_classes, width, depth, bn)
+
+
+def build_cnn1d(
+    input_shape: tuple[int, ...], num_classes: int, width: int, depth: int, bn: bool = False
+) -> nn.Sequential:
+    return cnn1d(input_shape[-1], num_classes, width, bn)
+
+
+def build_resnet(
+    input_shape: tuple[int, ...], num_classes: int, width: int, depth: int, blocks: int = 3
+) -> ResNet:
+    return ResNet(blocks, width, num_classes, input_shape[0])
+
+
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The configured model for inputs of ``input_shape`` (without the batch dimension)."""
-    name, width = cfg.name, int(cfg.width)
-    if name in ("mlp", "mlp_bn"):
-        n = 1
-        for s in input_shape:
-            n *= s
-        return mlp(n, num_classes, width, int(cfg.depth), bn=name == "mlp_bn")
-    if name in ("cnn", "cnn_bn"):
-        if len(input_shape) != 2:
-            raise ValueError(f"model.name={name} needs 1-D signals, got inputs {input_shape}")
-        return cnn1d(input_shape[-1], num_classes, width, bn=name == "cnn_bn")
-    if name in ("resnet20", "resnet_tiny"):
-        if len(input_shape) != 3:
-            raise ValueError(f"model.name={name} needs images, got inputs {input_shape}")
-        return ResNet(3 if name == "resnet20" else 1, width, num_classes, input_shape[0])
-    raise ValueError(
-        f"model.name={name!r} is not one of mlp, mlp_bn, cnn, cnn_bn, resnet20, resnet_tiny"
-    )
+    """The configured model (``cfg.name``'s entry of :data:`harness.registry.MODELS`) for inputs
+    of ``input_shape`` (without the batch dimension)."""
+    name = cfg.name
+    if name not in registry.MODELS:
+        raise ValueError(f"model.name={name!r} is not one of {', '.join(registry.MODELS)}")
+    spec = registry.model(name)
+    if not registry.accepts(spec.input, tuple(input_shape)):
+        kind = registry.INPUT_KINDS[spec.input]
+        raise ValueError(f"model.name={name} needs {kind.description}, got inputs {input_shape}")
+    return spec.build(tuple(input_shape), num_classes, int(cfg.width), int(cfg.depth))

@@ -152,7 +152,9 @@ def auto_population_size(cfg: Any) -> int:
 class Stacked:
     """P copies of a sequential model, stacked ``[P, ...]``, with a batched forward."""
 
-    def __init__(self, model: nn.Sequential, p: int) -> None:
+    def __init__(
+        self, model: nn.Module, p: int, forward: Callable[[Any, torch.Tensor], Any] | None = None
+    ) -> None:
         self.model = model
         self.p = p
         self.names = [n for n, _ in model.named_parameters()]
@@ -167,16 +169,16 @@ class Stacked:
             for n, b in model.named_buffers()
             if not n.endswith("num_batches_tracked")
         }
-        # the sequential nets as plain tuples; None for the ResNet (harness.population_resnet)
-        self.layers = layer_spec(model) if isinstance(model, nn.Sequential) else None
+        # the sequential nets as plain tuples; None for a model with its own batched forward
+        # (its registry entry's ``batched_forward``, e.g. the ResNet's in harness.population_resnet)
+        self._forward = forward
+        self.layers = layer_spec(model) if forward is None else None
         self.training = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, B, C]`` for a shared input batch ``x`` of shape ``[B, ...]``."""
-        if self.layers is None:  # the CIFAR ResNet
-            from harness.population_resnet import resnet_forward
-
-            return resnet_forward(self, x)
+        if self._forward is not None:
+            return self._forward(self, x)
         return batched_forward(self.layers, self._by_name, self.buffers, x, self.p, self.training)
 
     @torch.no_grad()
@@ -635,7 +637,10 @@ def train_population(
     seed = int(base.train.seed)
     torch.manual_seed(seed)
     model = build_model(base.model, data.input_shape, data.num_classes).to(device, dtype)
-    pop = Stacked(model, p)
+    spec = registry.model(base.model.name)
+    pop = Stacked(
+        model, p, registry.resolve(spec.batched_forward) if spec.batched_forward else None
+    )
     o = base.optimizer
     form = registry.decay(o.decay)
     # reported as given (a float32 tensor would round them)
@@ -658,7 +663,7 @@ def train_population(
     bufs = None
     if o.name == "sgd" and float(o.momentum) != 0.0:
         bufs = [torch.zeros_like(q) for q in pop.params]  # filled from the grads at step 0
-    # the ResNet runs eagerly: its forward walks the module (harness.population_resnet)
+    # a model with its own batched forward (the ResNet) runs eagerly: that forward walks the module
     compile_requested = bool(base.train.get("compile", False))
     compiled = compile_requested and pop.layers is not None
     loss_step = _Step(_population_loss, compiled)

@@ -28,9 +28,10 @@ import time
 
 import torch
 
+from harness import registry
 from harness.config import compose_config
 from harness.population import train_population
-from harness.study import model_group
+from harness.sweep.plan import model_group
 from harness.train import resolve_device, run_trial
 
 
@@ -77,7 +78,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-BENCH_MODELS = ("cnn", "mlp", "cnn_bn", "mlp_bn")  # MNIST-1D: generated here, no download
+BENCH_DATA = "mnist1d"  # generated here, no download
+# the registry's models that fit it and train in populations
+BENCH_MODELS = tuple(m for m in registry.models_for(BENCH_DATA) if registry.model(m).population)
 VARIANTS = ("eager", "compiled")
 
 
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--models",
         default="cnn,mlp",
-        help="comma list of MNIST-1D model groups (cnn, mlp, cnn_bn, mlp_bn), at their own sizes",
+        help=f"comma list of MNIST-1D model groups ({', '.join(BENCH_MODELS)}), at their own sizes",
     )
     ap.add_argument("--sizes", default="1,8,32,64,128", help="comma list of population sizes P")
     ap.add_argument(

@@ -1,0 +1,466 @@
+"""Every name the harness accepts, and what it means: the only place a list of names is spelled.
+
+Config validation, the model and data builders, population training and the analysis all read
+their names from here, so adding an entry is one line in one table:
+
+- a model: its builder in :mod:`harness.models` (or any module), one :class:`ModelSpec` in
+  :data:`MODELS` and one ``conf/model/<name>.yaml``;
+- a dataset: its loader in :mod:`harness.data`, one :class:`DataSpec` in :data:`DATASETS` and one
+  ``conf/data/<name>.yaml``.
+
+Decay forms are described here, but the update rules they run are :mod:`harness.optim`'s: the
+order and the set of optimizer decay modes come from ``harness.optim.DECAY_MODES`` (read on first
+use, so that importing this module does not import torch), and every form names the mode its
+update rule runs. Likewise the weight-decay schedules and the parameter-group rules are
+``harness.optim``'s own tuples.
+
+The order of each table is the canonical one: figures, error messages and help texts list names
+in it (decay forms: coupled before decoupled; families: SGD before Adam).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+# --------------------------------------------------------------------------------------------
+# Decay forms and optimizer families
+
+
+@dataclass(frozen=True)
+class DecayForm:
+    """One value of ``optimizer.decay``."""
+
+    name: str
+    label: str  # figure titles and legends
+    enters: str  # where the decay enters: "gradient", "loss" or "weights"
+    update: str  # the formula
+    mode: str  # the harness.optim decay mode its update rule runs (one of DECAY_MODES)
+    penalty: bool = False  # wd/2*||w||^2 is added to the loss; the optimizer runs with no decay
+    shrink: str = "lr"  # per-step shrink of the weights: "lr" (lr_t*wd) or "eta" (eta_t*wd)
+
+    @property
+    def decoupled(self) -> bool:
+        """The decay acts on the weights, apart from the gradient (SGDW / AdamW)."""
+        return self.enters == "weights"
+
+
+_DECAY_FORMS = (
+    DecayForm(
+        "l2", "coupled L2", "gradient", "g += wd*w before momentum / Adam moments", mode="l2"
+    ),
+    DecayForm("loss", "L2 in the loss", "loss", "loss += wd/2*||w||^2", mode="l2", penalty=True),
+    DecayForm("decoupled", "decoupled, lr·wd", "weights", "w *= 1 - lr_t*wd", mode="decoupled"),
+    DecayForm(
+        "independent",
+        "independent, η·wd",
+        "weights",
+        "w *= 1 - eta_t*wd, eta_t = lr_t/lr_0",
+        mode="independent",
+        shrink="eta",
+    ),
+)
+
+
+@functools.cache
+def decay_forms() -> Mapping[str, DecayForm]:
+    """The decay forms by name, ordered by ``harness.optim.DECAY_MODES`` (each optimizer mode,
+    then the loss penalties that run it). Raises if a mode has no form here or a form names a
+    mode ``harness.optim`` lacks."""
+    from harness.optim import DECAY_MODES
+
+    unknown = [f.name for f in _DECAY_FORMS if f.mode not in DECAY_MODES]
+    plain = {f.name for f in _DECAY_FORMS if not f.penalty and f.name == f.mode}
+    missing = [m for m in DECAY_MODES if m not in plain]
+    if unknown or missing:
+        raise RuntimeError(
+            f"harness.registry: decay forms {unknown} run modes harness.optim lacks, and "
+            f"harness.optim modes {missing} have no form; allowed modes: {', '.join(DECAY_MODES)}"
+        )
+    ordered = sorted(_DECAY_FORMS, key=lambda f: (DECAY_MODES.index(f.mode), f.penalty))
+    return MappingProxyType({f.name: f for f in ordered})
+
+
+@dataclass(frozen=True)
+class OptimizerFamily:
+    """One value of ``optimizer.name``: the update rule of ``harness.optim`` it runs."""
+
+    name: str
+    label: str  # figure titles; a decoupled decay form appends "W" (SGDW, AdamW)
+    optimizer: str  # "module:attribute" of its torch.optim.Optimizer class
+    options: tuple[str, ...]  # the optimizer.* fields only this family reads
+    population: bool = True  # population training has its update (harness.population)
+
+
+OPTIMIZERS: dict[str, OptimizerFamily] = {
+    f.name: f
+    for f in (
+        OptimizerFamily("sgd", "SGD", "harness.optim:SGD", ("momentum", "dampening", "nesterov")),
+        OptimizerFamily("adam", "Adam", "harness.optim:Adam", ("betas", "eps", "amsgrad")),
+    )
+}
+
+# --------------------------------------------------------------------------------------------
+# Inputs, models and datasets
+
+
+@dataclass(frozen=True)
+class InputKind:
+    """What a model reads, or what a dataset's samples are (without the batch dimension)."""
+
+    name: str
+    ndim: int | None  # dimensions of one sample; None: any (flattened)
+    description: str  # "<model> needs <description>" in error messages
+
+
+VECTOR, SEQUENCE, IMAGE = "vector", "sequence", "image"
+INPUT_KINDS: dict[str, InputKind] = {
+    k.name: k
+    for k in (
+        InputKind(VECTOR, None, "1-D vectors (any input, flattened)"),
+        InputKind(SEQUENCE, 2, "1-D signals"),
+        InputKind(IMAGE, 3, "images"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One value of ``model.name``.
+
+    ``builder`` is ``"module:function"``, called as ``f(input_shape, num_classes, width, depth,
+    **options)`` and returning an ``nn.Module`` whose forward maps ``[B, *input_shape]`` to
+    ``[B, num_classes]``."""
+
+    name: str
+    summary: str
+    builder: str
+    input: str  # an INPUT_KINDS name
+    options: Mapping[str, Any] = field(default_factory=dict)
+    batchnorm: bool = False  # has BatchNorm layers (scale-invariant weights)
+    twin: str | None = None  # the same network with BatchNorm toggled (mlp <-> mlp_bn)
+    population: bool = True  # harness.population can train it batched
+    # "module:function" ``f(stacked, x) -> [P, B, classes]``: the batched forward of a model
+    # that is not an nn.Sequential of the layers harness.population walks (None: it is)
+    batched_forward: str | None = None
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int) -> Any:
+        return resolve(self.builder)(input_shape, num_classes, width, depth, **self.options)
+
+
+_RESNET_FORWARD = "harness.population_resnet:resnet_forward"
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec(
+            "mlp",
+            "MLP: depth x (Linear(width), ReLU), Linear(classes)",
+            "harness.models:build_mlp",
+            VECTOR,
+            twin="mlp_bn",
+        ),
+        ModelSpec(
+            "mlp_bn",
+            "the MLP with BatchNorm after each hidden Linear",
+            "harness.models:build_mlp",
+            VECTOR,
+            options={"bn": True},
+            batchnorm=True,
+            twin="mlp",
+        ),
+        ModelSpec(
+            "cnn",
+            "1-D CNN: 3 strided Conv1d of width channels, ReLU, Linear(classes)",
+            "harness.models:build_cnn1d",
+            SEQUENCE,
+            twin="cnn_bn",
+        ),
+        ModelSpec(
+            "cnn_bn",
+            "the 1-D CNN with BatchNorm after each convolution",
+            "harness.models:build_cnn1d",
+            SEQUENCE,
+            options={"bn": True},
+            batchnorm=True,
+            twin="cnn",
+        ),
+        ModelSpec(
+            "resnet20",
+            "CIFAR ResNet-20: 3 stages x 3 BasicBlocks (BatchNorm)",
+            "harness.models:build_resnet",
+            IMAGE,
+            options={"blocks": 3},
+            batchnorm=True,
+            batched_forward=_RESNET_FORWARD,
+        ),
+        ModelSpec(
+            "resnet_tiny",
+            "CIFAR ResNet with 1 BasicBlock per stage (tests, smoke runs)",
+            "harness.models:build_resnet",
+            IMAGE,
+            options={"blocks": 1},
+            batchnorm=True,
+            batched_forward=_RESNET_FORWARD,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One value of ``data.name``. ``loader`` (and ``check``, a cheap availability check run
+    before any study exists) are ``"module:function"`` taking the ``data`` config."""
+
+    name: str
+    label: str
+    input: str  # an INPUT_KINDS name
+    shape: tuple[int, ...]  # one sample, without the batch dimension
+    classes: int
+    loader: str
+    check: str | None = None
+    source: Mapping[str, Any] = field(default_factory=dict)  # on-disk format, for the loader
+
+
+_CIFAR_CHECK = "harness.data:check_cifar"
+DATASETS: dict[str, DataSpec] = {
+    d.name: d
+    for d in (
+        DataSpec(
+            "mnist1d", "MNIST-1D", SEQUENCE, (1, 40), 10, "harness.data:load_mnist1d"
+        ),  # generated locally, never downloaded
+        DataSpec(
+            "cifar10",
+            "CIFAR-10",
+            IMAGE,
+            (3, 32, 32),
+            10,
+            "harness.data:load_cifar",
+            _CIFAR_CHECK,
+            {
+                "dir": "cifar-10-batches-py",
+                "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+                "test": ("test_batch",),
+                "label": b"labels",
+                "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            },
+        ),
+        DataSpec(
+            "cifar100",
+            "CIFAR-100",
+            IMAGE,
+            (3, 32, 32),
+            100,
+            "harness.data:load_cifar",
+            _CIFAR_CHECK,
+            {
+                "dir": "cifar-100-python",
+                "train": ("train",),
+                "test": ("test",),
+                "label": b"fine_labels",
+                "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+            },
+        ),
+    )
+}
+
+# --------------------------------------------------------------------------------------------
+# Storages, launchers and the other named settings
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """One value of ``storage.kind`` (the Optuna storage)."""
+
+    name: str
+    label: str
+    summary: str
+    persistent: bool  # outlives the process
+    shared: bool  # several worker processes may use it at once
+    cluster: bool  # safe for workers on other hosts (Slurm)
+
+
+STORAGES: dict[str, StorageSpec] = {
+    s.name: s
+    for s in (
+        StorageSpec("sqlite", "SQLite", "an SQLite file in the output dir", True, False, False),
+        StorageSpec(
+            "journal", "journal", "an Optuna journal file (shared filesystem)", True, True, True
+        ),
+        StorageSpec("url", "URL", "any SQLAlchemy URL (PostgreSQL tested)", True, True, True),
+        StorageSpec(
+            "memory", "memory", "in-memory: one process, nothing saved", False, False, False
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class LauncherSpec:
+    """One value of ``launcher.name``."""
+
+    name: str
+    summary: str
+    cluster: bool  # workers run on other hosts
+
+
+LAUNCHERS: dict[str, LauncherSpec] = {
+    x.name: x
+    for x in (
+        LauncherSpec("local", "worker processes on this machine", False),
+        LauncherSpec("slurm", "a Slurm job array (submitit)", True),
+    )
+}
+
+# name -> meaning, for the settings that are one word each
+SCHEDULES: dict[str, str] = {
+    "constant": "eta_t = 1",
+    "cosine": "cosine from 1 to schedule.min_factor",
+    "step": "x gamma at each milestone",
+    "warmup_cosine": "linear warmup, then cosine",
+    "warmup_constant": "linear warmup, then 1",
+}
+SAMPLERS: dict[str, str] = {
+    "grid": "every lr x wd cell once per seed",
+    "random": "random cells from the log ranges",
+    "tpe": "Optuna's TPE sampler",
+}
+PRUNERS: dict[str, str] = {
+    "none": "every trial runs to the end",
+    "median": "Optuna's median pruner",
+    "hyperband": "Optuna's Hyperband pruner",
+}
+TRACKING_MODES: dict[str, str] = {
+    "auto": "online with a W&B login, else offline",
+    "online": "W&B online",
+    "offline": "W&B offline (wandb sync later)",
+    "disabled": "no W&B runs",
+}
+DTYPES: dict[str, str] = {
+    "float32": "torch.float32 parameters and data",
+    "float64": "torch.float64 (equivalence tests)",
+}
+ACTIONS: dict[str, str] = {
+    "run": "train the missing cells, then report",
+    "report": "results and figures from the storage only",
+    "status": "cell counts per study",
+}
+
+
+def _optim_names(module: str, attribute: str) -> tuple[str, ...]:
+    return tuple(getattr(importlib.import_module(module), attribute))
+
+
+# group -> its names in canonical order; the harness.optim ones are read on first use
+_GROUPS: dict[str, Callable[[], tuple[str, ...]]] = {
+    "decay": lambda: tuple(decay_forms()),
+    "optimizer": lambda: tuple(OPTIMIZERS),
+    "model": lambda: tuple(MODELS),
+    "data": lambda: tuple(DATASETS),
+    "storage": lambda: tuple(STORAGES),
+    "launcher": lambda: tuple(LAUNCHERS),
+    "schedule": lambda: tuple(SCHEDULES),
+    "wd_schedule": lambda: _optim_names("harness.optim.wd_schedule", "KINDS"),
+    "param_groups": lambda: _optim_names("harness.optim.groups", "RULES"),
+    "sampler": lambda: tuple(SAMPLERS),
+    "pruner": lambda: tuple(PRUNERS),
+    "tracking": lambda: tuple(TRACKING_MODES),
+    "dtype": lambda: tuple(DTYPES),
+    "action": lambda: tuple(ACTIONS),
+}
+GROUPS = tuple(_GROUPS)
+
+
+def names(group: str) -> tuple[str, ...]:
+    """The names of ``group`` (one of :data:`GROUPS`) in canonical order."""
+    if group not in _GROUPS:
+        raise KeyError(f"no group {group!r}; groups: {', '.join(GROUPS)}")
+    return _GROUPS[group]()
+
+
+def one_of(names_: tuple[str, ...] | list[str]) -> str:
+    """``a, b or c``: names for a sentence."""
+    names_ = list(names_)
+    return names_[0] if len(names_) == 1 else f"{', '.join(names_[:-1])} or {names_[-1]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Lookups (KeyError naming the allowed values for an unknown name)
+
+
+def _get(table: Mapping[str, Any], name: str, group: str) -> Any:
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"{group} {name!r} is not one of {', '.join(table)}") from None
+
+
+def decay(name: str) -> DecayForm:
+    return _get(decay_forms(), name, "decay")
+
+
+def optimizer(name: str) -> OptimizerFamily:
+    return _get(OPTIMIZERS, name, "optimizer")
+
+
+def model(name: str) -> ModelSpec:
+    return _get(MODELS, name, "model")
+
+
+def dataset(name: str) -> DataSpec:
+    return _get(DATASETS, name, "data")
+
+
+def storage(name: str) -> StorageSpec:
+    return _get(STORAGES, name, "storage")
+
+
+def launcher(name: str) -> LauncherSpec:
+    return _get(LAUNCHERS, name, "launcher")
+
+
+def resolve(path: str) -> Any:
+    """The object named ``"module:attribute"`` (imported on call)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+# --------------------------------------------------------------------------------------------
+# Relations between names
+
+
+def twin(name: str) -> str | None:
+    """The model's BatchNorm twin (``mlp`` -> ``mlp_bn``, ``cnn_bn`` -> ``cnn``), None if it
+    has none or the name is unknown. Twins share width and depth."""
+    spec = MODELS.get(name)
+    return spec.twin if spec else None
+
+
+def twins(a: str, b: str) -> bool:
+    """``a`` and ``b`` are the same network, with or without BatchNorm (or the same name)."""
+    return a == b or twin(a) == b
+
+
+def accepts(input_kind: str, shape: tuple[int, ...]) -> bool:
+    """A model reading ``input_kind`` can take samples of ``shape`` (no batch dimension)."""
+    ndim = INPUT_KINDS[input_kind].ndim
+    return ndim is None or len(shape) == ndim
+
+
+def fits(model_name: str, data_name: str) -> bool:
+    """The model can be trained on the dataset (its input kind reads the dataset's samples)."""
+    m, d = MODELS.get(model_name), DATASETS.get(data_name)
+    return m is not None and d is not None and m.input in (VECTOR, d.input)
+
+
+def models_for(data_name: str) -> tuple[str, ...]:
+    """The models that fit the dataset, in canonical order."""
+    return tuple(m for m in MODELS if fits(m, data_name))
+
+
+def datasets_for(model_name: str) -> tuple[str, ...]:
+    """The datasets the model fits, in canonical order."""
+    return tuple(d for d in DATASETS if fits(model_name, d))
