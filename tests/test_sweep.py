@@ -64,7 +64,7 @@ def load(out: Path, storage: str, overrides: list[str], url: str = "") -> optuna
     cfg.output_dir = str(out)
     variant = plan.variants(cfg)[0]
     return optuna.load_study(
-        study_name=plan.study_name(cfg, variant), storage=storage.open_storage(cfg, out)
+        study_name=plan.study_name(cfg, variant), storage=open_storage(cfg, out)
     )
 
 
