@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from harness import results
 from harness.config import compose_config
+from harness.storage import open_storage
 from harness.sweep import plan
 from harness.sweep import queue as wq
 
