@@ -31,40 +31,10 @@ import numpy as np
 import pandas as pd
 
 from harness import registry
+from harness.results import RESULT_KEYS, RESULTS_COLUMNS
 
-# The results.csv schema (docs/CONTRACTS.md); harness.study writes it, tests check they agree.
-RESULTS_COLUMNS: tuple[str, ...] = (
-    "study",
-    "experiment",
-    "optimizer",
-    "decay",
-    "model",
-    "data",
-    "trial",
-    "lr",
-    "weight_decay",
-    "seed",
-    "state",
-    "test_error",
-    "val_error",
-    "final_val_error",
-    "train_loss",
-    "weight_norm",
-    "diverged",
-    "steps",
-    "wall_s",
-    "wandb_run_id",
-)
-RESULT_ATTRS = (  # trial user_attrs copied into a row (the Optuna trial attribute schema)
-    "test_error",
-    "val_error",
-    "final_val_error",
-    "train_loss",
-    "weight_norm",
-    "diverged",
-    "steps",
-    "wall_s",
-)
+# The results.csv schema: harness.results defines it, the sweep writes it.
+RESULT_ATTRS = RESULT_KEYS  # trial user_attrs copied into a row
 ERROR_COLUMNS = ("test_error", "val_error", "final_val_error")
 FLOAT_COLUMNS = ("lr", "weight_decay", *ERROR_COLUMNS, "train_loss", "weight_norm", "wall_s")
 STRING_COLUMNS = ("study", "experiment", "optimizer", "decay", "model", "data", "state")
@@ -192,7 +162,7 @@ def read_optuna(storage: str | Any, studies: Sequence[str] | None = None) -> pd.
     """Every trial (but WAITING ones) of the named studies (default: all) in one storage.
 
     ``storage`` is an SQLAlchemy URL, an SQLite or journal file path, or an Optuna storage
-    object. Rows follow the trial attribute schema of docs/CONTRACTS.md: params ``lr``,
+    object. Rows follow the trial attribute schema of docs/sweep.md: params ``lr``,
     ``weight_decay``, ``seed``; user_attrs ``test_error``, ``val_error``, ``diverged``, ...;
     study user_attrs ``experiment``, ``optimizer``, ``decay``.
     """

@@ -20,24 +20,19 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
+from harness import registry
 from harness.config import ConfigError
 from harness.secrets import mask_secrets, real_url
 
-# kind -> (several processes may share it, several hosts may share it)
-SHARING: dict[str, tuple[bool, bool]] = {
-    "sqlite": (False, False),
-    "journal": (True, True),
-    "url": (True, True),
-    "memory": (False, False),
-}
-
 
 def shared_by_processes(kind: str) -> bool:
-    return SHARING.get(kind, (False, False))[0]
+    """Several worker processes may use this kind of storage at once."""
+    return registry.storage(kind).shared
 
 
 def shared_by_hosts(kind: str) -> bool:
-    return SHARING.get(kind, (False, False))[1]
+    """Workers on other hosts (a Slurm array) may use this kind of storage."""
+    return registry.storage(kind).cluster
 
 
 def describe(cfg: DictConfig) -> str:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from harness import registry
 from harness.secrets import (  # noqa: F401 - wandb_host is part of this module's API
     _netrc_password,
     mask_config,
@@ -62,7 +63,7 @@ from harness.secrets import (  # noqa: F401 - wandb_host is part of this module'
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "online", "offline", "disabled")
+MODES = tuple(registry.TRACKING_MODES)
 OUTCOMES = ("finished", "diverged", "pruned", "failed", "preempted")
 _EXIT_CODE = {"finished": 0, "diverged": 0, "pruned": 0, "failed": 1, "preempted": 1}
 # ------------------------------------------------------------------------------------------------

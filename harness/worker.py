@@ -140,6 +140,7 @@ class _Signals:
 def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError
     from harness.secrets import mask_secrets
+    from harness.storage import shared_by_hosts
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = resolved(overrides)
-        if cfg.storage.kind in ("sqlite", "memory") and (
+        if not shared_by_hosts(cfg.storage.kind) and (
             do_prepare or os.environ.get("SLURM_JOB_ID")
         ):
             raise ConfigError(

@@ -20,6 +20,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution, IntDistribution
 
+from harness import registry
 from harness.config import ConfigError
 from harness.secrets import real_url
 from harness.storage import open_storage
@@ -94,10 +95,6 @@ def model_group(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(merged, resolve=True)
 
 
-def _twins(a: str, b: str) -> bool:
-    return a.removesuffix("_bn") == b.removesuffix("_bn")
-
-
 def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
     """A copy of ``cfg`` for one variant: its optimizer family and decay (family defaults kept
     from cfg); when the variant names a model, that option of ``conf/model/`` (width and depth
@@ -108,7 +105,7 @@ def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
     if variant.model and variant.model != out.model.name:
         current = dict(out.model)
         out.model = model_group(variant.model)
-        if _twins(current["name"], variant.model):
+        if registry.twins(current["name"], variant.model):
             # mlp <-> mlp_bn, cnn <-> cnn_bn: the same network with and without BatchNorm, so
             # the configured width/depth carry over (model.width=128 applies to both).
             out.model.width, out.model.depth = current["width"], current["depth"]
