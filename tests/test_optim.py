@@ -137,6 +137,32 @@ def test_adam_equals_torch_adam_and_adamw(decay, amsgrad):
     assert rel_err(a, b) <= RTOL
 
 
+@pytest.mark.parametrize(
+    "ours, ref, kw",
+    [
+        (SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+        (Adam, torch.optim.Adam, dict(lr=3e-3, weight_decay=1e-2, amsgrad=True)),
+        (AdamW, torch.optim.AdamW, dict(lr=3e-3, weight_decay=0.1)),
+    ],
+)
+def test_float32_is_bit_identical_to_torch_foreach(ours, ref, kw):
+    """float32 params: the same op sequence as torch.optim's foreach path, every bit equal."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(64, 3, 3, 3), (64,), (3000,), (10, 64)]
+    init = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(20)]
+    pa = [nn.Parameter(t.clone()) for t in init]
+    pb = [nn.Parameter(t.clone()) for t in init]
+    oa, ob = ours(pa, **kw), ref(pb, foreach=True, **kw)
+    for gs in grads:
+        for p, q, gg in zip(pa, pb, gs):
+            p.grad, q.grad = gg.clone(), gg.clone()
+        oa.step()
+        ob.step()
+    for p, q in zip(pa, pb):
+        assert p.dtype == torch.float32 and torch.equal(p, q)
+
+
 def test_aliases_default_to_decoupled():
     a, b = make_pair()
     data = batches(40)
@@ -339,6 +365,64 @@ def test_proposition_1_decay_equals_l2_with_wd_over_lr_for_plain_sgd():
     train(e, SGD(e.parameters(), lr=lr, momentum=0.9, weight_decay=0.04, decay="l2"), data)
     train(f, SGDW(f.parameters(), lr=lr, momentum=0.9, weight_decay=0.04), data)
     assert rel_err(e, f) > 1e-6
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam"])
+@pytest.mark.parametrize("decay", ["l2", "decoupled", "independent"])
+def test_relative_decay_equals_plain_per_tensor_math(family, decay):
+    """relative=True: r = max(rms(w), 1e-3) of each tensor at the start of the step scales the
+    decay of every form, for SGD (momentum 0.9) and Adam, under a cosine LambdaLR."""
+    g = torch.Generator().manual_seed(0)
+    scales = [3.0, 0.2, 1e-5, 1.0]  # rms far above 1, below 1, under the floor, about 1
+    shapes = [(4, 5), (6,), (3,), (2, 3, 3)]
+    init = [s * torch.randn(sh, generator=g, dtype=torch.float64) for s, sh in zip(scales, shapes)]
+    T = 30
+    grads = [[torch.randn(sh, generator=g, dtype=torch.float64) for sh in shapes] for _ in range(T)]
+    lr0 = 0.05 if family == "sgd" else 1e-2
+    wd = {"l2": 0.5, "decoupled": 2.0, "independent": 0.05}[decay]
+    eta_of = cosine(T)
+
+    def ours(relative: bool) -> list[torch.Tensor]:
+        ps = [nn.Parameter(t.clone()) for t in init]
+        kw = dict(lr=lr0, weight_decay=wd, decay=decay, relative=relative)
+        opt = SGD(ps, momentum=0.9, **kw) if family == "sgd" else Adam(ps, **kw)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, eta_of)
+        for gs in grads:
+            for p, gg in zip(ps, gs):
+                p.grad = gg.clone()
+            opt.step()
+            sched.step()
+        return [p.detach() for p in ps]
+
+    ws = [t.clone() for t in init]
+    m = [torch.zeros_like(t) for t in init]
+    v = [torch.zeros_like(t) for t in init]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t, gs in enumerate(grads, start=1):
+        eta = eta_of(t - 1)
+        lr = lr0 * eta
+        for i, gg in enumerate(gs):
+            w = ws[i]
+            r = max(w.norm().item() / math.sqrt(w.numel()), 1e-3)
+            if decay == "l2":
+                gg = gg + wd * r * w
+            else:
+                w = w * (1 - (lr if decay == "decoupled" else eta) * wd * r)
+            if family == "sgd":
+                m[i] = gg.clone() if t == 1 else 0.9 * m[i] + gg
+                ws[i] = w - lr * m[i]
+            else:
+                m[i] = b1 * m[i] + (1 - b1) * gg
+                v[i] = b2 * v[i] + (1 - b2) * gg * gg
+                mhat, vhat = m[i] / (1 - b1**t), v[i] / (1 - b2**t)
+                ws[i] = w - lr * mhat / (vhat.sqrt() + eps)
+
+    got = ours(relative=True)
+    for p, q in zip(got, ws):
+        assert ((p - q).norm() / q.norm()).item() <= RTOL
+    # and r matters: relative=False is a different trajectory
+    plain = ours(relative=False)
+    assert max(((p - q).norm() / q.norm()).item() for p, q in zip(plain, ws)) > 1e-3
 
 
 # -- resume ---------------------------------------------------------------------------------

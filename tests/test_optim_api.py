@@ -14,12 +14,16 @@ from harness.optim import (
     DECAY_MODES,
     SGD,
     Adam,
+    FlatList,
     WeightDecayScheduler,
+    adam_step,
     apply_decay,
+    decay_factor,
     l2_penalty,
     normalized_weight_decay,
     param_groups,
     relative_scale,
+    sgd_step,
 )
 
 
@@ -180,6 +184,162 @@ def test_apply_decay_functional_matches_class():
     assert w[0].tolist() == pytest.approx([2.0 * (1 - 0.001 * 2.0)] * 3)
     apply_decay(w, 0.1, 0.01, 1.0, "l2")  # no-op: l2 acts on the gradient
     assert w[0].tolist() == pytest.approx([2.0 * (1 - 0.001 * 2.0)] * 3)
+
+
+# -- the functional rules, called directly -------------------------------------------------
+
+F64 = torch.float64
+
+
+def test_relative_scale_stacked_one_dim_and_population_of_one():
+    (r,) = relative_scale([torch.tensor([3.0, -0.5, 0.0], dtype=F64)], stacked=True)
+    assert r.tolist() == pytest.approx([3.0, 0.5, 1e-3])  # 1-d: |w| per member, with the floor
+    (r,) = relative_scale([torch.full((1, 2, 2), 0.5, dtype=F64)], stacked=True)
+    assert r.shape == (1, 1, 1) and r.item() == pytest.approx(0.5)
+
+
+def test_decay_factor_mixes_floats_and_per_member_tensors():
+    assert decay_factor(0.5, 0.2, 0.25, "decoupled") == pytest.approx(0.1)
+    assert decay_factor(0.5, 0.2, 0.25, "independent") == pytest.approx(0.05)
+    assert decay_factor(0.5, 0.2, 0.25, "l2") is None
+    wd = [torch.tensor([0.1, 0.0, 0.3], dtype=F64).view(3, 1)]
+    (s,) = decay_factor(0.5, wd, 0.25, "independent")  # float eta, per-member wd
+    assert s.flatten().tolist() == pytest.approx([0.025, 0.0, 0.075])
+    lr = [torch.tensor([1.0, 2.0, 4.0], dtype=F64).view(3, 1)]
+    (s,) = decay_factor(lr, 0.2, 0.25, "decoupled")  # per-member lr, float wd
+    assert s.flatten().tolist() == pytest.approx([0.2, 0.4, 0.8])
+    with pytest.raises(ValueError, match="decay='loss' is invalid; allowed: l2, decoupled"):
+        decay_factor(0.5, 0.2, 0.25, "loss")
+
+
+def test_apply_decay_plain_stacked_and_edge_cases():
+    w = [torch.full((4,), 2.0, dtype=F64)]  # rms 2: relative decay would shrink twice as much
+    apply_decay(w, 0.1, 0.5, 0.4, "decoupled")
+    assert w[0].tolist() == pytest.approx([2.0 * (1 - 0.05)] * 4)
+    w = [torch.full((4,), 2.0, dtype=F64)]
+    apply_decay(w, 0.1, 0.5, 0.4, "independent")
+    assert w[0].tolist() == pytest.approx([2.0 * (1 - 0.2)] * 4)
+    w = [torch.tensor([3.0, 4.0], dtype=F64)]  # not stacked by default: one rms per tensor
+    apply_decay(w, 0.1, 0.5, 0.4, "decoupled", relative=True)
+    assert w[0].tolist() == pytest.approx([x * (1 - 0.05 * math.sqrt(12.5)) for x in (3, 4)])
+    # a population (members on dim 0) with per-member lr and wd and a float eta
+    w = [torch.stack([torch.full((2, 2), 2.0, dtype=F64), torch.full((2, 2), 0.5, dtype=F64)])]
+    lr = [torch.tensor([0.1, 0.2], dtype=F64).view(2, 1, 1)]
+    wd = [torch.tensor([0.1, 0.3], dtype=F64).view(2, 1, 1)]
+    apply_decay(w, lr, wd, 0.5, "independent", relative=True, stacked=True)
+    assert w[0][0].flatten().tolist() == pytest.approx([2.0 * (1 - 0.5 * 0.1 * 2.0)] * 4)
+    assert w[0][1].flatten().tolist() == pytest.approx([0.5 * (1 - 0.5 * 0.3 * 0.5)] * 4)
+    # shrink 1 zeroes the weights; wd 0 and no params are no-ops
+    w = [torch.tensor([1.0, -2.0], dtype=F64)]
+    apply_decay(w, 0.5, 1.0, 1.0, "independent")
+    assert w[0].tolist() == [0.0, 0.0]
+    w = [torch.tensor([1.0, -2.0], dtype=F64)]
+    apply_decay(w, 0.5, 0.0, 1.0, "independent", relative=True)
+    assert w[0].tolist() == [1.0, -2.0]
+    apply_decay([], 0.5, 2.0, 1.0, "decoupled")
+
+
+def test_flat_list_views_and_chunks_cover_one_buffer():
+    like = [torch.ones(3), torch.ones(2500), torch.ones(4, 5), torch.ones(7), torch.ones(3000)]
+    fl = FlatList(like, dtype=F64)
+    assert fl.flat.dtype == F64 and fl.flat.numel() == sum(t.numel() for t in like)
+    assert [t.shape for t in fl] == [t.shape for t in like] and all(t.dtype == F64 for t in fl)
+    assert all(t.untyped_storage().data_ptr() == fl.flat.untyped_storage().data_ptr() for t in fl)
+    # the chunks tile .flat in order: small runs in pieces <= CHUNK, big tensors on their own
+    sizes = [c.numel() for c in fl.chunks]
+    assert sizes == [3, 2500, 27, 3000]
+    offsets = [c.storage_offset() for c in fl.chunks]
+    assert offsets == [0, 3, 2503, 2530]
+    fl.flat += 1.0
+    assert all(bool((t == 1.0).all()) for t in fl)
+    many = FlatList([torch.ones(1000)] * 5)  # 5000 small elements: cut every CHUNK
+    assert [c.numel() for c in many.chunks] == [2048, 2048, 904]
+    empty = FlatList([])
+    assert len(empty) == 0 and empty.flat.numel() == 0 and empty.chunks == []
+
+
+def _trajectory(fn, steps=4):
+    """``fn(w, g, t)`` on one float64 tensor for a few steps of fixed pseudo-random grads."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(7, generator=gen, dtype=F64)
+    for t in range(1, steps + 1):
+        fn(w, torch.randn(7, generator=gen, dtype=F64), t)
+    return w
+
+
+def _torch_trajectory(opt_cls, **kw):
+    p = nn.Parameter(torch.zeros(7, dtype=F64))
+    opt = opt_cls([p], foreach=True, **kw)
+
+    def fn(w, g, t):
+        if t == 1:
+            p.data.copy_(w)
+        p.grad = g
+        opt.step()
+        w.copy_(p.detach())
+
+    return _trajectory(fn)
+
+
+@pytest.mark.parametrize(
+    "kw, ref",
+    [
+        (dict(), dict()),
+        (dict(weight_decay=0.05), dict(weight_decay=0.05)),  # decay defaults to l2, r = 1
+        # independent with the default eta = 1: shrink wd, i.e. decoupled with wd / lr
+        (dict(weight_decay=0.05, decay="independent"), dict(weight_decay=0.5)),
+    ],
+)
+@pytest.mark.parametrize("family", ["sgd", "adam"])
+def test_functional_defaults_equal_torch_optim(family, kw, ref):
+    """Only the required arguments, plus the keywords shown: torch.optim.SGD (momentum 0) /
+    Adam (betas 0.9, 0.999, eps 1e-8); independent decay compared with SGD's l2 (plain SGD:
+    the same update) or AdamW."""
+    lr = 0.1
+    with torch.no_grad():
+        if family == "sgd":
+            returned = []
+            got = _trajectory(
+                lambda w, g, t: returned.append(sgd_step([w], [g], None, lr=lr, **kw))
+            )
+            assert returned == [None] * 4  # no momentum buffers by default
+            want = _torch_trajectory(torch.optim.SGD, lr=lr, **ref)
+        else:
+            m, v = torch.zeros(7, dtype=F64), torch.zeros(7, dtype=F64)
+            got = _trajectory(lambda w, g, t: adam_step([w], [g], [m], [v], step=t, lr=lr, **kw))
+            opt = torch.optim.AdamW if kw.get("decay") == "independent" else torch.optim.Adam
+            want = _torch_trajectory(opt, lr=lr, **ref)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_step_amsgrad_needs_its_buffers():
+    w, g = [torch.ones(2, dtype=F64)], [torch.ones(2, dtype=F64)]
+    m, v = [torch.zeros(2, dtype=F64)], [torch.zeros(2, dtype=F64)]
+    with pytest.raises(ValueError, match=r"^max_exp_avg_sqs: required when amsgrad=True"):
+        adam_step(w, g, m, v, None, step=1, lr=0.1, amsgrad=True)
+
+
+@pytest.mark.parametrize("flat_state, scratch", [(True, False), (False, True), (True, True)])
+def test_adam_step_on_flat_state_and_scratch_equals_plain_lists(flat_state, scratch):
+    """FlatList state (chunked ops) and a denom_out scratch change no bit of the result; a
+    tensor above CHUNK elements and runs of small ones, l2 decay, amsgrad."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3,), (50, 50), (4, 5), (7,)]
+    init = [torch.randn(s, generator=gen, dtype=F64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=F64) for s in shapes] for _ in range(5)]
+
+    def run(flat: bool, denom: bool) -> list[torch.Tensor]:
+        w = [t.clone() for t in init]
+        state = [FlatList(w) if flat else [torch.zeros_like(t) for t in w] for _ in range(3)]
+        out = FlatList(w) if denom else None
+        for t, gs in enumerate(grads, start=1):
+            g_before = [x.clone() for x in gs]
+            adam_step(w, gs, *state, step=t, lr=1e-2, weight_decay=0.1, amsgrad=True, denom_out=out)
+            assert all(torch.equal(a, b) for a, b in zip(gs, g_before))  # grads untouched
+        return w
+
+    for a, b in zip(run(flat_state, scratch), run(False, False)):
+        assert torch.equal(a, b)
 
 
 # -- param groups ---------------------------------------------------------------------------
