@@ -351,13 +351,26 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("lrwd_subdir", multirun_subdir)
 
 
-def compose_config(overrides: list[str] | None = None, config_dir: str | None = None) -> Any:
-    """Compose ``conf/config.yaml`` with Hydra overrides outside a Hydra app (tests, workers)."""
+def compose_config(
+    overrides: list[str] | None = None, config_dir: str | None = None, *, run_dir: bool = False
+) -> Any:
+    """Compose ``conf/config.yaml`` with Hydra overrides outside a Hydra app (tests, workers).
+
+    With ``run_dir=True``: ``(config, absolute hydra.run.dir)``, the output dir a Hydra run of
+    the same overrides would use.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
     register_schema()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir or CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides or []))
+        cfg = compose("config", overrides=list(overrides or []), return_hydra_config=run_dir)
+    if not run_dir:
+        return cfg
+    out = str(__import__("pathlib").Path(str(cfg.hydra.run.dir)).expanduser().resolve())
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, out

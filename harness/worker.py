@@ -25,10 +25,9 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 log = logging.getLogger("lrwd.worker")
 
@@ -36,30 +35,12 @@ EXIT_REQUEUED = 3
 EXIT_TERMINATED = 143
 
 
-def compose(overrides: list[str]) -> tuple[DictConfig, str]:
-    """The sweep's config for ``overrides`` and its output dir (``hydra.run.dir``, absolute)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from harness.config import CONF_DIR, register_schema
-
-    register_schema()
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    run_dir = str(Path(str(cfg.hydra.run.dir)).expanduser().resolve())
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, run_dir
-
-
 def resolved(overrides: list[str]) -> DictConfig:
     """Validated, resolved config as the sweep driver resolves it (variants, output dir, secrets)."""
+    from harness.config import compose_config
     from harness.sweep.cli import resolve
 
-    cfg, run_dir = compose(overrides)
+    cfg, run_dir = compose_config(overrides, run_dir=True)
     return resolve(cfg, [o for o in overrides if not o.startswith("hydra.")], run_dir)
 
 

@@ -118,7 +118,7 @@ class WorkerStats:
     failed: int = 0
     pruned: int = 0
     lost: int = 0  # trials failed under us (stale) whose results were discarded
-    preempted: bool = False
+    preempted: int = 0  # trials handed back
 
 
 TrainBatch = Callable[[list[DictConfig], list[Callable[[int, dict], None]]], list[Any]]
@@ -271,12 +271,13 @@ def run_worker(
         beat.close()
         _CURRENT = None
     log.info(
-        "worker %s done: %d complete, %d failed, %d pruned, %d lost",
+        "worker %s done: %d complete, %d failed, %d pruned, %d lost, %d handed back",
         owner_id(),
         stats.completed,
         stats.failed,
         stats.pruned,
         stats.lost,
+        stats.preempted,
     )
     return 0
 
@@ -346,7 +347,7 @@ def _run_claims(
         elif isinstance(result, Preempted):
             fail_claim(study, claim, "preempted", requeue_cell=True)
             run.finish({"preempted": True}, state="preempted")
-            stats.preempted = True
+            stats.preempted += 1
         elif isinstance(result, BaseException):
             reason = f"{type(result).__name__}: {result}"
             log.error("trial %d failed: %s", claim.number, reason)
