@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import registry
-from harness.data import Dataset, load_data
+from harness.data import Dataset
 from harness.models import build_model
 from harness.optim.functional import adam_step, sgd_step
 from harness.optim.groups import param_groups
@@ -59,10 +59,10 @@ from harness.schedules import lr_multiplier
 from harness.train import (
     EVAL_BATCH,
     effective_weight_decay,
+    report_metrics,
     resolve_device,
     run_trial,
-    setup_threads,
-    total_steps,
+    set_up,
 )
 
 EVAL_CHUNK = 4096  # member-samples per evaluation batch on a CPU (see Stacked.errors)
@@ -627,16 +627,13 @@ def train_population(
     t0 = time.perf_counter()
     base = cfgs[0]
     p = len(cfgs)
-    setup_threads(base.train.threads)
-    device = resolve_device(base.train.device)
-    if device.type == "cpu":
-        keep_freed_memory()
-    dtype = torch.float64 if base.train.dtype == "float64" else torch.float32
-    if data is None:
-        data = load_data(base.data, device, dtype)
-    seed = int(base.train.seed)
-    torch.manual_seed(seed)
-    model = build_model(base.model, data.input_shape, data.num_classes).to(device, dtype)
+
+    def allocator(device: torch.device) -> None:
+        if device.type == "cpu":
+            keep_freed_memory()
+
+    run = set_up(base, data, before_data=allocator)
+    device, dtype, data, model = run.device, run.dtype, run.data, run.model
     spec = registry.model(base.model.name)
     pop = Stacked(
         model, p, registry.resolve(spec.batched_forward) if spec.batched_forward else None
@@ -655,10 +652,7 @@ def train_population(
     lr_views = [_view(lr, q) for q in pop.params]
     wd_views = [_view(wd if d else zero, q) for q, d in zip(pop.params, decays)]
     penalty = form.penalty
-    total, per_epoch = total_steps(base, data)
-    eval_every = int(base.train.eval_every) or per_epoch
-    batch = int(base.data.batch_size)
-    gen = torch.Generator().manual_seed(seed)
+    total, per_epoch, batch, gen = run.total, run.per_epoch, run.batch, run.gen
 
     bufs = None
     if o.name == "sgd" and float(o.momentum) != 0.0:
@@ -757,7 +751,7 @@ def train_population(
             loss_count += 1
             for m in live:
                 steps[m] = step
-            at_eval = step % eval_every == 0 or step == total
+            at_eval = run.reports_at(step)
             if at_eval or step % 25 == 0:
                 bad = active & ~torch.isfinite(loss_sum)
                 for m in torch.nonzero(bad).flatten().tolist():
@@ -774,15 +768,17 @@ def train_population(
                     # shrink as harness.optim records it: the form's eta_t*wd or lr_t*wd (a loss
                     # penalty's gradient wd*w shrinks like the mode it runs)
                     lr_t = lrs[m] * eta
-                    metrics = {
-                        "train_loss": float(train_loss[m]),
-                        "val_error": float(last_val[m]),
-                        "lr": lr_t,
-                        "eta": eta,
-                        "shrink": (eta if form.shrink == "eta" else lr_t) * wds[m],
-                        "weight_norm": float(norms[m]),
-                        "epoch": step / per_epoch,
-                    }
+                    shrink = (eta if form.shrink == "eta" else lr_t) * wds[m]
+                    metrics = report_metrics(
+                        float(train_loss[m]),
+                        float(last_val[m]),
+                        lr_t,
+                        eta,
+                        shrink,
+                        float(norms[m]),
+                        step,
+                        per_epoch,
+                    )
                     try:
                         reports[m](step, metrics)
                     except Exception as exc:  # noqa: BLE001 - pruned members stop, others go on

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -134,6 +135,79 @@ def weight_norm(model: nn.Module) -> float:
     return float(torch.stack(norms).square().sum().sqrt())
 
 
+@dataclass
+class Run:
+    """What every training loop sets up the same way (a single trial, or a population sharing
+    one config but lr and wd): threads, device, dtype, data, the seeded model, the step counts
+    and the seeded data-order generator."""
+
+    device: torch.device
+    dtype: torch.dtype
+    data: Dataset
+    model: nn.Module
+    seed: int
+    total: int  # optimizer steps
+    per_epoch: int
+    eval_every: int  # steps between reports
+    batch: int
+    gen: torch.Generator
+
+    def reports_at(self, step: int) -> bool:
+        """Whether the loop evaluates and reports after ``step`` steps."""
+        return step % self.eval_every == 0 or step == self.total
+
+
+def set_up(cfg: Any, data: Dataset | None = None, *, before_data: Callable | None = None) -> Run:
+    """The shared set-up of :func:`run_trial` and the population trainer, in this order:
+    threads, device, dtype, data, ``torch.manual_seed(train.seed)``, the model.
+    ``before_data(device)`` runs before the data is loaded (the population's allocator set-up)."""
+    setup_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    if before_data is not None:
+        before_data(device)
+    dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
+    if data is None:
+        data = load_data(cfg.data, device, dtype)
+    seed = int(cfg.train.seed)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device, dtype)
+    total, per_epoch = total_steps(cfg, data)
+    return Run(
+        device=device,
+        dtype=dtype,
+        data=data,
+        model=model,
+        seed=seed,
+        total=total,
+        per_epoch=per_epoch,
+        eval_every=int(cfg.train.eval_every) or per_epoch,
+        batch=int(cfg.data.batch_size),
+        gen=torch.Generator().manual_seed(seed),
+    )
+
+
+def report_metrics(
+    train_loss: float,
+    val_error: float,
+    lr_t: float,
+    eta: float,
+    shrink: float,
+    norm: float,
+    step: int,
+    per_epoch: int,
+) -> dict[str, float]:
+    """The metrics a trial reports at each evaluation (W&B history, Optuna's pruner)."""
+    return {
+        "train_loss": train_loss,
+        "val_error": val_error,
+        "lr": lr_t,
+        "eta": eta,
+        "shrink": shrink,
+        "weight_norm": norm,
+        "epoch": step / per_epoch,
+    }
+
+
 def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = None) -> TrialResult:
     """Train one (optimizer, decay, lr, wd, seed) cell and evaluate it.
 
@@ -141,24 +215,15 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
     nan. Exceptions raised by ``report`` (e.g. ``optuna.TrialPruned``) propagate.
     """
     t0 = time.perf_counter()
-    setup_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
-    if data is None:
-        data = load_data(cfg.data, device, dtype)
-    seed = int(cfg.train.seed)
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device, dtype)
+    run = set_up(cfg, data)
+    device, dtype, data, model = run.device, run.dtype, run.data, run.model
+    total, per_epoch, batch, gen = run.total, run.per_epoch, run.batch, run.gen
     wd = effective_weight_decay(cfg, data)
     opt, penalty_params, penalty_wd = build_optimizer(cfg, model, wd)
-    total, per_epoch = total_steps(cfg, data)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_multiplier(cfg.schedule, t, total))
     wd_sched = None
     if cfg.optimizer.wd_schedule != "constant":
         wd_sched = WeightDecayScheduler(opt, cfg.optimizer.wd_schedule, total)
-    gen = torch.Generator().manual_seed(seed)
-    eval_every = int(cfg.train.eval_every) or per_epoch
-    batch = int(cfg.data.batch_size)
     loss_fn = nn.CrossEntropyLoss()
 
     best_val = math.inf
@@ -187,7 +252,7 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
             step += 1
             loss_sum += loss.detach()
             loss_count += 1
-            if step % eval_every == 0 or step == total:
+            if run.reports_at(step):
                 train_loss = float(loss_sum) / loss_count
                 if not math.isfinite(train_loss):
                     diverged = True
@@ -200,17 +265,11 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                     shrink = group["shrink"]
                     if penalty_wd:  # decay=loss: the penalty's gradient wd*w, as l2's
                         shrink = group["initial_lr"] * eta * penalty_wd
+                    lr_t = group["initial_lr"] * eta
+                    norm = weight_norm(model)
                     report(
                         step,
-                        {
-                            "train_loss": train_loss,
-                            "val_error": last_val,
-                            "lr": group["initial_lr"] * eta,
-                            "eta": eta,
-                            "shrink": shrink,
-                            "weight_norm": weight_norm(model),
-                            "epoch": step / per_epoch,
-                        },
+                        report_metrics(train_loss, last_val, lr_t, eta, shrink, norm, step, per_epoch),
                     )
                 loss_sum.zero_()
                 loss_count = 0

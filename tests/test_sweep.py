@@ -168,7 +168,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def test_sigkill_mid_trial_then_rerun_completes_grid(tmp_path):
     out = tmp_path / "kill"
-    slow = [*TINY, "train.epochs=6", "data.num_samples=3000"]
+    slow = [*TINY, "train.epochs=40", "data.num_samples=3000"]  # ~0.5 s trials: caught mid-trial
     log = open(tmp_path / "first-run.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         sweep_cmd(out, *slow),
