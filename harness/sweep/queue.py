@@ -458,10 +458,9 @@ def start_claim(claim: Claim, attrs: dict[str, Any]) -> bool:
 def finish_claim(study: optuna.Study, claim: Claim, attrs: dict[str, Any]) -> bool:
     """Write the result ``attrs`` and tell COMPLETE with ``attrs["val_error"]`` as the objective
     (1.0 if it is not a finite number). False if the trial was failed under us."""
-    rec = attrs
     try:
         set_user_attrs(claim.trial, attrs)
-        objective = rec.get("val_error")
+        objective = attrs.get("val_error")
         if objective is None or not math.isfinite(float(objective)):
             objective = 1.0
         return _tell(study, claim, values=float(objective))

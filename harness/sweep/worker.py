@@ -159,7 +159,7 @@ def handback() -> int:
 
 
 def population_size(cfg: DictConfig) -> int:
-    """``sweep.population`` as an int; ``auto`` asks the population trainer (1 if it is absent)."""
+    """``sweep.population`` as an int; ``auto`` asks the population trainer."""
     value = cfg.sweep.population
     if isinstance(value, str):
         if value != "auto":
@@ -170,10 +170,8 @@ def population_size(cfg: DictConfig) -> int:
                     f"sweep.population: '{value}' is not an int or 'auto'; use e.g. 1, 16 or auto"
                 ) from None
         else:
-            try:
-                from harness.population import auto_population_size
-            except ImportError:
-                return 1
+            from harness.population import auto_population_size
+
             return int(auto_population_size(cfg))
     return max(int(value), 1)
 
