@@ -111,7 +111,10 @@ class SweepConfig:
     # or both (sgd/independent, or sgd-independent on the command line; the most specific wins),
     # e.g. {sgd: {lr: {min: 1e-3, max: 1, num: 7}}}
     ranges: dict[str, Any] = field(default_factory=dict)
-    action: str = "run"  # run | report (results + figures from the storage only) | status
+    # failed cells (an exception in training, not a lost worker) are run again on a rerun at most
+    # this many times; after that they stay FAILED and are reported
+    max_retries: int = 2
+    action: str = "run"  # run | extend (a changed grid) | report (from the storage) | status
 
 
 @dataclass
@@ -276,6 +279,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"sweep.workers: {s.workers}; pass sweep.workers=<1 or more>")
     if int(s.heartbeat_s) < 1:
         raise ConfigError(f"sweep.heartbeat_s: {s.heartbeat_s}; pass sweep.heartbeat_s=<1 or more>")
+    if int(s.max_retries) < 0:
+        raise ConfigError(f"sweep.max_retries: {s.max_retries}; pass sweep.max_retries=<0 or more>")
     pop = s.population
     if not (pop == "auto" or (str(pop).isdigit() and int(pop) >= 1)):
         raise ConfigError(f"sweep.population: '{pop}'; pass sweep.population=auto or an int >= 1")

@@ -345,8 +345,9 @@ DTYPES: dict[str, str] = {
 }
 ACTIONS: dict[str, str] = {
     "run": "train the missing cells, then report",
-    "report": "results and figures from the storage only",
-    "status": "cell counts per study",
+    "extend": "add the cells of a changed grid to the existing studies, then run",
+    "report": "results and figures from the storage only (writes no trial)",
+    "status": "cell counts per study (writes nothing)",
 }
 
 

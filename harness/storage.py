@@ -35,6 +35,16 @@ def shared_by_hosts(kind: str) -> bool:
     return registry.storage(kind).cluster
 
 
+def exists(cfg: DictConfig, output_dir: str | Path) -> bool:
+    """Whether the configured storage already exists (opening it would create nothing): its
+    file for ``sqlite`` / ``journal``; a server (``url``) is taken to exist; ``memory`` never."""
+    kind = cfg.storage.kind
+    if kind in ("sqlite", "journal"):
+        url = storage_url(cfg, output_dir)
+        return Path(url.removeprefix("sqlite:///")).is_file()
+    return kind == "url"
+
+
 def describe(cfg: DictConfig) -> str:
     """The storage as ``optuna-dashboard`` takes it (file path or URL), password masked."""
     out = cfg.get("output_dir") or "."

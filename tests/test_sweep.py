@@ -350,3 +350,51 @@ def test_multirun_over_decay_runs_one_sweep_per_variant(tmp_path):
     from harness.config import multirun_subdir
 
     assert multirun_subdir("optimizer.decay=l2", 0) == "optimizer.decay=l2"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a study writes nothing; a study keeps its grid
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_status_and_report_on_an_empty_folder_write_nothing(tmp_path):
+    for action in ("status", "report"):
+        out = tmp_path / action
+        proc = run_sweep(out, *TINY, f"sweep.action={action}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "nothing has run here yet" in proc.stdout
+        files = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+        assert files == [], files
+
+
+def test_status_and_report_are_read_only_and_a_changed_grid_is_refused(tmp_path):
+    out = tmp_path / "grid"
+    assert run_sweep(out, *TINY).returncode == 0
+    before = _files(out)
+    n = len(load(out, "sqlite", TINY).get_trials())
+    wider = [*TINY, "sweep.lr.num=4"]
+    status = run_sweep(out, *wider, "sweep.action=status")
+    assert status.returncode == 0 and "COMPLETE" in status.stdout
+    rep = run_sweep(out, *wider, "sweep.action=report")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert len(load(out, "sqlite", TINY).get_trials()) == n  # report added no trial
+    after = _files(out)
+    assert after["config.yaml"] == before["config.yaml"]  # and left the run's config alone
+    # a run with another grid under the same name: one line naming the key and the ways out
+    refused = run_sweep(out, *wider)
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sweep.lr: the study"), lines
+    assert "sweep.action=extend" in lines[0] and "sweep.study_name=" in lines[0]
+    assert len(load(out, "sqlite", TINY).get_trials()) == n
+    # extend: the new grid's missing cells are added and trained; the study records the union
+    ext = run_sweep(out, *wider, "sweep.action=extend")
+    assert ext.returncode == 0, ext.stderr[-2000:]
+    study = load(out, "sqlite", TINY)
+    lrs = plan.log_range(1e-3, 1e-2, 4)
+    assert len(study.get_trials()) == n + 2 * 3  # two new lr values x three wds
+    assert study.user_attrs["grid"]["lr"] == sorted(set(lrs) | set(plan.log_range(1e-3, 1e-2, 3)))
+    assert_exactly_once(study, 15)

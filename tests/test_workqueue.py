@@ -261,3 +261,25 @@ def test_cell_counts(study):
     (c,) = wq.WaitingQueue(study).claim(1)
     counts = wq.cell_counts(study)
     assert counts["WAITING"] == 2 and counts["RUNNING"] == 1 and counts["COMPLETE"] == 0
+
+
+def test_failed_cells_are_retried_at_most_max_retries_times(study):
+    wq.enqueue_cells(study, CELLS[:1], DISTS, heartbeat_s=30, max_retries=2)
+    for attempt in range(3):
+        (claim,) = wq.WaitingQueue(study).claim(1)
+        wq.fail_claim(study, claim, "RuntimeError: boom", requeue_cell=False)
+        status = wq.enqueue_cells(study, CELLS[:1], DISTS, heartbeat_s=30, max_retries=2)
+        if attempt < 2:
+            assert (status.requeued, status.failed) == (1, 0), attempt
+    assert (status.requeued, status.failed, status.queued) == (0, 1, 0)
+    assert states(study) == ["FAIL"] * 3
+    # lost workers and hand-backs are not the cell's fault: they never use up a retry
+    wq.enqueue_cells(study, CELLS[1:2], DISTS, heartbeat_s=30, max_retries=0)
+    for reason in ("stale", "preempted", "stale"):
+        (claim,) = wq.WaitingQueue(study).claim(1)
+        wq.fail_claim(study, claim, reason, requeue_cell=False)
+        status = wq.enqueue_cells(study, CELLS[1:2], DISTS, heartbeat_s=30, max_retries=0)
+        assert (status.requeued, status.failed) == (1, 0), reason
+    # no limit
+    status = wq.enqueue_cells(study, CELLS[:1], DISTS, heartbeat_s=30)
+    assert status.requeued == 1

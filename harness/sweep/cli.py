@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import CONF_DIR, ConfigError, register_schema, validate
 from harness.secrets import hide_url, mask_config, mask_secrets, real_url
 from harness.storage import describe, open_storage
+from harness.storage import exists as storage_exists
 from harness.sweep import plan, worker
 from harness.sweep.plan import prepare, total_cells
 from harness.sweep.queue import Claim, cell_counts
@@ -182,26 +183,28 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
     cfg = resolve(cfg, overrides, output_dir)
     out = Path(cfg.output_dir)
     url = describe(cfg)
-    if cfg.sweep.action == "status":
-        storage = open_storage(real_url(cfg), out)
-        for variant in plan.variants(cfg):
-            try:
-                s = plan.create_study(
-                    plan.variant_config(cfg, variant), storage, variant, load_only=True
-                )
-            except KeyError:
-                print(f"{plan.study_name(cfg, variant)}: no such study in {url}")
-                continue
-            counts = {k: v for k, v in cell_counts(s).items() if v}
-            print(f"{s.study_name}: {counts}")
-        return 0
-    if cfg.sweep.action == "run":
+    action = cfg.sweep.action
+    if action in ("status", "report"):  # read-only: opens what exists, creates nothing
+        if not storage_exists(cfg, out):
+            print(f"nothing has run here yet: no study in {url}")
+            return 0
+        found = plan.existing_studies(cfg, open_storage(real_url(cfg), out))
+        studies = [s for _, s in found if s is not None]
+        if action == "status" or not studies:
+            for variant, s in found:
+                if s is None:
+                    print(f"{plan.study_name(cfg, variant)}: no such study in {url}")
+                else:
+                    counts = {k: v for k, v in cell_counts(s).items() if v}
+                    print(f"{s.study_name}: {counts}")
+            return 0
+    else:
         from harness.data import check_data
 
         check_data(cfg.data)  # missing CIFAR: one line, before any study exists
-    storage, studies = prepare(cfg)
-    save_config(cfg, out / "config.yaml")
-    if cfg.sweep.action == "run":
+        storage, studies = prepare(cfg)
+        save_config(cfg, out / "config.yaml")
+    if action in ("run", "extend"):
         print(
             f"lrwd: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, "
             f"{total_cells(cfg)} cells in all, in {url}; output {out}"

@@ -157,9 +157,39 @@ def distributions(sweep: DictConfig) -> dict[str, Any]:
 # Studies (created by the driver, one process)
 
 
+GRID_FIELDS = {"lr": "sweep.lr", "weight_decay": "sweep.weight_decay", "seed": "sweep.seeds"}
+
+
+def _axis(values: list[float]) -> str:
+    if not values:
+        return "none"
+    return f"{len(values)} from {values[0]:.3g} to {values[-1]:.3g}"
+
+
+def merge_grid(
+    name: str, old: dict[str, list] | None, new: dict[str, list], *, extend: bool, url: str = ""
+) -> dict[str, list]:
+    """The grid a study records after this run: ``new`` for a new study or the same grid;
+    with ``extend``, the union of both. A different grid without ``extend`` is refused with one
+    line naming the first key that differs and the two ways forward."""
+    if not old or old == new:
+        return new
+    if extend:
+        return {k: sorted(set(old.get(k, [])) | set(new[k])) for k in new}
+    key = next(k for k in new if old.get(k) != new[k])
+    where = f" in {url}" if url else ""
+    raise ConfigError(
+        f"{GRID_FIELDS[key]}: the study '{name}'{where} already holds another grid "
+        f"({key}: {_axis(old.get(key, []))}; now {_axis(new[key])}); add the new cells to it "
+        "with sweep.action=extend, or start a new study with sweep.study_name=<a new name>"
+    )
+
+
 def create_study(
-    cfg: DictConfig, storage, variant: Variant, *, load_only: bool = False
+    cfg: DictConfig, storage, variant: Variant, *, load_only: bool = False, extend: bool = False
 ) -> optuna.Study:
+    """Create (or open) the variant's study and record what it is. A study that has trials of
+    another grid is refused unless ``extend`` (:func:`merge_grid`)."""
     name = study_name(cfg, variant)
     sampler = make_sampler(cfg)
     pruner = make_pruner(cfg)
@@ -174,11 +204,13 @@ def create_study(
         load_if_exists=True,
     )
     lrs, wds, seeds = grid_axes(cfg.sweep)
+    old = study.user_attrs.get("grid") if study.get_trials(deepcopy=False) else None
+    grid = merge_grid(name, old, {"lr": lrs, "weight_decay": wds, "seed": seeds}, extend=extend)
     attrs = {
         "experiment": cfg.name,
         "optimizer": variant.optimizer,
         "decay": variant.decay,
-        "grid": {"lr": lrs, "weight_decay": wds, "seed": seeds},
+        "grid": grid,
         "model": cfg.model.name,
         "data": cfg.data.name,
         "sampler": cfg.sweep.sampler,
@@ -223,7 +255,11 @@ def make_sampler(cfg: DictConfig, seed: int | None = None) -> optuna.samplers.Ba
 def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
     """Enqueue every grid cell that has no finished, waiting or live trial. Driver only."""
     return enqueue_cells(
-        study, grid_cells(cfg.sweep), distributions(cfg.sweep), float(cfg.sweep.heartbeat_s)
+        study,
+        grid_cells(cfg.sweep),
+        distributions(cfg.sweep),
+        float(cfg.sweep.heartbeat_s),
+        max_retries=int(cfg.sweep.get("max_retries", 2)),
     )
 
 
@@ -262,22 +298,51 @@ def total_cells(cfg: DictConfig) -> int:
     return sum(cells(cfg, v) for v in variants(cfg))
 
 
+def existing_studies(cfg: DictConfig, storage) -> list[tuple[Variant, optuna.Study | None]]:
+    """Each variant with its study in ``storage``, or None where it has none. Writes nothing."""
+    found = []
+    for variant in variants(cfg):
+        try:
+            study = create_study(variant_config(cfg, variant), storage, variant, load_only=True)
+        except KeyError:
+            study = None
+        found.append((variant, study))
+    return found
+
+
 def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
-    """Open the storage, create each variant's study and enqueue its missing grid cells."""
+    """Open the storage, create each variant's study and enqueue its missing grid cells.
+
+    Every existing study's grid is checked first, so a refused grid change writes nothing.
+    """
     storage = open_storage(real_url(cfg), cfg.output_dir)
+    extend = cfg.sweep.get("action") == "extend"
+    for variant, study in existing_studies(cfg, storage):
+        if study is not None and study.get_trials(deepcopy=False):
+            vcfg = variant_config(cfg, variant)
+            lrs, wds, seeds = grid_axes(vcfg.sweep)
+            new = {"lr": lrs, "weight_decay": wds, "seed": seeds}
+            merge_grid(study.study_name, study.user_attrs.get("grid"), new, extend=extend)
     studies = []
     for variant in variants(cfg):
         vcfg = variant_config(cfg, variant)
-        study = create_study(vcfg, storage, variant)
+        study = create_study(vcfg, storage, variant, extend=extend)
         status = enqueue_study(study, vcfg)
         log.info(
-            "%s: %d cells, %d done, %d queued, %d running, %d re-queued",
+            "%s: %d cells, %d done, %d queued, %d running, %d re-queued, %d failed for good",
             study.study_name,
             status.total,
             status.done,
             status.queued,
             status.running,
             status.requeued,
+            status.failed,
         )
+        if status.failed:
+            print(
+                f"{study.study_name}: {status.failed} cell(s) failed more than "
+                f"sweep.max_retries={vcfg.sweep.get('max_retries', 2)} times and stay FAILED "
+                "(see fail_reason in results.csv; raise sweep.max_retries to try again)"
+            )
         studies.append(study)
     return storage, studies

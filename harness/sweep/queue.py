@@ -206,7 +206,21 @@ class CellStatus:
     queued: int = 0
     running: int = 0
     requeued: int = 0
+    failed: int = 0  # failed more than max_retries times: left FAILED
     total: int = 0
+
+
+# Fail reasons of a trial lost through no fault of its cell: they never count as a retry.
+LOST_REASONS = ("stale", "preempted")
+
+
+def failures(trials: Iterable[FrozenTrial]) -> int:
+    """How often a cell's trials failed in training (lost workers and hand-backs not counted)."""
+    return sum(
+        1
+        for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") not in LOST_REASONS
+    )
 
 
 def _waiting_trial(
@@ -226,9 +240,17 @@ def _waiting_trial(
 
 
 def enqueue_cells(
-    study: optuna.Study, cells: list[dict[str, Any]], dists: dict[str, Any], heartbeat_s: float
+    study: optuna.Study,
+    cells: list[dict[str, Any]],
+    dists: dict[str, Any],
+    heartbeat_s: float,
+    max_retries: int | None = None,
 ) -> CellStatus:
-    """Enqueue every cell that has no finished, waiting or live trial. Driver only."""
+    """Enqueue every cell that has no finished, waiting or live trial. Driver only.
+
+    A cell whose trials failed in training more than ``max_retries`` times (None: no limit) is
+    left FAILED and counted in ``failed``.
+    """
     status = CellStatus(total=len(cells))
     by_cell: dict[str, list[FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False):
@@ -250,6 +272,9 @@ def enqueue_cells(
             fail_trial(storage, t._trial_id, reason="stale")
         if len(live) > len(stale):
             status.running += 1
+            continue
+        if max_retries is not None and failures(states) > max_retries:
+            status.failed += 1
             continue
         if states:
             status.requeued += 1
