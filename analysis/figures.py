@@ -5,11 +5,16 @@
 an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or a W&B export
 (``wandb:entity/project[/group]``, a runs ``.json``). Writes into DIR:
 
-- ``heatmaps.png/.pdf``: the paper's Figure 2 (:func:`analysis.plots.heatmap_figure`);
-- ``regret.png/.pdf``: random-search regret and P(near-optimal) against k;
+- ``heatmaps.png/.pdf``: the paper's Figure 2 (:func:`analysis.plots.heatmap_figure`), for grid
+  sweeps; ``scatter.png/.pdf`` instead for scattered (random / TPE) trials: the trials over
+  log lr x log wd with a fitted surface as contours (:func:`analysis.plots.scatter_figure`);
+- ``regret.png/.pdf``: random-search regret (points and normalized, seeds as bands) and
+  P(near-optimal) against k;
 - ``valley.png/.pdf``: best wd against lr with the coupling slopes;
-- ``metrics.csv`` (one row per variant), ``regret.csv`` (variant, k), ``valley.csv`` (best wd per
-  lr) and ``cells.csv`` (mean/std/count per grid cell);
+- ``metrics.csv`` (one row per variant, definitions in :mod:`analysis.metrics`), ``regret.csv``
+  (variant, k), ``regret_seeds.csv`` (variant, seed, k), ``valley.csv`` (best wd per lr),
+  ``identity.csv`` (equivalent decoupled / independent cells and their difference) and
+  ``cells.csv`` (mean/std/count per grid cell);
 
 and prints the metrics as a table. Results of several experiments (or models, or data sets) are
 never mixed: each gets a subdirectory ``DIR/<experiment>[-<model>-<data>]/``, and ``DIR/metrics.csv``
@@ -23,9 +28,10 @@ import os
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.load import (
@@ -37,14 +43,28 @@ from analysis.load import (
     split_groups,
     variants_in_order,
 )
-from analysis.metrics import metrics_table, regret_table, valley_table
+from analysis.metrics import (
+    MIN_SURFACE_TRIALS,
+    NEAR_OPTIMAL_TOL,
+    Surface,
+    identity_table,
+    metrics_table,
+    regret_seed_table,
+    regret_table,
+    surface_valley_table,
+    valley_table,
+    variant_surface,
+)
 
 METRICS = ("test_error", "val_error", "final_val_error")
 
 
 @dataclass
 class Analysis:
-    """Everything computed for one experiment: the tables the figures are drawn from."""
+    """Everything computed for one experiment: the tables the figures are drawn from.
+
+    ``mode`` is ``grid`` (a filled lr x wd grid) or ``surface`` (scattered trials: ``surfaces``
+    holds the fitted surface of each variant with enough trials)."""
 
     label: str
     trials: pd.DataFrame
@@ -54,65 +74,125 @@ class Analysis:
     valleys: pd.DataFrame
     metric: str
     tol: float
+    mode: str = "grid"
+    regret_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    identity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    surfaces: dict[str, Surface] = field(default_factory=dict)
 
 
 def analyze(
     frame: pd.DataFrame,
     metric: str = "test_error",
-    tol: float = 0.10,
+    tol: float = NEAR_OPTIMAL_TOL,
     reps: int = 200,
     seed: int = 0,
     refine: bool = True,
     separability_log: bool = False,
     label: str = "",
+    rel_tol: float | None = None,
+    abs_tol: float = 0.0,
+    n_eval: int | None = None,
+    chance: float | None = None,
+    surface: bool | None = None,
 ) -> Analysis:
-    """Cells, metrics, regret and valley tables of one experiment's tidy frame."""
+    """Cells, metrics, regret, valley and identity tables of one experiment's tidy frame.
+
+    ``surface=None`` fits surfaces when the trials do not fill a grid (:func:`is_grid`)."""
     if frame.empty:
         raise ValueError("frame: no COMPLETE trials to analyze")
     cells = aggregate(frame, metric)
     variants = variants_in_order(frame)
+    surface = (not is_grid(frame)) if surface is None else surface
+    surfaces: dict[str, Surface] = {}
+    if surface:
+        for v in variants:
+            n = int((frame["variant"] == v).sum())
+            if n >= MIN_SURFACE_TRIALS:
+                surfaces[v] = variant_surface(frame, v, metric)
     metrics = metrics_table(
         frame,
         metric,
         variants,
+        surfaces=surfaces if surface else None,
         tol=tol,
         reps=reps,
         seed=seed,
         refine=refine,
         separability_log=separability_log,
+        rel_tol=rel_tol,
+        abs_tol=abs_tol,
+        n_eval=n_eval,
+        chance=chance,
     )
     for col in ("experiment", "model", "data"):
         metrics.insert(0, col, "/".join(sorted(set(frame[col].astype(str)))))
+    if surface:
+        regret = pd.concat(
+            [regret_table(_surface_cells(v, s), [v], tol) for v, s in surfaces.items()]
+            or [regret_table(cells.iloc[:0], [], tol)],
+            ignore_index=True,
+        )
+        valleys = surface_valley_table(surfaces, refine)
+        seeds = regret_seed_table(frame.iloc[:0], [], metric)
+    else:
+        regret = regret_table(cells, variants, tol)
+        valleys = valley_table(cells, variants, refine)
+        seeds = regret_seed_table(frame, variants, metric)
     return Analysis(
         label,
         frame,
         cells,
         metrics,
-        regret_table(cells, variants, tol),
-        valley_table(cells, variants, refine),
+        regret,
+        valleys,
         metric,
         tol,
+        "surface" if surface else "grid",
+        seeds,
+        identity_table(frame, metric),
+        surfaces,
     )
 
 
+def _surface_cells(variant: str, s: Surface) -> pd.DataFrame:
+    """A fitted surface's evaluation grid as cells (what :func:`regret_table` reads)."""
+    L, W = np.meshgrid(s.lrs, s.wds, indexing="ij")
+    ok = np.isfinite(s.E)
+    return pd.DataFrame({"variant": variant, "lr": L[ok], "weight_decay": W[ok], "mean": s.E[ok]})
+
+
 def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "viridis") -> dict:
-    """``{"heatmaps": Figure, "regret": Figure, "valley": Figure}`` for one analysis."""
-    from analysis.plots import heatmap_figure, regret_figure, valley_figure
+    """``{"heatmaps" or "scatter": Figure, "regret": Figure, "valley": Figure}`` for one
+    analysis."""
+    from analysis.plots import heatmap_figure, regret_figure, scatter_figure, valley_figure
 
     label = a.metric.replace("_", " ")
-    return {
-        "heatmaps": heatmap_figure(
-            a.cells,
-            a.metrics,
-            variants_in_order(a.cells),
-            metric_label=label,
-            n_best=n_best,
-            annotate=annotate,
-            cmap=cmap,
-        ),
-        "regret": regret_figure(a.regret, a.tol, metric_label=label),
-        "valley": valley_figure(a.valleys, a.metrics),
+    if a.mode == "surface":
+        main = {
+            "scatter": scatter_figure(
+                a.trials, a.surfaces, a.metrics, variants_in_order(a.trials), metric=a.metric,
+                cmap=cmap,
+            )
+        }  # fmt: skip
+    else:
+        main = {
+            "heatmaps": heatmap_figure(
+                a.cells,
+                a.metrics,
+                variants_in_order(a.cells),
+                metric_label=label,
+                n_best=n_best,
+                annotate=annotate,
+                cmap=cmap,
+            )
+        }
+    out = {
+        **main,
+        "regret": regret_figure(a.regret, a.tol, metric_label=label, seeds=a.regret_seeds),
     }
+    if len(a.valleys):
+        out["valley"] = valley_figure(a.valleys, a.metrics)
+    return out
 
 
 def write(
@@ -142,7 +222,9 @@ def write(
             a.cells.to_csv(d / "cells.csv", index=False)
             a.metrics.to_csv(d / "metrics.csv", index=False)
             a.regret.to_csv(d / "regret.csv", index=False)
+            a.regret_seeds.to_csv(d / "regret_seeds.csv", index=False)
             a.valleys.to_csv(d / "valley.csv", index=False)
+            a.identity.to_csv(d / "identity.csv", index=False)
             for name, fig in render(a, annotate, n_best, cmap).items():
                 for fmt in formats:
                     fig.savefig(d / f"{name}.{fmt}", dpi=dpi)
@@ -162,48 +244,120 @@ def write(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _slope_cell(m: pd.Series) -> str:
+    if not np.isfinite(m.coupling_slope):
+        return "n/a"
+    text = f"{m.coupling_slope:+.2f}"
+    if np.isfinite(m.coupling_slope_lo):
+        return text + f" [{m.coupling_slope_lo:+.2f}, {m.coupling_slope_hi:+.2f}]"
+    if m.get("coupling_slope_seed_n", 0) >= 2:
+        lo, hi = m.coupling_slope_seed_min, m.coupling_slope_seed_max
+        return text + f" ({lo:+.2f}..{hi:+.2f}, n={int(m.coupling_slope_seed_n)})"
+    return text
+
+
+def _pct(x: float, digits: int = 0) -> str:
+    return "n/a" if not np.isfinite(x) else f"{100 * x:.{digits}f}%"
+
+
+def _pts(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{100 * x:.1f}"
+
+
 def print_metrics(metrics: pd.DataFrame, title: str = "") -> None:
-    """The metrics as a rich table (what ``metrics.csv`` holds, rounded)."""
-    import numpy as np
+    """The metrics as a rich table (what ``metrics.csv`` holds, rounded), and the identity check
+    of each decoupled / independent pair below it."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title or "easier to tune? one row per variant", title_justify="left")
     for col in (
         "variant",
-        "best err",
-        "best lr",
-        "best wd",
+        "best (%)",
+        "lr",
+        "wd",
         "wd gain",
-        "coupling slope [95% CI]",
+        "coupling slope [95% CI] | (seeds, n)",
         "near-opt",
+        "±2SE",
+        "transfer 1/2",
         "separab.",
-        "k (90%)",
-        "diverged",
+        "k90",
+        "div.",
         "cells x seeds",
     ):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for _, m in metrics.iterrows():
-        ci = (
-            ""
-            if np.isnan(m.coupling_slope_lo)
-            else (f" [{m.coupling_slope_lo:+.2f}, {m.coupling_slope_hi:+.2f}]")
+        err = f"{100 * m.best_error:.2f}" + (
+            f" ± {100 * m.best_error_std:.2f}"
+            if m.n_seeds > 1 and np.isfinite(m.best_error_std)
+            else ""
         )
-        err = f"{m.best_error:.4f}" + (f" ± {m.best_error_std:.4f}" if m.n_seeds > 1 else "")
+        grid_mode = m.get("analysis_grid", "grid") == "grid"
+        near = (
+            f"{int(m.near_optimal_cells)}/{int(m.n_cells)}"
+            if grid_mode and np.isfinite(m.near_optimal_fraction)
+            else _pct(m.near_optimal_fraction)
+        )
+        near_abs = (
+            f"{int(m.near_optimal_cells_abs)}/{int(m.n_cells)}"
+            if grid_mode and np.isfinite(m.near_optimal_fraction_abs)
+            else _pct(m.near_optimal_fraction_abs)
+        )
+        k = m.trials_to_near_optimal
         table.add_row(
-            m.variant,
+            m.variant + ("" if grid_mode else f" ({m.analysis_grid})"),
             err,
             f"{m.best_lr:.3g}",
             f"{m.best_weight_decay:.3g}",
-            f"{m.wd_gain:+.4f}" if "wd_gain" in m else "-",
-            f"{m.coupling_slope:+.2f}{ci}",
-            f"{100 * m.near_optimal_fraction:.0f}%",
-            f"{m.separability:.2f}",
-            str(m.trials_to_near_optimal),
+            "n/a" if not np.isfinite(m.wd_gain) else f"{100 * m.wd_gain:+.2f}",
+            _slope_cell(m),
+            near,
+            near_abs,
+            f"{_pts(m.transfer_regret_1)}/{_pts(m.transfer_regret_2)}",
+            "n/a" if not np.isfinite(m.separability) else f"{m.separability:.2f}",
+            "n/a" if not np.isfinite(k) or k == 0 else str(int(k)),
             f"{100 * m.diverged_fraction:.0f}%",
             f"{m.n_cells} x {m.n_seeds}",
         )
-    Console(width=150).print(table)
+    console = Console(width=170)
+    console.print(table)
+    first = metrics.iloc[0] if len(metrics) else None
+    if first is not None:
+        rel = (
+            f"; within {100 * first.rel_tol:.0f}% (relative) of the best: "
+            + ", ".join(f"{m.variant} {_pct(m.near_optimal_fraction_rel)}" for _, m in metrics.iterrows())
+            if np.isfinite(first.get("rel_tol", np.nan))
+            else ""
+        )  # fmt: skip
+        console.print(
+            f"errors and gains in %; transfer 1/2: points lost reusing one lr's best wd 1/2 lr "
+            f"steps away; near-opt: cells with normalized regret (E - best) / (E at smallest wd - "
+            f"best) <= {first.tol:g}; ±2SE: cells within {_pts(first.near_optimal_threshold)} "
+            f"points of the best, 2 binomial SE of a cell mean ({first.n_eval} evaluation "
+            f"samples, {first.n_eval_source}){rel}"
+        )
+    seen = set()
+    for _, m in metrics.iterrows():
+        if not np.isfinite(m.get("identity_cells", np.nan)) or m.optimizer in seen:
+            continue
+        seen.add(m.optimizer)
+        pair = metrics[(metrics.optimizer == m.optimizer) & metrics.identity_cells.notna()]
+        names = " = ".join(pair.variant)
+        if m.identity_pairs == 0:
+            console.print(f"identity {names}: no equivalent cells in these grids")
+            continue
+        seed_range = (
+            f", seeds {m.identity_slope_diff_seed_min:+.2f}..{m.identity_slope_diff_seed_max:+.2f}"
+            if np.isfinite(m.get("identity_slope_diff_seed_min", np.nan))
+            else ""
+        )
+        console.print(
+            f"identity {names} (at (a, lam) vs (a, a*lam)): {int(m.identity_cells)} cells x "
+            f"seeds = {int(m.identity_pairs)} pairs, per-seed difference max {_pts(m.identity_max_abs_diff)} "
+            f"rms {_pts(m.identity_rms_diff)} points (noise floor); slope difference "
+            f"{m.identity_slope_diff:+.2f}{seed_range} (expected +1)"
+        )  # fmt: skip
 
 
 def parse_bins(text: str) -> tuple[int, int] | None:
@@ -268,15 +422,47 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--tol",
         type=float,
-        default=0.10,
-        help="near-optimal tolerance, relative to the best error (default: 0.10)",
+        default=NEAR_OPTIMAL_TOL,
+        help="near-optimal: normalized regret (E - best) / (E at smallest wd - best) at most "
+        f"this (default: {NEAR_OPTIMAL_TOL})",
+    )
+    ap.add_argument(
+        "--rel-tol",
+        type=float,
+        default=None,
+        metavar="R",
+        help="also report the share of cells within R (relative) of the best error, "
+        "near_optimal_fraction_rel (default: not reported)",
+    )
+    ap.add_argument(
+        "--abs-tol",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="absolute near-optimal threshold in error units, raised to 2 standard errors of a "
+        "cell mean when smaller (default: 0, i.e. 2 SE)",
+    )
+    ap.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluation-set size for the standard errors (default: inferred from the error "
+        "values, else the MNIST-1D default test set of 1000)",
+    )
+    ap.add_argument(
+        "--chance",
+        type=float,
+        default=None,
+        help="chance-level error for separability's dead rows and columns (default: "
+        "1 - 1/classes of the data set)",
     )
     ap.add_argument(
         "--bins",
         default="auto",
         metavar="auto|0|N|NxM",
-        help="put sampled (random/TPE) trials on an N x M log grid; auto: 8x8 when the trials "
-        "do not fill a grid, 0: never (default: auto)",
+        help="sampled (random/TPE) trials: auto or 0 fits a surface (scatter figure, metrics on "
+        "the surface); N or NxM bins them onto a log grid instead (default: auto)",
     )
     ap.add_argument("--n-best", type=int, default=10, help="cells to circle (default: 10)")
     ap.add_argument("--annotate", action="store_true", help="print each cell's error in %%")
@@ -315,7 +501,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --formats {args.formats}: use png, pdf and/or svg", file=sys.stderr)
         return 2
     if not 0 <= args.tol < 10:
-        print(f"error: --tol {args.tol}: give a relative tolerance like 0.1", file=sys.stderr)
+        print(f"error: --tol {args.tol}: give a normalized regret like 0.25", file=sys.stderr)
+        return 2
+    if args.rel_tol is not None and not 0 <= args.rel_tol < 10:
+        print(
+            f"error: --rel-tol {args.rel_tol}: give a relative tolerance like 0.1", file=sys.stderr
+        )
+        return 2
+    if args.n_eval is not None and args.n_eval < 1:
+        print(f"error: --n-eval {args.n_eval}: give the evaluation-set size", file=sys.stderr)
         return 2
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -329,11 +523,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{' '.join(args.sources)}: no COMPLETE trials (is the sweep still running?)"
             )
         bins = parse_bins(args.bins)
-        if bins is None and not is_grid(frame):
-            bins = (8, 8)
         if bins and bins != (0, 0):
             frame = snap_to_grid(frame, *bins)
             print(f"trials binned onto a {bins[0]} x {bins[1]} log grid (--bins)")
+        elif not is_grid(frame):
+            print("trials do not fill a grid: metrics on a fitted surface (--bins N to bin them)")
         analyses = [
             analyze(
                 part,
@@ -343,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
                 refine=not args.no_refine,
                 separability_log=args.separability_log,
                 label=label,
+                rel_tol=args.rel_tol,
+                abs_tol=args.abs_tol,
+                n_eval=args.n_eval,
+                chance=args.chance,
+                surface=False if bins and bins != (0, 0) else None,
             )
             for label, part in split_groups(frame)
         ]
@@ -356,8 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         for a in analyses:
             print_metrics(
                 a.metrics,
-                f"{a.label or 'results'}: {len(a.trials)} trials, "
-                f"{args.metric}, near-opt = within {100 * args.tol:.0f}% of the best",
+                f"{a.label or 'results'}: {len(a.trials)} trials, {args.metric}",
             )
     print(f"wrote {len(written)} files to {args.out}")
     return 0

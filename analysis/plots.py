@@ -7,8 +7,13 @@
   diverged hatched grey, cells where some seed diverged marked with a small x; the valley
   (best wd per lr) drawn with its least-squares fit; the numbers of :mod:`analysis.metrics` above
   each panel; optional per-cell error annotations.
-- :func:`regret_figure`: expected random-search regret and P(near-optimal) against k trials.
+- :func:`regret_figure`: expected random-search regret against k trials, in error points and
+  normalized by what decay buys, with the seeds as bands (seaborn), and P(near-optimal).
 - :func:`valley_figure`: best wd against lr on log-log axes, one line per variant, with slopes.
+- :func:`scatter_figure`: scattered (random / TPE) trials over log lr x log wd, the fitted
+  surface as filled contours, its valley and slope; the non-grid counterpart of the heatmaps.
+
+Legends go below the panels with as many columns as the figure's width holds, so none is cut.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch, Rectangle
 
 from analysis.load import grid
-from analysis.metrics import coupling_fit, valley, valley_fit_rows
+from analysis.metrics import MIN_SURFACE_TRIALS, Surface, coupling_fit, valley, valley_fit_rows
 from harness import registry
 
 # line colours of the decay forms and line styles of the families, in the registry's order
@@ -287,18 +293,65 @@ def draw_panel(
     return im
 
 
+def _slope_text(m: pd.Series) -> str:
+    """``slope −0.94 [−1.06, −0.51]`` with an interval, else the per-seed range and its n."""
+    if not np.isfinite(m.get("coupling_slope", np.nan)):
+        return "slope n/a"
+    text = f"slope {m.coupling_slope:+.2f}"
+    if np.isfinite(m.get("coupling_slope_lo", np.nan)):
+        text += f" [{m.coupling_slope_lo:+.2f}, {m.coupling_slope_hi:+.2f}]"
+    elif m.get("coupling_slope_seed_n", 0) >= 2:
+        lo, hi = m.coupling_slope_seed_min, m.coupling_slope_seed_max
+        text += f", seeds {lo:+.2f}..{hi:+.2f} (n={int(m.coupling_slope_seed_n)})"
+    return text.replace("-", "−")
+
+
 def _panel_numbers(m: pd.Series | None) -> str:
     if m is None:
         return ""
-    slope = f"slope {m.coupling_slope:+.2f}".replace("-", "−")
+    slope = _slope_text(m)
     if not m.get("valley_interior", True) and np.isfinite(m.coupling_slope):
-        slope += " (valley at grid edge)"
-    if np.isfinite(m.get("coupling_slope_lo", np.nan)):
-        lo, hi = m.coupling_slope_lo, m.coupling_slope_hi
-        slope += f" [{lo:+.2f}, {hi:+.2f}]".replace("-", "−")
-    return (
-        f"{slope}\nbest {100 * m.best_error:.2f}% · near-opt {100 * m.near_optimal_fraction:.0f}%"
-        f" · sep {m.separability:.2f}"
+        slope += " (edge)"
+    near = (
+        f"near-opt {int(m.near_optimal_cells)}/{int(m.n_cells)}"
+        if m.get("analysis_grid", "grid") == "grid"
+        else f"near-opt {100 * m.near_optimal_fraction:.0f}%"
+    )
+    if not np.isfinite(m.get("near_optimal_fraction", np.nan)):
+        near = "near-opt n/a"
+    sep = f"sep {m.separability:.2f}" if np.isfinite(m.separability) else "sep n/a"
+    lines = [slope, f"best {100 * m.best_error:.2f}% · {near} · {sep}"]
+    if np.isfinite(m.get("transfer_regret_1", np.nan)):
+        lines.append(f"transfer ±1 lr step: {100 * m.transfer_regret_1:.1f} pts")
+    return "\n".join(lines)
+
+
+def legend_columns(fig_width: float, labels: list[str], fontsize: float = 7.0) -> int:
+    """Legend columns that fit ``fig_width`` inches: the longest label (about 0.55 fontsize
+    points per character) plus the handle and spacing per column."""
+    longest = max((len(lb) for lb in labels), default=10)
+    col = (longest * 0.55 * fontsize + 3.6 * fontsize) / 72
+    return max(1, min(len(labels), int((fig_width - 0.2) // col)))
+
+
+def _legend_below(fig: plt.Figure, handles: list, labels: list[str] | None = None, **kw) -> None:
+    labels = labels if labels is not None else [h.get_label() for h in handles]
+    ncol = legend_columns(fig.get_figwidth(), labels, kw.get("fontsize", 7))
+    ncol = math.ceil(len(labels) / math.ceil(len(labels) / ncol))  # balanced rows
+    if ncol < len(labels) and ncol > 1:  # fill rows first (matplotlib fills columns)
+        rows = math.ceil(len(labels) / ncol)
+        grid_ = [list(range(len(labels)))[r * ncol : (r + 1) * ncol] for r in range(rows)]
+        order = [g[c] for c in range(ncol) for g in grid_ if c < len(g)]
+        handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=ncol,
+        frameon=False,
+        handlelength=kw.pop("handlelength", 1.8),
+        columnspacing=1.2,
+        **kw,
     )
 
 
@@ -334,7 +387,7 @@ def heatmap_figure(
     nl = max(s[0] for s in shapes)
     nw = max(s[1] for s in shapes)
     panel_w = 2.3
-    panel_h = (panel_w - 0.45) * nw / nl + 0.85
+    panel_h = (panel_w - 0.45) * nw / nl + 1.0
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
             len(fams),
@@ -418,15 +471,7 @@ def heatmap_figure(
             Patch(facecolor="#e3e3e3", edgecolor="#8a8a8a", hatch="////", lw=0, label="diverged"),
             Line2D([], [], ls="none", marker="x", color="black", ms=4, label="some seeds diverged"),
         ]
-        fig.legend(
-            handles=handles,
-            loc="outside lower center",
-            ncol=3,
-            frameon=False,
-            fontsize=7,
-            handlelength=1.8,
-            columnspacing=1.4,
-        )
+        _legend_below(fig, handles, fontsize=7)
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
@@ -443,46 +488,69 @@ def _variant_style(variant: str) -> dict:
 
 def regret_figure(
     regret: pd.DataFrame,
-    tol: float = 0.10,
+    tol: float = 0.25,
     metric_label: str = "test error",
     title: str | None = None,
+    seeds: pd.DataFrame | None = None,
 ) -> plt.Figure:
-    """Left: expected regret (best of k random grid cells minus the grid's best) against k.
-    Right: probability that k random cells include a near-optimal one (within ``tol``)."""
+    """Random search on the grid: expected regret (best of k random cells minus the grid's best)
+    against k in error points, the same divided by ``wd_gain`` (what tuning the decay buys), and
+    P(one of k cells has normalized regret <= ``tol``).
+
+    With ``seeds`` (:func:`analysis.metrics.regret_seed_table`, more than one seed) the regret
+    panels are drawn with seaborn: the line is the mean of the seeds' own curves, the band their
+    range; otherwise the line is the seed-mean grid's curve (``regret``)."""
+    variants = list(dict.fromkeys(regret["variant"]))
+    use_seeds = (
+        seeds is not None and len(seeds) and seeds.groupby("variant")["seed"].nunique().max() > 1
+    )
+    data = seeds if use_seeds else regret
+    palette = {v: _variant_style(v)["color"] for v in variants}
+    dashes = {v: _dash(_variant_style(v)["ls"]) for v in variants}
     with plt.rc_context(STYLE):
-        fig, (a, b) = plt.subplots(1, 2, figsize=(6.6, 2.9), layout="constrained")
+        fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.0), layout="constrained")
+        for ax, col, ylabel in (
+            (axes[0], "regret", f"expected regret ({metric_label}, points)"),
+            (axes[1], "regret_normalized", "expected regret / wd gain"),
+        ):
+            d = data.assign(y=data[col] * (100 if col == "regret" else 1))
+            d = d[np.isfinite(d["y"])]
+            if len(d):
+                sns.lineplot(
+                    data=d, x="k", y="y", hue="variant", style="variant", hue_order=variants,
+                    style_order=variants, palette=palette, dashes=dashes, lw=1.3, ax=ax,
+                    errorbar=("pi", 100) if use_seeds else None, estimator="mean", legend=False,
+                )  # fmt: skip
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+        axes[0].set_title("E[best of k] − best" + (" (band: seeds)" if use_seeds else ""))
+        axes[1].set_title("normalized by what decay buys")
+        axes[1].axhline(tol, color="#888888", lw=0.6, ls=":")
         for v, g in regret.groupby("variant", sort=False):
             st = _variant_style(v)
-            a.plot(g["k"], 100 * g["regret"], lw=1.4, **st)
-            b.plot(g["k"], g["p_near_optimal"], lw=1.4, **st)
-        for ax in (a, b):
+            axes[2].plot(g["k"], g["p_near_optimal"], lw=1.3, color=st["color"], ls=st["ls"])
+        axes[2].set_ylabel("probability")
+        axes[2].set_ylim(0, 1.02)
+        axes[2].set_title(f"P(normalized regret ≤ {tol:g} within k)")
+        for ax in axes:
             ax.set_xscale("log")
-            ax.set_xlabel("random grid trials k (without replacement)")
+            ax.set_xlabel("random grid trials k")
             ax.grid(alpha=0.25, lw=0.5)
             ax.spines[["top", "right"]].set_visible(False)
-        a.set_ylabel(f"expected regret ({metric_label}, % points)")
-        a.set_ylim(bottom=0)
-        a.set_title("E[best of k] − best")
-        b.set_ylabel("probability")
-        b.set_ylim(0, 1.02)
-        b.set_title(f"P(a cell within {100 * tol:.0f}% of the best among k)")
-        handles, labels = b.get_legend_handles_labels()
-        ncol = min(4, len(labels)) if len(labels) <= 4 else math.ceil(len(labels) / 2)
-        if len(labels) > 4:  # two rows (SGD above Adam): matplotlib fills columns first
-            rows = [list(range(len(labels)))[i : i + ncol] for i in (0, ncol)]
-            order = [r[c] for c in range(ncol) for r in rows if c < len(r)]
-            handles, labels = [handles[i] for i in order], [labels[i] for i in order]
-        fig.legend(
-            handles,
-            labels,
-            loc="outside lower center",
-            ncol=ncol,
-            frameon=False,
-            handlelength=2.2,
-        )
+        handles = [
+            Line2D([], [], color=palette[v], ls=_variant_style(v)["ls"], lw=1.4,
+                   label=variant_title(v))
+            for v in variants
+        ]  # fmt: skip
+        _legend_below(fig, handles, handlelength=2.2)
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _dash(ls: str) -> tuple | str:
+    """A matplotlib line style as a seaborn dash spec."""
+    return {"-": "", "--": (4, 2), "-.": (4, 1.5, 1, 1.5), ":": (1, 1.5)}.get(ls, "")
 
 
 def valley_figure(
@@ -538,13 +606,110 @@ def valley_figure(
             ax.set_title(_family_label(fam))
             ax.grid(alpha=0.25, lw=0.5, which="major")
             ax.spines[["top", "right"]].set_visible(False)
-            ax.legend(
-                frameon=False,
-                loc="upper center",
-                bbox_to_anchor=(0.5, -0.2),
-                ncol=1,
-                handlelength=2.2,
-            )
+        handles = {}
+        for ax in axes[0]:
+            for h, lb in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lb, h)
+        _legend_below(fig, list(handles.values()), list(handles), handlelength=2.2)
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def scatter_figure(
+    trials: pd.DataFrame,
+    surfaces: dict[str, Surface],
+    metrics: pd.DataFrame | None = None,
+    variants: list[str] | None = None,
+    *,
+    metric: str = "test_error",
+    cmap: str = "viridis",
+    title: str | None = None,
+    refine: bool = True,
+) -> plt.Figure:
+    """Scattered trials (random / TPE search) of each variant over log lr x log wd, coloured by
+    ``metric``; the fitted surface (:func:`analysis.metrics.fit_surface`) as filled contours
+    where there are trials nearby; its valley (red) and fitted slope (dashed); the best trial
+    circled red. Panels laid out as in :func:`heatmap_figure`. A variant with fewer than
+    ``MIN_SURFACE_TRIALS`` trials gets points only."""
+    variants = variants or list(dict.fromkeys(trials["variant"]))
+    fams, decs = _layout(variants)
+    sub = trials[trials["variant"].isin(variants) & trials[metric].notna()]
+    alive = sub.loc[~sub["diverged"].astype(bool), metric].to_numpy(float)
+    vmin = float(alive.min()) if alive.size else 0.0
+    vmax = float(np.percentile(alive, 90)) if alive.size else 1.0
+    norm = Normalize(vmin=vmin, vmax=max(vmax, vmin + 1e-3))
+    mrows = {} if metrics is None else {r.variant: r for _, r in metrics.iterrows()}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            len(fams), len(decs), squeeze=False, layout="constrained",
+            figsize=(2.6 * len(decs) + 1.0, 2.75 * len(fams) + 0.6),
+        )  # fmt: skip
+        sc = None
+        for r, fam in enumerate(fams):
+            for c, dec in enumerate(decs):
+                ax = axes[r][c]
+                v = f"{fam}/{dec}"
+                if v not in variants:
+                    ax.set_axis_off()
+                    continue
+                pts = sub[sub["variant"] == v]
+                s = surfaces.get(v)
+                if s is not None:
+                    X, Y = np.meshgrid(s.lrs, s.wds, indexing="ij")
+                    Z = np.ma.masked_invalid(s.E)
+                    if Z.count() > 3:
+                        ax.contourf(X, Y, Z, levels=np.linspace(norm.vmin, norm.vmax, 12),
+                                    cmap=cmap, norm=norm, extend="both", alpha=0.85)  # fmt: skip
+                        ax.contour(X, Y, Z, levels=np.linspace(norm.vmin, norm.vmax, 12),
+                                   colors="white", linewidths=0.3, alpha=0.6)  # fmt: skip
+                    val = valley(s.lrs, s.wds, s.E, refine)
+                    val = val[val["informative"]]
+                    ax.plot(val["lr"], val["best_wd"], color=VALLEY_COLOR, lw=1.0, zorder=5)
+                    fit = valley_fit_rows(val)
+                    slope, icpt = coupling_fit(s.lrs, s.wds, s.E, refine)
+                    if np.isfinite(slope) and len(fit) >= 2:
+                        xs = np.geomspace(fit["lr"].min(), fit["lr"].max(), 30)
+                        ax.plot(xs, np.exp(icpt + slope * np.log(xs)), color="white", lw=0.9,
+                                ls=(0, (3, 2)), zorder=5)  # fmt: skip
+                ok = ~pts["diverged"].astype(bool)
+                sc = ax.scatter(pts.loc[ok, "lr"], pts.loc[ok, "weight_decay"],
+                                c=pts.loc[ok, metric], cmap=cmap, norm=norm, s=14,
+                                edgecolors="black", linewidths=0.4, zorder=6)  # fmt: skip
+                ax.scatter(pts.loc[~ok, "lr"], pts.loc[~ok, "weight_decay"], marker="x",
+                           color="#555555", s=14, lw=0.8, zorder=6)  # fmt: skip
+                if len(pts):
+                    b = pts.loc[pts[metric].idxmin()]
+                    ax.scatter([b["lr"]], [b["weight_decay"]], s=60, facecolors="none",
+                               edgecolors=VALLEY_COLOR, linewidths=1.4, zorder=7)  # fmt: skip
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                m = mrows.get(v)
+                if m is not None and m.get("analysis_grid") == "surface":
+                    numbers = _panel_numbers(m)
+                else:
+                    numbers = f"{len(pts)} trials < {MIN_SURFACE_TRIALS}: no surface, no slope"
+                ax.set_title(f"{variant_title(v)}\n{numbers}", fontsize=7.2, linespacing=1.25,
+                             pad=3)  # fmt: skip
+                ax.set_xlabel("initial learning rate")
+                ax.set_ylabel("weight decay")
+                ax.tick_params(which="major", length=3, pad=1.5)
+        if sc is not None:
+            cb = fig.colorbar(sc, ax=axes, shrink=0.8, pad=0.02, aspect=25, extend="max")
+            cb.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+            cb.set_label(f"{metric.replace('_', ' ')} (one trial per point)")
+            cb.ax.tick_params(labelsize=7, length=2)
+        handles = [
+            Line2D([], [], ls="none", marker="o", mfc="#777777", mec="black", mew=0.4, ms=4.5,
+                   label="trial"),
+            Line2D([], [], ls="none", marker="o", mfc="none", mec=VALLEY_COLOR, mew=1.4, ms=7,
+                   label="best trial"),
+            Line2D([], [], ls="none", marker="x", color="#555555", ms=4, label="diverged"),
+            Patch(facecolor="#7fbf9f", label="fitted surface (kernel smoother)"),
+            Line2D([], [], color=VALLEY_COLOR, lw=1.0, label="surface valley"),
+            Line2D([], [], color="#555555", lw=1.0, ls=(0, (3, 2)), label="log-log fit (slope)"),
+        ]  # fmt: skip
+        _legend_below(fig, handles, fontsize=7)
         if title:
             fig.suptitle(title, fontsize=9)
     return fig

@@ -13,6 +13,10 @@ A trial diverges (``diverged=True``, errors 1.0) when ``lr > lr_max`` or, for th
 forms, when ``lr * wd > 1`` (``w *= 1 - lr*wd`` overshoots); every trial gets Gaussian seed noise.
 
 ``python -m analysis.synthetic OUT.csv [--seeds 3] [--lrs 9] [--wds 9]`` writes one.
+
+:func:`landscape` builds grids whose every number is known by construction (basin width, valley
+slope including -2, dead rows, the cost of not tuning the decay), for the metric tests;
+:func:`grid_trials` turns seed grids of it into trials.
 """
 
 from __future__ import annotations
@@ -109,6 +113,81 @@ def synthetic_results(
                 )
                 trial += 1
     return pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
+
+
+def landscape(
+    n_lr: int = 6,
+    slope: int = -1,
+    width: float = 2.5,
+    e_best: float = 0.46,
+    gain: float = 0.05,
+    lr_cost: float = 0.0,
+    dead_rows: Sequence[int] = (),
+    chance: float = 0.9,
+    step: float = 10**0.5,
+    margin: int = 3,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lrs, wds, E)``: a grid with a known valley and basin, noise-free.
+
+    Both axes step by the same factor ``step`` (``lr_i = 1e-3 * step^i``, ``wd_j = 1e-6 *
+    step^j``), so the valley ``j*(i) = j0 + slope * i`` (a whole number of cells per row) has
+    log-log slope ``slope`` exactly. With ``d = j - j*(i)``::
+
+        E[i, j] = e_best + lr_cost * (i - i_mid)^2 + gain * min(1, d^2 / width^2)
+
+    ``i_mid`` = the middle row (rounded down). Every live row's valley sits at least ``margin``
+    (> ``width``) cells from the wd edges, so the smallest-wd column costs exactly ``gain`` on
+    the best row (normalized regret ``min(1, d^2 / width^2) + lr_cost (i - i_mid)^2 / gain``), the
+    best wd of row i reused at row i + k costs ``gain * min(1, (slope k)^2 / width^2)``
+    (``lr_cost = 0``) and ``slope = 0`` is additive. ``dead_rows`` are at ``chance`` in every
+    cell (a learning rate at which the network does not train).
+    """
+    if margin <= width:
+        raise ValueError(f"margin {margin} must exceed width {width}")
+    j0 = margin - slope * (n_lr - 1) if slope < 0 else margin
+    n_wd = j0 + slope * (n_lr - 1) + margin + 1 if slope > 0 else j0 + margin + 1
+    lrs = 1e-3 * step ** np.arange(n_lr)
+    wds = 1e-6 * step ** np.arange(n_wd)
+    i, j = np.meshgrid(np.arange(n_lr), np.arange(n_wd), indexing="ij")
+    d = j - (j0 + slope * i)
+    E = e_best + lr_cost * (i - (n_lr - 1) // 2) ** 2 + gain * np.minimum(1.0, d**2 / width**2)
+    E[list(dead_rows)] = chance
+    return lrs, wds, E
+
+
+def grid_trials(
+    lrs: np.ndarray,
+    wds: np.ndarray,
+    S: np.ndarray,
+    variant: str = "adam/l2",
+    n_eval: int | None = 2000,
+    data: str = "mnist1d",
+) -> pd.DataFrame:
+    """A tidy-frame-shaped set of trials from seed grids ``S[s, i, j]`` (errors rounded to
+    multiples of ``1/n_eval``, as a test set of that size gives them)."""
+    opt, _, decay = variant.partition("/")
+    S = np.asarray(S, float)
+    if n_eval:
+        S = np.round(S * n_eval) / n_eval
+    s, i, j = np.meshgrid(*(np.arange(n) for n in S.shape), indexing="ij")
+    return pd.DataFrame(
+        {
+            "study": f"landscape-{opt}-{decay}",
+            "experiment": "landscape",
+            "optimizer": opt,
+            "decay": decay,
+            "model": "surface",
+            "data": data,
+            "lr": lrs[i.ravel()],
+            "weight_decay": wds[j.ravel()],
+            "seed": s.ravel(),
+            "state": "COMPLETE",
+            "test_error": S.ravel(),
+            "val_error": S.ravel(),
+            "diverged": False,
+            "variant": variant,
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

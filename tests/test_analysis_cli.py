@@ -18,7 +18,14 @@ from analysis.figures import main
 from analysis.synthetic import synthetic_results
 
 FILES = ("heatmaps", "regret", "valley")
-TABLES = ("metrics.csv", "regret.csv", "valley.csv", "cells.csv")
+TABLES = (
+    "metrics.csv",
+    "regret.csv",
+    "regret_seeds.csv",
+    "valley.csv",
+    "identity.csv",
+    "cells.csv",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +52,20 @@ def test_cli_from_a_directory_of_results(results_dir, tmp_path, capsys):
     assert not list(out.glob(".partial-*"))
     m = pd.read_csv(out / "metrics.csv").set_index("variant")
     assert list(m.index) == ["sgd/l2", "sgd/independent", "adam/l2", "adam/independent"]
+    # 3 seeds: no bootstrap interval, the per-seed range
+    assert m["coupling_slope_lo"].isna().all() and m["coupling_slope_hi"].isna().all()
+    assert (m["coupling_slope_interval"] == "none").all() and (
+        m["coupling_slope_seed_n"] == 3
+    ).all()
     for col in (
         "coupling_slope",
-        "coupling_slope_lo",
-        "coupling_slope_hi",
+        "coupling_slope_seed_min",
+        "coupling_slope_seed_max",
         "near_optimal_fraction",
+        "near_optimal_fraction_abs",
+        "transfer_regret_1",
+        "transfer_regret_2",
+        "separability_all",
         "separability",
         "best_error",
         "best_lr",
@@ -59,9 +75,13 @@ def test_cli_from_a_directory_of_results(results_dir, tmp_path, capsys):
         assert m[col].notna().all(), col
     assert m.loc["adam/l2", "coupling_slope"] == pytest.approx(-1, abs=0.2)
     assert m.loc["adam/independent", "coupling_slope"] == pytest.approx(0, abs=0.15)
+    assert m["near_optimal_fraction_rel"].isna().all()  # only when asked for (--rel-tol)
     reg = pd.read_csv(out / "regret.csv")
     assert reg.groupby("variant")["k"].max().eq(42).all()
     assert reg.groupby("variant")["regret"].apply(lambda r: r.is_monotonic_decreasing).all()
+    seeds = pd.read_csv(out / "regret_seeds.csv")
+    assert seeds.groupby("variant")["seed"].nunique().eq(3).all()
+    assert "near-opt" in printed and "evaluation samples" in printed
 
 
 def test_cli_process_from_an_optuna_storage(tmp_path):
@@ -112,7 +132,7 @@ def test_cli_process_from_an_optuna_storage(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 7 files" in proc.stdout  # 3 figures (png only) + 4 tables
+    assert "wrote 9 files" in proc.stdout  # 3 figures (png only) + 6 tables
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["variant"]) == ["adam/l2"] and m["n_cells"].item() == 16
     assert not (out / "heatmaps.pdf").exists()
@@ -240,3 +260,72 @@ def test_help_and_bad_input(tmp_path, results_dir):
         assert len(lines) == 1 and msg in lines[0] and lines[0].startswith("error: "), proc.stderr
     assert [p.name for p in out.iterdir()] == ["metrics.csv"]  # nothing (half-)written
     assert (out / "metrics.csv").read_text() == "old\n"
+
+
+def test_cli_scattered_trials_get_a_surface_not_a_grid(tmp_path, capsys):
+    """Random search: a scatter with the fitted surface instead of heatmaps, metrics on the
+    surface, and a variant with too few trials reported as not applicable."""
+    from analysis.synthetic import surface
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for v, n in (("adam/l2", 120), ("adam/independent", 12)):
+        opt, dec = v.split("/")
+        lr = np.exp(rng.uniform(np.log(10**-4.5), np.log(10**-1.3), n))
+        wd = np.exp(rng.uniform(np.log(10**-5.5), np.log(10**-1.5), n))
+        err, div = surface(opt, dec, lr, wd)
+        rows.append(pd.DataFrame(dict(study=v, optimizer=opt, decay=dec, lr=lr, weight_decay=wd,
+                                      seed=0, state="COMPLETE", test_error=err, diverged=div)))  # fmt: skip
+    pd.concat(rows).to_csv(tmp_path / "results.csv", index=False)
+    out = tmp_path / "figs"
+    assert main([str(tmp_path / "results.csv"), "--out", str(out), "--bootstrap", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted surface" in printed and "(surface)" in printed
+    assert (out / "scatter.png").exists() and not (out / "heatmaps.png").exists()
+    m = pd.read_csv(out / "metrics.csv").set_index("variant")
+    assert m.loc["adam/l2", "analysis_grid"] == "surface"
+    assert m.loc["adam/l2", "coupling_slope"] == pytest.approx(-1, abs=0.3)
+    assert m.loc["adam/independent", "analysis_grid"] == "none"
+    assert m.loc["adam/independent", ["coupling_slope", "separability"]].isna().all()
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import analyze, render
+    from analysis.load import load_results
+
+    for name, fig in render(analyze(load_results(tmp_path / "results.csv"), reps=0)).items():
+        assert _legends_inside(fig), name
+        plt.close(fig)
+    # --bins N still bins them onto a grid when asked
+    out2 = tmp_path / "binned"
+    assert main([str(tmp_path / "results.csv"), "--out", str(out2), "--bins", "6", "--quiet",
+                 "--formats", "png", "--bootstrap", "0"]) == 0  # fmt: skip
+    assert (out2 / "heatmaps.png").exists()
+
+
+def _legends_inside(fig) -> bool:
+    fig.canvas.draw()
+    box = fig.bbox
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends, "no legend"
+    for lg in legends:
+        e = lg.get_window_extent()
+        if e.x0 < box.x0 - 1 or e.x1 > box.x1 + 1 or e.y0 < box.y0 - 1 or e.y1 > box.y1 + 1:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("variants", [["adam/l2"], ["sgd/l2", "adam/independent"], None])
+def test_no_legend_is_cut_off(variants):
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import analyze, render
+    from analysis.load import load_results
+
+    frame = load_results(synthetic_results(variants or ["sgd/l2", "sgd/independent", "adam/l2",
+                                                        "adam/independent"],
+                                           n_lr=5, n_wd=5, seeds=2))  # fmt: skip
+    figs = render(analyze(frame, reps=0))
+    assert set(figs) == {"heatmaps", "regret", "valley"}
+    for name, fig in figs.items():
+        assert _legends_inside(fig), name
+        plt.close(fig)

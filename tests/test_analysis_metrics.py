@@ -10,19 +10,33 @@ import pytest
 
 from analysis.load import aggregate, is_grid, load_results, snap_to_grid
 from analysis.metrics import (
+    MIN_SEEDS_FOR_INTERVAL,
+    MIN_SURFACE_TRIALS,
     bootstrap_coupling_slope,
+    cell_standard_error,
     coupling_slope,
+    fit_surface,
     hit_probability,
+    identity_table,
+    infer_eval_size,
+    informative_lines,
     metrics_table,
     near_optimal_fraction,
+    near_optimal_fraction_absolute,
+    near_optimal_fraction_relative,
+    normalized_regret,
     random_search_regret,
+    regret_seed_table,
     regret_table,
+    seed_slopes,
     separability,
+    surface_slope_interval,
+    transfer_regret,
     trials_to_near_optimal,
     valley,
     variant_metrics,
 )
-from analysis.synthetic import surface, synthetic_results
+from analysis.synthetic import grid_trials, landscape, surface, synthetic_results
 
 LRS = np.geomspace(1e-4, 1e-1, 9)
 WDS = np.geomspace(1e-6, 1e-1, 11)
@@ -92,10 +106,22 @@ def test_valley_along_the_edge_falls_back_and_says_so():
     assert np.isnan(coupling_slope(LRS[:1], WDS, E[:1]))
 
 
-def test_near_optimal_fraction():
-    E = np.array([[0.10, 0.105, 0.2], [0.109, 0.5, np.nan]])
-    assert near_optimal_fraction(E, tol=0.10) == pytest.approx(3 / 5)
-    assert near_optimal_fraction(E, tol=0.0) == pytest.approx(1 / 5)
+def test_near_optimal_fraction_normalized_absolute_and_relative():
+    # wd ascending along a row; the smallest-wd column's best is 0.30, the best 0.10: gain 0.20
+    E = np.array([[0.30, 0.10, 0.105, 0.2], [0.35, 0.109, 0.5, np.nan]])
+    r = normalized_regret(E)
+    assert r[0, 0] == pytest.approx(1.0) and r[0, 1] == 0.0 and r[1, 2] == pytest.approx(2.0)
+    assert np.isnan(r[1, 3])
+    # r <= 0.25: 0.10, 0.105, 0.109 (r = 0.045); 0.2 has r = 0.5
+    assert near_optimal_fraction(E, tol=0.25) == pytest.approx(3 / 7)
+    assert near_optimal_fraction(E, tol=0.5) == pytest.approx(4 / 7)
+    assert near_optimal_fraction(E, tol=0.0) == pytest.approx(1 / 7)
+    assert near_optimal_fraction_absolute(E, 0.006) == pytest.approx(2 / 7)
+    assert near_optimal_fraction_relative(E, 0.10) == pytest.approx(3 / 7)
+    # decay buys nothing (the best is in the smallest-wd column): only ties with the best count
+    flat = np.array([[0.10, 0.10, 0.2], [0.101, 0.3, 0.4]])
+    assert near_optimal_fraction(flat, 0.25) == pytest.approx(2 / 6)
+    assert np.isnan(near_optimal_fraction(np.full((2, 2), np.nan)))
 
 
 def _brute_regret(vals: np.ndarray, k: int) -> float:
@@ -123,24 +149,29 @@ def test_regret_is_exact_monotone_and_zero_at_grid_size():
 
 
 def test_hit_probability_and_trials_to_near_optimal():
-    E = np.array([[0.10, 0.105, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7]])  # 2 of 8 near-optimal
-    hp = hit_probability(E, tol=0.10)
+    # gain 0.30 - 0.10 = 0.2; normalized regret <= 0.25 means E <= 0.15: 2 of 8 cells
+    E = np.array([[0.30, 0.10, 0.105, 0.2], [0.4, 0.5, 0.6, 0.7]])
+    hp = hit_probability(E, tol=0.25)
     for k in range(1, 9):
         combos = list(itertools.combinations(E.ravel(), k))
-        want = np.mean([min(c) <= 0.11 for c in combos])
+        want = np.mean([min(c) <= 0.15 for c in combos])
         assert hp[k - 1] == pytest.approx(want)
     # P(hit in k) = 1 - C(6, k) / C(8, k): 0.893 at k = 5, 0.964 at k = 6
     assert hp[4] == pytest.approx(1 - 6 / 56) and hp[5] == pytest.approx(1 - 1 / 28)
-    assert trials_to_near_optimal(E, 0.10, p=0.9) == 6
-    assert trials_to_near_optimal(E, 0.10, p=0.5) == 3
+    assert trials_to_near_optimal(E, 0.25, p=0.9) == 6
+    assert trials_to_near_optimal(E, 0.25, p=0.5) == 3
 
 
-def test_bootstrap_interval_covers_the_truth_and_needs_three_seeds():
+def test_bootstrap_interval_covers_the_truth_and_needs_five_seeds():
+    assert MIN_SEEDS_FOR_INTERVAL == 5
     rng = np.random.default_rng(2)
     S = coupled()[None] + rng.normal(0, 0.01, (5, *coupled().shape))
     lo, hi = bootstrap_coupling_slope(LRS, WDS, S, reps=60)
     assert lo <= -1.0 <= hi and hi - lo < 0.5
-    assert np.isnan(bootstrap_coupling_slope(LRS, WDS, S[:2], reps=60)).all()
+    # 4 seeds (35 distinct resamples) or 3 (10): no interval, the per-seed slopes instead
+    assert np.isnan(bootstrap_coupling_slope(LRS, WDS, S[:4], reps=60)).all()
+    per_seed = seed_slopes(LRS, WDS, S[:3])
+    assert per_seed.shape == (3,) and np.all(np.abs(per_seed + 1) < 0.3)
 
 
 def _rows(variant: str, cells: dict) -> list[dict]:
@@ -172,7 +203,7 @@ def test_variant_metrics_of_a_hand_made_grid():
             )
         )
     )
-    m = variant_metrics(frame, "sgd/l2", tol=0.2, reps=0)
+    m = variant_metrics(frame, "sgd/l2", tol=0.5, reps=0)
     assert (m["best_lr"], m["best_weight_decay"]) == (0.01, 1e-3)
     assert m["best_error"] == pytest.approx(0.23, abs=1e-12)
     assert m["best_error_std"] == pytest.approx(0.06 / np.sqrt(2), abs=1e-12)  # ddof=1
@@ -180,10 +211,26 @@ def test_variant_metrics_of_a_hand_made_grid():
     assert m["wd_gain"] == pytest.approx(0.06, abs=1e-12)
     assert (m["n_lr"], m["n_wd"], m["n_cells"], m["n_seeds"], m["n_trials"]) == (2, 3, 6, 2, 12)
     assert m["diverged_fraction"] == pytest.approx(1 / 12, abs=1e-12)
-    # near-optimal: E <= 0.23 * 1.2 = 0.276, i.e. 0.23 and 0.26: 2 of 6 cells;
+    # normalized regret: E_0 = best of the smallest-wd column = 0.29, gain 0.06, so
+    # r = 1.5, 0, 0.5 / 1, 1, 6.33: r <= 0.5 for 0.23 and 0.26, 2 of 6 cells;
     # P(hit in k) = 1 - C(4, k) / C(6, k) = 0.8 at k = 3, 14/15 at k = 4
     assert m["near_optimal_fraction"] == pytest.approx(2 / 6, abs=1e-12)
-    assert m["trials_to_near_optimal"] == 4
+    assert m["near_optimal_cells"] == 2 and m["trials_to_near_optimal"] == 4
+    # every error is a multiple of 1/100: an evaluation set of 100 samples; two seeds, so
+    # T = 2 sqrt(0.23 * 0.77 / 200) = 0.0595: 0.23 and 0.26 are within it, both 0.29 (0.06
+    # away) just not, and the wd gain (0.06) is just resolved
+    assert (m["n_eval"], m["n_eval_source"]) == (100, "inferred")
+    assert m["near_optimal_threshold"] == pytest.approx(0.05951, abs=1e-4)
+    assert m["near_optimal_cells_abs"] == 2 and m["wd_gain_resolved"]
+    assert np.isnan(m["near_optimal_fraction_rel"])  # not asked for
+    assert variant_metrics(frame, "sgd/l2", reps=0, rel_tol=0.2)["near_optimal_fraction_rel"] == (
+        pytest.approx(2 / 6)
+    )
+    # transfer: row 0.01's best column (1e-3) at lr 0.1 costs 0.29 - 0.29 = 0, row 0.1's
+    # (1e-4, its first minimum) at lr 0.01 costs 0.32 - 0.23 = 0.09; mean 0.045 over 2 pairs
+    assert (m["transfer_regret_1"], m["transfer_pairs_1"]) == (pytest.approx(0.045), 2)
+    assert m["transfer_regret_1_norm"] == pytest.approx(0.045 / 0.06)
+    assert np.isnan(m["transfer_regret_2"]) and m["transfer_pairs_2"] == 0
     # the valley: lr 0.01 has an interior minimum, lr 0.1 its first minimum at the smallest wd
     # (0.29 twice); both are informative (<= the median 0.29), so both are fit: not interior
     assert (m["valley_rows"], m["valley_interior"]) == (2, False)
@@ -193,7 +240,9 @@ def test_variant_metrics_of_a_hand_made_grid():
     fit = E.mean(1, keepdims=True) + E.mean(0, keepdims=True) - E.mean()
     want = 1 - ((E - fit) ** 2).sum() / ((E - E.mean()) ** 2).sum()
     assert 0.55 < want < 0.65 and m["separability"] == pytest.approx(want, abs=1e-12)
-    assert metrics_table(frame, tol=0.2, reps=0).iloc[0].to_dict() == pytest.approx(m, nan_ok=True)
+    assert m["separability_all"] == m["separability"]  # no data set, no chance level
+    row = metrics_table(frame, tol=0.5, reps=0).iloc[0].to_dict()
+    assert {k: row[k] for k in m} == pytest.approx(m, nan_ok=True)
 
 
 def test_wd_gain_is_the_best_error_at_the_smallest_wd_minus_the_best():
@@ -217,7 +266,10 @@ def test_synthetic_results_end_to_end_numbers():
     m = metrics_table(frame, reps=40).set_index("variant")
     for v in ("sgd/l2", "adam/l2"):
         assert m.loc[v, "coupling_slope"] == pytest.approx(-1.0, abs=0.15)
-        assert m.loc[v, "coupling_slope_lo"] <= -1.0 + 0.1 and m.loc[v, "coupling_slope_hi"] < -0.7
+        # 3 seeds: no interval, each seed's slope instead
+        assert np.isnan(m.loc[v, "coupling_slope_lo"]) and m.loc[v, "coupling_slope_seed_n"] == 3
+        assert -1.3 < m.loc[v, "coupling_slope_seed_min"] <= m.loc[v, "coupling_slope_seed_max"]
+        assert m.loc[v, "coupling_slope_seed_max"] < -0.7
     for v in ("sgd/independent", "adam/independent"):
         assert m.loc[v, "coupling_slope"] == pytest.approx(0.0, abs=0.1)
         assert (
@@ -282,3 +334,201 @@ def test_sampled_trials_are_binned_onto_a_grid():
     assert m.loc["adam/independent", "coupling_slope"] == pytest.approx(0.0, abs=0.2)
     with pytest.raises(ValueError, match="mixes several experiment"):
         metrics_table(pd.concat([frame, frame.assign(experiment="other")]))
+
+
+# --------------------------------------------------------------------------------------------
+# Landscapes of known structure (analysis.synthetic.landscape): basin width, valley slope,
+# dead rows. Expected numbers are worked out from the construction, not from the metrics.
+
+
+def _noisy(E: np.ndarray, seeds: int, noise: float, rng_seed: int) -> np.ndarray:
+    rng = np.random.default_rng(rng_seed)
+    return E[None] + rng.normal(0, noise, (seeds, *E.shape))
+
+
+@pytest.mark.parametrize(
+    ("width", "margin", "per_row"),
+    # normalized regret of a live cell d cells off the valley is min(1, d^2 / width^2):
+    # width 2.5: d = 0, +-1 (0.16) are <= 0.25, d = 2 (0.64) is not: 3 cells a row;
+    # width 4.5: d^2 <= 5.06, so |d| <= 2: 5 cells a row
+    [(2.5, 3, 3), (4.5, 5, 5)],
+)
+@pytest.mark.parametrize("slope", [-2, -1, 0])
+def test_landscape_basin_size_is_recovered(width, margin, per_row, slope):
+    lrs, wds, E = landscape(n_lr=6, slope=slope, width=width, margin=margin, dead_rows=(0,))
+    n = E.size
+    assert near_optimal_fraction(E) == pytest.approx(5 * per_row / n, abs=1e-12)
+    assert trials_to_near_optimal(E) >= 1
+    # relative 10% at 46% error is 4.6 points: it also counts cells that give up most of what
+    # decay buys (gain 5 points): width 2.5, d = +-2 (3.2 points) are in
+    if width == 2.5:
+        assert near_optimal_fraction_relative(E, 0.10) == pytest.approx(5 * 5 / n, abs=1e-12)
+    # with seed noise (5 seeds, 0.2 points each) within one cell per live row
+    for rng_seed in range(3):
+        M = _noisy(E, 5, 0.002, rng_seed).mean(0)
+        assert abs(near_optimal_fraction(M) * n - 5 * per_row) <= 5
+
+
+@pytest.mark.parametrize("slope", [-2, -1, 0, 1])
+def test_landscape_slope_is_recovered(slope):
+    lrs, wds, E = landscape(n_lr=6, slope=slope)
+    assert coupling_slope(lrs, wds, E) == pytest.approx(slope, abs=1e-9)
+    assert coupling_slope(lrs, wds, E, refine=False) == pytest.approx(slope, abs=1e-9)
+    # dead rows (chance level everywhere) are left out of the fit
+    lrs, wds, D = landscape(n_lr=6, slope=slope, dead_rows=(0, 5))
+    v = valley(lrs, wds, D)
+    assert not v.loc[v.lr.isin(lrs[[0, 5]]), "in_fit"].any()
+    assert coupling_slope(lrs, wds, D) == pytest.approx(slope, abs=1e-9)
+    # noisy seeds: slope within 0.15, each seed's within 0.35, and with 6 seeds an interval
+    # that covers the truth
+    S = _noisy(E, 6, 0.002, 7)
+    assert coupling_slope(lrs, wds, S.mean(0)) == pytest.approx(slope, abs=0.15)
+    assert np.all(np.abs(seed_slopes(lrs, wds, S) - slope) < 0.35)
+    lo, hi = bootstrap_coupling_slope(lrs, wds, S, reps=80)
+    assert lo - 0.05 <= slope <= hi + 0.05
+
+
+@pytest.mark.parametrize(
+    ("slope", "one", "two"),
+    # the best wd of row i reused k rows away is |slope| k cells off the valley there:
+    # gain * min(1, (slope k)^2 / 2.5^2), gain = 0.05
+    [(0, 0.0, 0.0), (-1, 0.05 * 0.16, 0.05 * 0.64), (-2, 0.05 * 0.64, 0.05), (1, 0.008, 0.032)],
+)
+def test_landscape_transfer_regret_is_recovered(slope, one, two):
+    lrs, wds, E = landscape(n_lr=6, slope=slope, dead_rows=(0,))
+    t1, p1 = transfer_regret(lrs, wds, E, 1)
+    t2, p2 = transfer_regret(lrs, wds, E, 2)
+    # live rows 1..5: 4 adjacent pairs and 3 pairs two apart, both directions
+    assert (p1, p2) == (8, 6)
+    assert t1 == pytest.approx(one, abs=1e-12) and t2 == pytest.approx(two, abs=1e-12)
+    M = _noisy(E, 3, 0.002, 1).mean(0)
+    assert transfer_regret(lrs, wds, M, 1)[0] == pytest.approx(one, abs=0.004)
+    assert transfer_regret(lrs, wds, M, 2)[0] == pytest.approx(two, abs=0.004)
+
+
+def test_separability_leaves_out_dead_rows_and_columns():
+    # additive in lr and wd (slope 0, an lr cost), two dead lr rows and a dead top wd column
+    lrs, wds, E = landscape(n_lr=7, slope=0, lr_cost=0.01, dead_rows=(0, 6))
+    E[:, -1] = 0.9
+    rows, cols = informative_lines(E, 0.9)
+    assert list(np.nonzero(~rows)[0]) == [0, 6] and list(np.nonzero(~cols)[0]) == [E.shape[1] - 1]
+    assert separability(E, chance=0.9) == pytest.approx(1.0, abs=1e-9)
+    assert separability(E) < 0.95  # the dead rows are flat: not additive with the live ones
+    # a coupled valley with a dead column: the column's variance is additive and inflates R^2
+    lrs, wds, C = landscape(n_lr=7, slope=-1, gain=0.05)
+    C = np.concatenate([C, np.full((7, 2), 0.9)], axis=1)
+    assert separability(C) > separability(C, chance=0.9) + 0.3
+    assert separability(C, chance=0.9) < 0.6
+
+
+def test_eval_size_and_the_absolute_threshold():
+    lrs, wds, E = landscape(n_lr=6, slope=-1)
+    S = _noisy(E, 3, 0.004, 0)
+    frame = grid_trials(lrs, wds, S, "adam/l2", n_eval=2000)
+    assert infer_eval_size(frame["test_error"]) == 2000
+    m = variant_metrics(frame, "adam/l2", reps=0)
+    assert (m["n_eval"], m["n_eval_source"]) == (2000, "inferred")
+    # 2 * sqrt(p (1 - p) / (2000 * 3)) at p ~ 0.46: 1.29 points
+    assert m["near_optimal_threshold"] == pytest.approx(0.0129, abs=0.0003)
+    assert cell_standard_error(0.46, 2000, 12) == pytest.approx(
+        cell_standard_error(0.46, 2000, 3) / 2
+    )
+    assert m["chance"] == pytest.approx(0.9)  # MNIST-1D: 10 classes
+    # errors that are no multiple of 1/n (smoothed, averaged): the MNIST-1D default, said so
+    raw = grid_trials(lrs, wds, S, "adam/l2", n_eval=None)
+    assert infer_eval_size(raw["test_error"]) is None
+    m = variant_metrics(raw, "adam/l2", reps=0)
+    assert (m["n_eval"], m["n_eval_source"]) == (1000, "default")
+    assert variant_metrics(raw, "adam/l2", reps=0, n_eval=500)["n_eval_source"] == "given"
+
+
+def _identity_frame(shift: float = 0.0, noise: float = 0.0) -> pd.DataFrame:
+    """adam/decoupled and adam/independent with the same error as a function of the shrink
+    per step (lr * lam for decoupled, wd for independent): best shrink 1e-4 * sqrt(lr / 1e-2)."""
+    rng = np.random.default_rng(5)
+    lrs = 10.0 ** np.arange(-4, -0.9, 0.5)
+    rows = []
+    for decay, wds in (("decoupled", 10.0 ** np.arange(-3, 2.01, 0.5)),
+                       ("independent", 10.0 ** np.arange(-7, -0.99, 0.5))):  # fmt: skip
+        for lr in lrs:
+            for wd in wds:
+                shrink = lr * wd if decay == "decoupled" else wd
+                best = np.log(1e-4 * np.sqrt(lr / 1e-2))
+                err = 0.3 + 0.004 * (np.log(shrink) - best) ** 2 + 0.01 * np.log(lr / 1e-2) ** 2
+                if decay == "independent":
+                    err += shift
+                for seed in range(3):
+                    e = min(err + rng.normal(0, noise), 0.9)
+                    rows.append(dict(optimizer="adam", decay=decay, lr=lr, weight_decay=wd,
+                                     seed=seed, state="COMPLETE", test_error=e, diverged=False))  # fmt: skip
+    return load_results(pd.DataFrame(rows))
+
+
+def test_identity_check_measures_the_noise_floor_and_the_slope_difference():
+    frame = _identity_frame()
+    table = identity_table(frame)
+    # decoupled (a, lam) has an independent twin (a, a * lam) when a * lam <= 1e-1: counted
+    # by hand over the exponents (lr 10^-4..10^-1, lam 10^-3..10^2, steps of 1/2)
+    want = sum(1 for a in np.arange(-4, -0.9, 0.5) for b in np.arange(-3, 2.01, 0.5)
+               if a + b <= -1 + 1e-9 and a + b >= -7 - 1e-9)  # fmt: skip
+    assert len(table) == 3 * want and (table["difference"] == 0).all()
+    m = metrics_table(frame, reps=0).set_index("variant")
+    assert m.loc["adam/decoupled", "coupling_slope"] == pytest.approx(-0.5, abs=1e-6)
+    assert m.loc["adam/independent", "coupling_slope"] == pytest.approx(0.5, abs=1e-6)
+    for v in ("adam/decoupled", "adam/independent"):
+        assert m.loc[v, "identity_slope_diff"] == pytest.approx(1.0, abs=1e-6)
+        assert m.loc[v, "identity_cells"] == want and m.loc[v, "identity_max_abs_diff"] == 0
+    # a broken identity (independent 1 point worse everywhere) and per-seed noise are measured
+    m = metrics_table(_identity_frame(shift=0.01, noise=0.002), reps=0).set_index("variant")
+    assert m.loc["adam/independent", "identity_rms_diff"] == pytest.approx(0.01, abs=0.001)
+    assert m.loc["adam/independent", "identity_max_abs_diff"] > 0.01
+
+
+def test_regret_per_seed_and_normalized():
+    lrs, wds, E = landscape(n_lr=6, slope=-1)
+    frame = load_results(grid_trials(lrs, wds, _noisy(E, 3, 0.002, 3), "adam/l2"))
+    seeds = regret_seed_table(frame)
+    assert sorted(seeds["seed"].unique()) == [0, 1, 2]
+    assert seeds.groupby("seed")["k"].max().eq(E.size).all()
+    reg = regret_table(aggregate(frame))
+    gain = variant_metrics(frame, "adam/l2", reps=0)["wd_gain"]
+    assert np.allclose(reg["regret_normalized"], reg["regret"] / gain)
+    # a random cell is worth, in expectation, E.mean() - E.min() of the noise-free grid
+    assert reg["regret"].iloc[0] == pytest.approx(E.mean() - E.min(), abs=0.002)
+
+
+def test_scattered_trials_are_fitted_not_gridded():
+    """Random search: the valley and its slope read from a fitted surface; with fewer than
+    MIN_SURFACE_TRIALS trials, no slope, no separability, no near-optimal fraction."""
+    rng = np.random.default_rng(4)
+    parts = []
+    for v, n in (("adam/l2", 300), ("adam/independent", 300), ("sgd/l2", 12)):
+        opt, dec = v.split("/")
+        lo, hi = (10**-4.5, 10**-1.3) if opt == "adam" else (2.0**-9, 2.0**-2)
+        lr = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+        wd = np.exp(rng.uniform(np.log(10**-5.5), np.log(10**-1.5), n))
+        err, div = surface(opt, dec, lr, wd)
+        parts.append(pd.DataFrame(dict(optimizer=opt, decay=dec, lr=lr, weight_decay=wd,
+                                       seed=0, state="COMPLETE", diverged=div,
+                                       test_error=err + rng.normal(0, 0.002, n) * ~div)))  # fmt: skip
+    frame = load_results(pd.concat(parts))
+    assert not is_grid(frame)
+    from analysis.figures import analyze
+
+    a = analyze(frame, reps=30)
+    m = a.metrics.set_index("variant")
+    assert a.mode == "surface" and set(a.surfaces) == {"adam/l2", "adam/independent"}
+    assert m.loc["adam/l2", "analysis_grid"] == "surface"
+    assert m.loc["adam/l2", "coupling_slope"] == pytest.approx(-1.0, abs=0.25)
+    assert m.loc["adam/independent", "coupling_slope"] == pytest.approx(0.0, abs=0.25)
+    lo, hi = m.loc["adam/l2", ["coupling_slope_lo", "coupling_slope_hi"]]
+    assert lo - 0.1 <= -1.0 <= hi + 0.1 and hi - lo < 1.0
+    assert m.loc["adam/independent", "separability"] > m.loc["adam/l2", "separability"]
+    assert np.isnan(m.loc["adam/l2", "transfer_regret_1"])  # not applicable off a grid
+    small = m.loc["sgd/l2"]
+    assert small["n_trials"] == 12 < MIN_SURFACE_TRIALS and small["analysis_grid"] == "none"
+    for col in ("coupling_slope", "separability", "near_optimal_fraction", "coupling_slope_lo"):
+        assert np.isnan(small[col]), col
+    # the interval is over trials: none below MIN_SURFACE_TRIALS
+    s = fit_surface(frame.lr[:10], frame.weight_decay[:10], frame.test_error[:10])
+    assert np.isnan(surface_slope_interval(s, reps=5)).all()

@@ -68,7 +68,8 @@ for a in analyses:
 # ## The valley: best weight decay against learning rate
 #
 # Filled markers are the learning rates the slope is fit over (rows whose best weight decay is
-# inside the grid and whose best error beats the grid's median cell).
+# inside the grid and whose best error beats the grid's median cell). The slope's 95% interval
+# is a bootstrap over seeds with at least 5 seeds; with fewer, the per-seed slopes are listed.
 
 # %%
 for a in analyses:
@@ -76,5 +77,6 @@ for a in analyses:
     fig.savefig(out / f"valley{'-' + a.label if a.label else ''}.png", dpi=200)
     plt.show()
     display_cols = ["variant", "best_error", "best_lr", "best_weight_decay", "coupling_slope",
-                    "coupling_slope_lo", "coupling_slope_hi", "valley_rows", "valley_interior"]
+                    "coupling_slope_lo", "coupling_slope_hi", "coupling_slope_seeds",
+                    "valley_rows", "valley_interior"]
     print(a.metrics[display_cols].round(4).to_string(index=False))
