@@ -10,6 +10,7 @@ import os
 import socket
 import time
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
@@ -283,3 +284,134 @@ def test_failed_cells_are_retried_at_most_max_retries_times(study):
     # no limit
     status = wq.enqueue_cells(study, CELLS[:1], DISTS, heartbeat_s=30)
     assert status.requeued == 1
+
+
+def test_pid_dead_only_for_a_dead_process_on_this_host():
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert wq._pid_dead(f"{host}:{child.pid}") is False
+        assert child.poll() is None  # asking sends no signal that ends it
+    finally:
+        child.kill()
+        child.wait()
+    assert wq._pid_dead(f"{host}:{child.pid}") is True  # reaped: no such process
+    assert wq._pid_dead(f"elsewhere:{child.pid}") is False  # another host: cannot tell
+    assert wq._pid_dead(f"{host}:x1") is False and wq._pid_dead("") is False
+    assert wq._pid_dead(f"a:b:{host}:{child.pid}") is False  # the host is all but the pid
+
+
+def test_staleness_boundary_and_finished_trials(study):
+    wq.enqueue_cells(study, CELLS[:2], DISTS, heartbeat_s=30)
+    c1, c2 = wq.WaitingQueue(study).claim(2)
+    beat = 1_000_000.0
+    study._storage.set_trial_system_attr(c1.trial._trial_id, wq.LEASE_KEY, ["x:1", beat])
+    t = study._storage.get_trial(c1.trial._trial_id)
+    assert not wq.is_stale(t, 30, now=beat + 60)  # exactly 2 x heartbeat: still live
+    assert wq.is_stale(t, 30, now=beat + 60.001)
+    assert wq.finish_claim(study, c2, {"val_error": 0.5})
+    done = study._storage.get_trial(c2.trial._trial_id)
+    assert not wq.is_stale(done, 30, now=time.time() + 1e6)  # only RUNNING trials go stale
+
+
+def test_enqueue_slots_counts_and_reclaims(study):
+    wq.enqueue_slots(study, 4, heartbeat_s=30)
+    queue = wq.WaitingQueue(study, DISTS)
+    a, b, c = queue.claim(3)
+    assert wq.finish_claim(study, a, {"val_error": 0.5})
+    assert wq.finish_claim(study, b, {"val_error": 0.4})
+    # c's worker died: its lease is old
+    study._storage.set_trial_system_attr(
+        c.trial._trial_id, wq.LEASE_KEY, ["x:1", time.time() - 100]
+    )
+    status = wq.enqueue_slots(study, 4, heartbeat_s=30)
+    assert (status.total, status.done, status.running, status.queued) == (4, 2, 0, 2)
+    lost = study._storage.get_trial(c.trial._trial_id)
+    assert lost.state == TrialState.FAIL and lost.user_attrs["fail_reason"] == "stale"
+    assert len(study.trials) == 5  # one slot added for the lost one
+    (d,) = queue.claim(1)
+    status = wq.enqueue_slots(study, 4, heartbeat_s=30)  # budget reached: nothing added
+    assert (status.done, status.running, status.queued) == (2, 1, 1) and len(study.trials) == 5
+    assert d.number not in (a.number, b.number, c.number)
+
+
+def test_reclaimed_slot_that_never_drew_its_point_stays_a_slot(study):
+    wq.enqueue_slots(study, 1, heartbeat_s=30)
+    tid = study.trials[0]._trial_id
+    assert wq.claim_trial(study._storage, tid)
+    study._storage.set_trial_system_attr(tid, wq.LEASE_KEY, ["x:1", time.time() - 100])
+    assert wq.reclaim_stale(study, 30) == 1
+    back = study.trials[-1]
+    assert back.state == TrialState.WAITING and back.params == {}
+    assert back.system_attrs.get(wq.SLOT_KEY) is True
+
+
+def test_requeued_grid_cell_is_not_a_slot(study):
+    wq.enqueue_cells(study, CELLS[:1], DISTS, heartbeat_s=30)
+    (claim,) = wq.WaitingQueue(study).claim(1)
+    wq.fail_claim(study, claim, "preempted", requeue_cell=True)
+    back = study.trials[-1]
+    assert back.state == TrialState.WAITING and back.params == CELLS[0]
+    assert wq.SLOT_KEY not in back.system_attrs
+    assert back.user_attrs[wq.CELL_KEY] == claim.cell
+
+
+def test_pending_counts_every_live_trial(study):
+    wq.enqueue_cells(study, CELLS[:4], DISTS, heartbeat_s=30)
+    wq.WaitingQueue(study).claim(3)
+    assert wq.pending(study, 30) == (1, 3)
+
+
+def test_prune_and_fail_claims_record_what_happened(study):
+    wq.enqueue_cells(study, CELLS[:3], DISTS, heartbeat_s=30)
+    a, b, c = wq.WaitingQueue(study).claim(3)
+    assert wq.prune_claim(study, a) is True
+    assert study._storage.get_trial(a.trial._trial_id).state == TrialState.PRUNED
+    assert wq.prune_claim(study, a) is False  # already finished
+    long = "E" * 600
+    wq.fail_claim(study, b, long, requeue_cell=False)
+    assert study._storage.get_trial(b.trial._trial_id).user_attrs["fail_reason"] == "E" * 500
+    assert len(study.trials) == 3  # not requeued
+    assert wq.finish_claim(study, c, {"val_error": 0.3})
+    assert wq.prune_claim(study, c) is False
+
+
+def test_sampled_points_are_log_uniform(tmp_path):
+    storage = open_storage(compose_config(["storage=memory"]), tmp_path)
+    study = optuna.create_study(
+        study_name="draws", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    wq.enqueue_slots(study, 200, heartbeat_s=30)
+    claims = wq.WaitingQueue(study, DISTS).claim(200)
+    lrs = np.array([c.params["lr"] for c in claims])
+    wds = np.array([c.params["weight_decay"] for c in claims])
+    # log-uniform on [1e-3, 1e-1]: half below 1e-2 (uniform would put 9% there)
+    assert 0.38 < np.mean(lrs < 1e-2) < 0.62
+    assert 0.38 < np.mean(wds < np.sqrt(1e-5 * 1e-2)) < 0.62
+    assert set(c.params["seed"] for c in claims) == {0, 1}
+
+
+def test_training_log_makes_its_folder_and_stamps_the_time(tmp_path, monkeypatch, study):
+    wq.enqueue_cells(study, CELLS[:1], DISTS, heartbeat_s=30)
+    claims = wq.WaitingQueue(study).claim(1)
+    folder = tmp_path / "a" / "b"
+    monkeypatch.setenv(wq.TRAINING_LOG_ENV, str(folder))
+    t0 = time.time()
+    wq.log_training("s", claims)
+    (path,) = folder.glob("*.jsonl")
+    rec = json.loads(path.read_text())
+    assert (
+        t0 <= rec["time"] <= time.time() and rec["study"] == "s" and rec["cell"] == claims[0].cell
+    )
+
+
+def test_heartbeat_thread_never_keeps_a_worker_alive(study):
+    beat = wq.Heartbeat(study._storage, 0.2)
+    try:
+        assert beat._thread.daemon and beat._thread.is_alive()
+    finally:
+        beat.close()
+    assert not beat._thread.is_alive()
