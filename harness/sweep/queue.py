@@ -179,7 +179,7 @@ def _claim_rdb(backend: optuna.storages.RDBStorage, trial_id: int) -> bool | Non
         .values(state=TrialState.RUNNING, datetime_start=datetime.now())
         .execution_options(synchronize_session=False)
     )
-    with _create_scoped_session(backend.scoped_session, True) as session:
+    with _create_scoped_session(backend.scoped_session) as session:  # errors propagate
         result = session.execute(stmt)
         return result.rowcount == 1
 
