@@ -215,7 +215,8 @@ def test_sigkill_mid_population_then_resume(tmp_path):
     are in flight. The rerun finishes the grid; only cells in flight are trained again."""
     out, logs = tmp_path / "kill", tmp_path / "log"
     slow = [o for o in POP if not o.startswith("sweep.population=")]
-    slow += ["sweep.population=auto", "sweep.lr.num=4", "train.epochs=8", "data.num_samples=3000"]
+    # populations of a few seconds: long enough to be killed mid-training, even on a fast machine
+    slow += ["sweep.population=auto", "sweep.lr.num=4", "train.epochs=60", "data.num_samples=3000"]
     slow += ["storage=journal", "sweep.workers=2", "sweep.heartbeat_s=2"]
     n_cells = 16
     env = {**os.environ, wq.TRAINING_LOG_ENV: str(logs)}
@@ -235,9 +236,9 @@ def test_sigkill_mid_population_then_resume(tmp_path):
         while time.time() < deadline and not in_flight:
             assert proc.poll() is None, "the sweep ended before it was killed"
             counts = wq.read_training_log(logs) if logs.exists() else Counter()
-            if counts:  # a population has started training
-                time.sleep(1.0)
-                in_flight = {cell for (s, cell) in wq.read_training_log(logs) if s == name}
+            if counts:  # a population has started training: kill it now
+                in_flight = {cell for (s, cell) in counts if s == name}
+                break
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

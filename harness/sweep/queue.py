@@ -550,7 +550,8 @@ def read_training_log(folder: str | Path) -> Counter:
     """How often each ``(study, cell)`` was trained, from every worker's log in ``folder``."""
     counts: Counter = Counter()
     for path in sorted(Path(folder).glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        # complete lines only: a worker may be writing its last one right now
+        for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
             if line.strip():
                 rec = json.loads(line)
                 counts[(rec["study"], rec["cell"])] += 1
