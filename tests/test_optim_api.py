@@ -548,7 +548,7 @@ def test_bench_optim_help_and_tiny_run(capsys):
     assert bench_main(["optim", *argv]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| small")]
-    assert len(rows) == 8 and "seed loop" in out and "machine:" in out
+    assert len(rows) == 8 and "python loop" in out and "machine:" in out
     with pytest.raises(SystemExit) as exc:
         main(["--sets", "nope"])
     assert exc.value.code == 2

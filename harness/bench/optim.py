@@ -12,7 +12,7 @@ Parameter sets:
 - ``resnet18``: the 62 tensors of torchvision's ResNet-18 (11.7M parameters).
 - ``small``:    2,000 small tensors (vectors and matrices of 16 to 1,024 elements).
 
-Rows marked ``seed loop`` time decoupled decay written as a plain Python loop over the
+Rows marked ``python loop`` time decoupled decay written as a plain Python loop over the
 parameters (``p.mul_(1 - lr * wd)``, then the SGD-momentum or Adam update, one ``mul_`` / ``add_``
 per tensor) against the same torch counterpart.
 """
@@ -66,7 +66,7 @@ SETS: dict[str, Callable[[int], list[tuple[int, ...]]]] = {
 }
 
 
-class SeedLoopSGD(torch.optim.Optimizer):
+class PythonLoopSGD(torch.optim.Optimizer):
     """SGD with momentum and decoupled decay as a plain loop: one Python iteration per parameter."""
 
     def __init__(self, params: Any, lr: float, momentum: float, weight_decay: float) -> None:
@@ -88,7 +88,7 @@ class SeedLoopSGD(torch.optim.Optimizer):
                 p.add_(state["momentum_buffer"], alpha=-lr)
 
 
-class SeedLoopAdamW(torch.optim.Optimizer):
+class PythonLoopAdamW(torch.optim.Optimizer):
     """AdamW (decay ``p *= 1 - lr * wd``, then the Adam update) as a per-parameter Python loop."""
 
     def __init__(self, params: Any, lr: float, betas: Any, eps: float, weight_decay: float) -> None:
@@ -125,7 +125,7 @@ def _params(shapes: list[tuple[int, ...]], seed: int) -> list[torch.nn.Parameter
     return params
 
 
-def _pairs(shapes: list[tuple[int, ...]], seed_loop: bool) -> list[tuple[str, str, Any, Any]]:
+def _pairs(shapes: list[tuple[int, ...]], python_loop: bool) -> list[tuple[str, str, Any, Any]]:
     """(optimizer, decay, make_ours, make_torch) rows; each make_* builds on fresh params."""
     rows: list[tuple[str, str, Any, Any]] = []
 
@@ -141,12 +141,12 @@ def _pairs(shapes: list[tuple[int, ...]], seed_loop: bool) -> list[tuple[str, st
                 lambda: torch.optim.SGD(fresh(), foreach=True, **SGD_KW),
             )
         )
-    if seed_loop:
+    if python_loop:
         rows.append(
             (
                 "SGD",
-                "decoupled (seed loop)",
-                lambda: SeedLoopSGD(fresh(), **SGD_KW),
+                "decoupled (python loop)",
+                lambda: PythonLoopSGD(fresh(), **SGD_KW),
                 lambda: torch.optim.SGD(fresh(), foreach=True, **SGD_KW),
             )
         )
@@ -160,12 +160,12 @@ def _pairs(shapes: list[tuple[int, ...]], seed_loop: bool) -> list[tuple[str, st
                 lambda r=ref: r(fresh(), foreach=True, **ADAM_KW),
             )
         )
-    if seed_loop:
+    if python_loop:
         rows.append(
             (
                 "Adam",
-                "decoupled (seed loop)",
-                lambda: SeedLoopAdamW(fresh(), **ADAM_KW),
+                "decoupled (python loop)",
+                lambda: PythonLoopAdamW(fresh(), **ADAM_KW),
                 lambda: torch.optim.AdamW(fresh(), foreach=True, **ADAM_KW),
             )
         )
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--small-count", type=int, default=2000, help="tensors in the small set (default 2000)"
     )
-    ap.add_argument("--no-seed-loop", action="store_true", help="skip the seed-loop rows")
+    ap.add_argument("--no-python-loop", action="store_true", help="skip the python-loop rows")
     ap.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = SETS[name](args.small_count)
         steps = args.steps or (3 if name == "resnet18" else 10)
         label = f"{name} ({len(shapes)} tensors, {sum(_numel(s) for s in shapes) / 1e6:.2f}M)"
-        for opt_name, decay, make_ours, make_torch in _pairs(shapes, not args.no_seed_loop):
+        for opt_name, decay, make_ours, make_torch in _pairs(shapes, not args.no_python_loop):
             r = measure(make_ours, make_torch, args.repeats, steps, args.warmup, args.clock)
             print(
                 f"| {label} | {opt_name} | {decay} | {r['ours'] * 1e3:.2f} | "
