@@ -182,6 +182,9 @@ def test_enqueue_cells_fails_and_requeues_stale_running(study):
     status = wq.enqueue_cells(study, CELLS[:2], DISTS, heartbeat_s=30)
     assert (status.running, status.requeued, status.queued) == (1, 1, 0)
     assert sorted(states(study)) == ["FAIL", "RUNNING", "WAITING"]
+    # a lost worker is not the cell's fault: the reason keeps it out of sweep.max_retries
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["stale"]
 
 
 def test_slots_keep_a_sampled_budget(study):
