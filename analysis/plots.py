@@ -306,6 +306,19 @@ def _slope_text(m: pd.Series) -> str:
     return text.replace("-", "−")
 
 
+def _variant_panels(axes, fams, decs, variants):
+    """``(axis, variant, leftmost)`` for each panel of a family x decay grid of axes, row by
+    row; panels with no variant are switched off. ``leftmost``: no panel to its left is drawn."""
+    for r, fam in enumerate(fams):
+        for c, dec in enumerate(decs):
+            ax = axes[r][c]
+            v = f"{fam}/{dec}"
+            if v not in variants:
+                ax.set_axis_off()
+                continue
+            yield ax, v, c == 0 or f"{fam}/{decs[c - 1]}" not in variants
+
+
 def _panel_numbers(m: pd.Series | None) -> str:
     if m is None:
         return ""
@@ -397,20 +410,14 @@ def heatmap_figure(
             figsize=(panel_w * len(decs) + 1.0, panel_h * len(fams) + 0.55),
         )
         im = None
-        for r, fam in enumerate(fams):
-            for c, dec in enumerate(decs):
-                ax = axes[r][c]
-                v = f"{fam}/{dec}"
-                if v not in variants:
-                    ax.set_axis_off()
-                    continue
-                im = draw_panel(ax, cells, v, norm, cmap, n_best, annotate, refine=refine)
-                numbers = _panel_numbers(mrows.get(v))
-                head = variant_title(v) + (f"\n{numbers}" if numbers else "")
-                ax.set_title(head, fontsize=7.2, linespacing=1.25, pad=3)
-                ax.set_xlabel("initial learning rate")
-                if c == 0 or f"{fam}/{decs[c - 1]}" not in variants:
-                    ax.set_ylabel("weight decay")
+        for ax, v, leftmost in _variant_panels(axes, fams, decs, variants):
+            im = draw_panel(ax, cells, v, norm, cmap, n_best, annotate, refine=refine)
+            numbers = _panel_numbers(mrows.get(v))
+            head = variant_title(v) + (f"\n{numbers}" if numbers else "")
+            ax.set_title(head, fontsize=7.2, linespacing=1.25, pad=3)
+            ax.set_xlabel("initial learning rate")
+            if leftmost:
+                ax.set_ylabel("weight decay")
         if im is not None:
             cb = fig.colorbar(
                 im,
@@ -646,54 +653,48 @@ def scatter_figure(
             figsize=(2.6 * len(decs) + 1.0, 2.75 * len(fams) + 0.6),
         )  # fmt: skip
         sc = None
-        for r, fam in enumerate(fams):
-            for c, dec in enumerate(decs):
-                ax = axes[r][c]
-                v = f"{fam}/{dec}"
-                if v not in variants:
-                    ax.set_axis_off()
-                    continue
-                pts = sub[sub["variant"] == v]
-                s = surfaces.get(v)
-                if s is not None:
-                    X, Y = np.meshgrid(s.lrs, s.wds, indexing="ij")
-                    Z = np.ma.masked_invalid(s.E)
-                    if Z.count() > 3:
-                        ax.contourf(X, Y, Z, levels=np.linspace(norm.vmin, norm.vmax, 12),
-                                    cmap=cmap, norm=norm, extend="both", alpha=0.85)  # fmt: skip
-                        ax.contour(X, Y, Z, levels=np.linspace(norm.vmin, norm.vmax, 12),
-                                   colors="white", linewidths=0.3, alpha=0.6)  # fmt: skip
-                    val = valley(s.lrs, s.wds, s.E, refine)
-                    val = val[val["informative"]]
-                    ax.plot(val["lr"], val["best_wd"], color=VALLEY_COLOR, lw=1.0, zorder=5)
-                    fit = valley_fit_rows(val)
-                    slope, icpt = coupling_fit(s.lrs, s.wds, s.E, refine)
-                    if np.isfinite(slope) and len(fit) >= 2:
-                        xs = np.geomspace(fit["lr"].min(), fit["lr"].max(), 30)
-                        ax.plot(xs, np.exp(icpt + slope * np.log(xs)), color="white", lw=0.9,
-                                ls=(0, (3, 2)), zorder=5)  # fmt: skip
-                ok = ~pts["diverged"].astype(bool)
-                sc = ax.scatter(pts.loc[ok, "lr"], pts.loc[ok, "weight_decay"],
-                                c=pts.loc[ok, metric], cmap=cmap, norm=norm, s=14,
-                                edgecolors="black", linewidths=0.4, zorder=6)  # fmt: skip
-                ax.scatter(pts.loc[~ok, "lr"], pts.loc[~ok, "weight_decay"], marker="x",
-                           color="#555555", s=14, lw=0.8, zorder=6)  # fmt: skip
-                if len(pts):
-                    b = pts.loc[pts[metric].idxmin()]
-                    ax.scatter([b["lr"]], [b["weight_decay"]], s=60, facecolors="none",
-                               edgecolors=VALLEY_COLOR, linewidths=1.4, zorder=7)  # fmt: skip
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                m = mrows.get(v)
-                if m is not None and m.get("analysis_grid") == "surface":
-                    numbers = _panel_numbers(m)
-                else:
-                    numbers = f"{len(pts)} trials < {MIN_SURFACE_TRIALS}: no surface, no slope"
-                ax.set_title(f"{variant_title(v)}\n{numbers}", fontsize=7.2, linespacing=1.25,
-                             pad=3)  # fmt: skip
-                ax.set_xlabel("initial learning rate")
-                ax.set_ylabel("weight decay")
-                ax.tick_params(which="major", length=3, pad=1.5)
+        for ax, v, _ in _variant_panels(axes, fams, decs, variants):
+            pts = sub[sub["variant"] == v]
+            s = surfaces.get(v)
+            if s is not None:
+                X, Y = np.meshgrid(s.lrs, s.wds, indexing="ij")
+                Z = np.ma.masked_invalid(s.E)
+                if Z.count() > 3:
+                    ax.contourf(X, Y, Z, levels=np.linspace(norm.vmin, norm.vmax, 12),
+                                cmap=cmap, norm=norm, extend="both", alpha=0.85)  # fmt: skip
+                    ax.contour(X, Y, Z, levels=np.linspace(norm.vmin, norm.vmax, 12),
+                               colors="white", linewidths=0.3, alpha=0.6)  # fmt: skip
+                val = valley(s.lrs, s.wds, s.E, refine)
+                val = val[val["informative"]]
+                ax.plot(val["lr"], val["best_wd"], color=VALLEY_COLOR, lw=1.0, zorder=5)
+                fit = valley_fit_rows(val)
+                slope, icpt = coupling_fit(s.lrs, s.wds, s.E, refine)
+                if np.isfinite(slope) and len(fit) >= 2:
+                    xs = np.geomspace(fit["lr"].min(), fit["lr"].max(), 30)
+                    ax.plot(xs, np.exp(icpt + slope * np.log(xs)), color="white", lw=0.9,
+                            ls=(0, (3, 2)), zorder=5)  # fmt: skip
+            ok = ~pts["diverged"].astype(bool)
+            sc = ax.scatter(pts.loc[ok, "lr"], pts.loc[ok, "weight_decay"],
+                            c=pts.loc[ok, metric], cmap=cmap, norm=norm, s=14,
+                            edgecolors="black", linewidths=0.4, zorder=6)  # fmt: skip
+            ax.scatter(pts.loc[~ok, "lr"], pts.loc[~ok, "weight_decay"], marker="x",
+                       color="#555555", s=14, lw=0.8, zorder=6)  # fmt: skip
+            if len(pts):
+                b = pts.loc[pts[metric].idxmin()]
+                ax.scatter([b["lr"]], [b["weight_decay"]], s=60, facecolors="none",
+                           edgecolors=VALLEY_COLOR, linewidths=1.4, zorder=7)  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            m = mrows.get(v)
+            if m is not None and m.get("analysis_grid") == "surface":
+                numbers = _panel_numbers(m)
+            else:
+                numbers = f"{len(pts)} trials < {MIN_SURFACE_TRIALS}: no surface, no slope"
+            ax.set_title(f"{variant_title(v)}\n{numbers}", fontsize=7.2, linespacing=1.25,
+                         pad=3)  # fmt: skip
+            ax.set_xlabel("initial learning rate")
+            ax.set_ylabel("weight decay")
+            ax.tick_params(which="major", length=3, pad=1.5)
         if sc is not None:
             cb = fig.colorbar(sc, ax=axes, shrink=0.8, pad=0.02, aspect=25, extend="max")
             cb.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))

@@ -25,11 +25,6 @@ from harness.config import ConfigError
 from harness.secrets import mask_secrets, real_url
 
 
-def shared_by_processes(kind: str) -> bool:
-    """Several worker processes may use this kind of storage at once."""
-    return registry.storage(kind).shared
-
-
 def shared_by_hosts(kind: str) -> bool:
     """Workers on other hosts (a Slurm array) may use this kind of storage."""
     return registry.storage(kind).cluster
@@ -52,7 +47,6 @@ def describe(cfg: DictConfig) -> str:
         return mask_secrets(storage_url(real_url(cfg), out))
     except ConfigError:  # env:NAME not set here: say so by name
         return str(cfg.storage.url)
-
 
 
 def storage_url(cfg: DictConfig, output_dir: str | Path) -> str:

@@ -166,6 +166,17 @@ def _axis(values: list[float]) -> str:
     return f"{len(values)} from {values[0]:.3g} to {values[-1]:.3g}"
 
 
+def grid_record(sweep: DictConfig) -> dict[str, list]:
+    """The grid a study records: its lr, weight-decay and seed values."""
+    lrs, wds, seeds = grid_axes(sweep)
+    return {"lr": lrs, "weight_decay": wds, "seed": seeds}
+
+
+def recorded_grid(study: optuna.Study) -> dict[str, list] | None:
+    """The grid a study with trials holds; None for a study without trials (anything goes)."""
+    return study.user_attrs.get("grid") if study.get_trials(deepcopy=False) else None
+
+
 def merge_grid(
     name: str, old: dict[str, list] | None, new: dict[str, list], *, extend: bool, url: str = ""
 ) -> dict[str, list]:
@@ -203,9 +214,7 @@ def create_study(
         direction="minimize",
         load_if_exists=True,
     )
-    lrs, wds, seeds = grid_axes(cfg.sweep)
-    old = study.user_attrs.get("grid") if study.get_trials(deepcopy=False) else None
-    grid = merge_grid(name, old, {"lr": lrs, "weight_decay": wds, "seed": seeds}, extend=extend)
+    grid = merge_grid(name, recorded_grid(study), grid_record(cfg.sweep), extend=extend)
     attrs = {
         "experiment": cfg.name,
         "optimizer": variant.optimizer,
@@ -318,11 +327,9 @@ def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
     storage = open_storage(real_url(cfg), cfg.output_dir)
     extend = cfg.sweep.get("action") == "extend"
     for variant, study in existing_studies(cfg, storage):
-        if study is not None and study.get_trials(deepcopy=False):
-            vcfg = variant_config(cfg, variant)
-            lrs, wds, seeds = grid_axes(vcfg.sweep)
-            new = {"lr": lrs, "weight_decay": wds, "seed": seeds}
-            merge_grid(study.study_name, study.user_attrs.get("grid"), new, extend=extend)
+        if study is not None:
+            new = grid_record(variant_config(cfg, variant).sweep)
+            merge_grid(study.study_name, recorded_grid(study), new, extend=extend)
     studies = []
     for variant in variants(cfg):
         vcfg = variant_config(cfg, variant)
