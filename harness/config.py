@@ -127,8 +127,8 @@ class StorageConfig:
 @dataclass
 class TrackingConfig:
     mode: str = "auto"  # auto | online | offline | disabled
-    project: str = "lrwd"
-    entity: str = ""
+    project: str = ""  # empty: $WANDB_PROJECT, else lrwd
+    entity: str = ""  # empty: $WANDB_ENTITY, else the login's default
     tags: list[str] = field(default_factory=list)
     dir: str = ""  # default: <output dir>
 

@@ -6,17 +6,19 @@ One W&B run per trial::
     run = tracker.start(run_name("adam/independent", 1e-3, 1e-4, 0), job_type="adam/independent",
                         config={**flat_trial_config, "lr": 1e-3, "weight_decay": 1e-4,
                                 "seed": 0, "trial": 7})
-    run.log(step, {"train_loss": ..., "val_error": ..., "lr": lr_t, "eta": eta_t,
+    run.log(step, {"train_loss": ..., "val_error": ..., "lr_t": lr_t, "eta": eta_t,
                    "shrink": per_step_decay, "weight_norm": ||w||_2})   # every report
     run.finish(result.to_dict(), state="diverged" if result.diverged else "finished")
 
-- ``project`` = ``tracking.project`` (``entity`` = ``tracking.entity`` or the login's default),
+- ``project`` = ``tracking.project``, else ``WANDB_PROJECT``, else ``lrwd``; ``entity`` =
+  ``tracking.entity``, else ``WANDB_ENTITY``, else the login's default (:func:`project_and_entity`),
   ``group`` = the study name, ``job_type`` = the variant (``<optimizer>/<decay>``), ``name`` =
   :func:`run_name` (``adam/independent lr=1e-3 wd=1e-4 s0``), tags = ``tracking.tags`` + the
   variant (+ the outcome when it is not ``finished``), ``config`` = the config flattened to
   dotted keys (:func:`flatten_config`) plus ``study``, secrets masked (:func:`mask_config`).
 - History rows are whatever the trainer reports, at its report interval, with ``step`` = the
-  optimizer step. Summary = the final metrics, ``diverged`` (always a bool) and ``outcome``.
+  optimizer step; the scheduled learning rate is ``lr_t`` (``lr`` is the cell's base rate, in the
+  config). Summary = the final metrics, ``diverged`` (always a bool) and ``outcome``.
 - Outcomes (:data:`OUTCOMES`): ``finished``, ``diverged`` and ``pruned`` close the run with exit
   code 0; ``failed`` and ``preempted`` with exit code 1 (W&B shows them as failed). Every outcome
   but ``finished`` is also added as a tag. ``with tracker.start(...) as run:`` closes the run as
@@ -263,6 +265,20 @@ def _wandb_settings(wandb: Any) -> Any:
     )
 
 
+DEFAULT_PROJECT = "lrwd"
+
+
+def project_and_entity(cfg: Any) -> tuple[str, str | None]:
+    """``(project, entity)`` of the runs: ``tracking.project`` / ``tracking.entity`` when set,
+    else ``WANDB_PROJECT`` / ``WANDB_ENTITY`` from the environment, else ``lrwd`` / the login's
+    default entity (``None``)."""
+    project = str(getattr(cfg, "project", "") or "").strip()
+    entity = str(getattr(cfg, "entity", "") or "").strip()
+    project = project or os.environ.get("WANDB_PROJECT", "").strip() or DEFAULT_PROJECT
+    entity = entity or os.environ.get("WANDB_ENTITY", "").strip()
+    return project, entity or None
+
+
 class Tracker:
     """Opens one W&B run per trial of one study. ``cfg`` is a ``TrackingConfig`` (or any object
     with ``mode, project, entity, tags, dir``)."""
@@ -278,8 +294,7 @@ class Tracker:
                 f"netrc entry for {urlsplit(wandb_host()).netloc}); run `wandb login` or set "
                 "WANDB_API_KEY, or pass tracking.mode=offline and `wandb sync` later"
             )
-        self.project = str(cfg.project or "lrwd")
-        self.entity = str(cfg.entity) if getattr(cfg, "entity", "") else None
+        self.project, self.entity = project_and_entity(cfg)
         self.tags = [str(t) for t in (getattr(cfg, "tags", None) or [])]
         self.dir = Path(getattr(cfg, "dir", "") or output_dir).expanduser().resolve()
         self.study_name = study_name
@@ -401,7 +416,7 @@ def bench(runs: int = 20, rows: int = 20, mode: str = "offline", out: str | Path
         run = tracker.start(run_name("adam/independent", 1e-3, 1e-4, i), "adam/independent", config)
         b = time.perf_counter()
         for step in range(rows):
-            run.log(step, {"train_loss": 1.0 / (step + 1), "val_error": 0.5, "lr": 1e-3})
+            run.log(step, {"train_loss": 1.0 / (step + 1), "val_error": 0.5, "lr_t": 1e-3})
         c = time.perf_counter()
         run.finish({"test_error": 0.5}, "finished")
         return b - a, c - b, time.perf_counter() - c

@@ -200,7 +200,7 @@ def report_metrics(
     return {
         "train_loss": train_loss,
         "val_error": val_error,
-        "lr": lr_t,
+        "lr_t": lr_t,
         "eta": eta,
         "shrink": shrink,
         "weight_norm": norm,

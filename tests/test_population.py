@@ -218,7 +218,7 @@ def test_loss_decay_reports_the_shrink_of_l2(opt):
         assert [metrics["shrink"] for _, metrics in seq_loss] == shrinks
         assert [metrics["shrink"] for _, metrics in pop[i]] == shrinks
         for _, metrics in seq_l2:
-            assert metrics["shrink"] == pytest.approx(metrics["lr"] * grid[i][1], rel=1e-12)
+            assert metrics["shrink"] == pytest.approx(metrics["lr_t"] * grid[i][1], rel=1e-12)
 
 
 def test_diverging_member_is_frozen_and_others_unaffected():

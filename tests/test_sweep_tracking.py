@@ -44,8 +44,11 @@ def test_offline_runs_match_trials(tmp_path, population):
         assert run["config"]["lr"] == t.params["lr"]
         assert run["config"]["optimizer.decay"] == "independent"
         assert len(run["history"]) == 2  # one report per epoch
-        for key in ("train_loss", "val_error", "lr", "eta", "shrink", "weight_norm"):
+        for key in ("train_loss", "val_error", "lr_t", "eta", "shrink", "weight_norm"):
             assert key in run["history"][-1]
+        # the scheduled rate is history's lr_t; the summary keeps no scheduled "lr"
+        assert run["summary"]["lr_t"] == run["history"][-1]["lr_t"] < t.params["lr"]
+        assert "lr" not in run["summary"]
         assert run["summary"]["test_error"] == t.user_attrs["test_error"]
         assert run["summary"]["diverged"] is False
         assert run["exit_code"] == 0

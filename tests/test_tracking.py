@@ -72,7 +72,7 @@ def report(k: int, step: int) -> dict:
     return {
         "train_loss": 2.0 / (1 + step) + k,
         "val_error": 0.5 - 0.001 * step + 0.1 * k,
-        "lr": 1e-3 * (k + 1) * (1 - step / 100),
+        "lr_t": 1e-3 * (k + 1) * (1 - step / 100),
         "eta": 1 - step / 100,
         "shrink": 1e-4 * (1 - step / 100),
         "weight_norm": 10.0 + k + step / 10,
@@ -607,3 +607,47 @@ def test_optuna_state_mapping():
         assert optuna_state(state, {"outcome": "finished"}) == "FAIL"
     assert optuna_state("running", {}) == "RUNNING"
     assert set(OUTCOMES) == {"finished", "diverged", "pruned", "failed", "preempted"}
+
+
+@pytest.mark.parametrize(
+    ("configured", "env", "expected"),
+    [
+        (("", ""), {}, ("lrwd", "")),
+        (
+            ("", ""),
+            {"WANDB_PROJECT": "env-proj", "WANDB_ENTITY": "env-team"},
+            ("env-proj", "env-team"),
+        ),
+        (
+            ("cfg-proj", "cfg-team"),
+            {"WANDB_PROJECT": "env-proj", "WANDB_ENTITY": "env-team"},
+            ("cfg-proj", "cfg-team"),
+        ),
+    ],
+)
+def test_project_and_entity_follow_the_environment_unless_configured(
+    fresh_wandb, tmp_path, monkeypatch, configured, env, expected
+):
+    for var in ("WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    project, entity = configured
+    cfg = SimpleNamespace(mode="offline", project=project, entity=entity, tags=[], dir="")
+    tracker = Tracker(cfg, tmp_path, STUDY)
+    run = tracker.start("n", "adam/l2", trial_config(1e-3, 1e-4, 0, 0))
+    run.finish({"test_error": 0.5})
+    (back,) = read_offline_runs(tmp_path)
+    assert (back["project"], back["entity"]) == expected
+
+
+def test_scheduled_lr_is_lr_t_and_the_base_lr_stays_lr(clean_env, tmp_path):
+    tracker = Tracker(tracking_cfg("offline"), tmp_path, STUDY)
+    run = tracker.start("n", "adam/independent", trial_config(1e-2, 1e-4, 0, 0))
+    for step in range(0, 40, 10):
+        run.log(step, {**report(9, step), "lr_t": 1e-2 * (1 - step / 30)})
+    run.finish({"test_error": 0.3, "diverged": False})
+    (back,) = read_offline_runs(tmp_path)
+    assert back["config"]["lr"] == 1e-2
+    assert back["history"][-1]["lr_t"] == 0.0
+    assert back["summary"]["lr_t"] == 0.0 and "lr" not in back["summary"]
