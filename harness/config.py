@@ -9,12 +9,19 @@ the field and the fix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import warnings
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import MISSING
 
 from harness import registry
+
+# ModelConfig and DataConfig subclass dict so that a user's ``_target_`` can take its own keys;
+# OmegaConf supports that but warns about it on every structured merge
+_DICT_WARNING = r"Class `(ModelConfig|DataConfig)` subclasses `Dict`"
+warnings.filterwarnings("ignore", message=_DICT_WARNING, category=UserWarning)
 
 
 class ConfigError(ValueError):
@@ -41,20 +48,35 @@ class OptimizerConfig:
 
 
 @dataclass
-class ModelConfig:
-    name: str = "mlp"  # mlp | mlp_bn | cnn | cnn_bn | resnet20 | resnet_tiny
+class ModelConfig(dict[str, Any]):
+    """The model group. With ``_target_`` (a user's nn.Module class or function, e.g.
+    ``mypkg.nets.Net``) keys beyond these fields are its constructor arguments (new keys on the
+    command line: ``+model.hidden=64``); without one, extra keys are refused by :func:`validate`."""
+
+    name: str = "mlp"  # mlp | mlp_bn | cnn | cnn_bn | resnet20 | resnet_tiny (or your own label)
+    _target_: str = ""  # your model: package.module.Class (see docs/byo.md)
     width: int = 256  # hidden units (mlp) or base channels (cnn/resnet)
-    depth: int = 2  # hidden layers (mlp)
+    depth: int = 2  # hidden layers (mlp), blocks (transformer)
+    heads: int = 4  # transformer: attention heads (divides width)
+    bn_affine: bool = True  # BatchNorm with a learned gain and shift (false: plain normalization)
+    bn_eps: float = 1e-5  # BatchNorm's eps (added to the batch variance)
+    frozen_head: bool = False  # the classifier keeps its random init (not trained, not decayed)
+    head_scale: float = 1.0  # the classifier's initial weights and bias times this
 
 
 @dataclass
-class DataConfig:
-    name: str = "mnist1d"  # mnist1d | cifar10 | cifar100
+class DataConfig(dict[str, Any]):
+    """The data group. With ``_target_`` (a user's loader, e.g. ``mypkg.data.load``) keys beyond
+    these fields are its keyword arguments, as for :class:`ModelConfig`."""
+
+    name: str = "mnist1d"  # mnist1d | cifar10 | cifar100 (or your own label)
+    _target_: str = ""  # your loader: package.module.function (see docs/byo.md)
     root: str = "${oc.env:LRWD_DATA_DIR,'~/.cache/lrwd'}"  # cache (mnist1d) / dataset dir (cifar)
     num_samples: int = 5000  # mnist1d: total generated samples (train+test)
     train_fraction: float = 0.8  # mnist1d: train share of num_samples (rest is the test set)
     n_train: int = 0  # if > 0, keep only this many training samples (after the val split)
     data_seed: int = 42  # mnist1d generation seed (the task itself, not the trial seed)
+    modulus: int = 97  # modular: p of (a + b) mod p; train_fraction is the share of the p^2 pairs
     val_size: int = 500  # validation split carved from the training set
     batch_size: int = 100
     augment: bool = True  # cifar: random crop (pad 4) + horizontal flip, on device
@@ -78,6 +100,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | float64
     threads: int = 0  # torch CPU threads; 0 = all available cores
+    loss: str = ""  # your loss(logits, targets) -> batch mean, as package.module.fn; "": cross-entropy
+    # > 0: evaluate the test split at every report and record steps_to_target, the first report
+    # step whose test accuracy is >= this (NaN if never); 0: not recorded (NaN)
+    target_accuracy: float = 0.0
+    # per-step weight norms and angular updates (scale-invariant tensors, the rest, each layer)
+    # in the reported metrics and the trial's si_angle ... si_tensors; false: not measured
+    instruments: bool = True
     # population training only: torch.compile the batched loss and the optimizer update
     # (inductor; compiled once per process and shape, eager fallback if compilation fails)
     compile: bool = False
@@ -96,7 +125,7 @@ class SweepConfig:
     weight_decay: RangeConfig = field(default_factory=lambda: RangeConfig(1e-5, 1e-1, 7))
     include_zero_wd: bool = False  # add a wd=0 column to the grid
     seeds: int = 1
-    sampler: str = "grid"  # grid | random | tpe
+    sampler: str = "grid"  # grid | random | tpe | valley
     n_trials: int = 0  # random/tpe: trials to run (0 = grid size)
     pruner: str = "none"  # none | median | hyperband
     workers: int = 1  # local worker processes (or Slurm array tasks) on one study
@@ -115,6 +144,10 @@ class SweepConfig:
     # this many times; after that they stay FAILED and are reported
     max_retries: int = 2
     action: str = "run"  # run | extend (a changed grid) | report (from the storage) | status
+    # sampler=valley: refinement rounds per lr row after the coarse grid, each `refine` times
+    # finer in log wd than the one before (the best wd is resolved to the coarse step^(1/refine^rounds))
+    rounds: int = 2
+    refine: int = 3
 
 
 @dataclass
@@ -168,12 +201,17 @@ class LrwdConfig:
     output_dir: str = ""  # default: Hydra's run dir (outputs/<name>)
 
 
+# group -> its schema, for the keys a user's _target_ takes (user_keys)
+_SCHEMAS: dict[str, type] = {"model": ModelConfig, "data": DataConfig}
+
+
 def _choice(value: Any, group: str, field_name: str) -> None:
     allowed = registry.names(group)
     if value not in allowed:
+        guess = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
         raise ConfigError(
             f"{field_name}: '{value}' is not one of {', '.join(allowed)}; "
-            f"pass {field_name}=<one of those>"
+            f"pass {field_name}={guess[0] if guess else '<one of those>'}"
         )
 
 
@@ -213,6 +251,66 @@ def _model_fits_data(model: str, data: str, field_name: str) -> None:
         )
 
 
+def user_keys(cfg: Any, group: str) -> dict[str, Any]:
+    """The keys of the ``model`` or ``data`` group that are no field of its schema: a user's
+    ``_target_`` arguments, as plain Python values."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    own = {f.name for f in fields(_SCHEMAS[group])}
+    out: dict[str, Any] = {}
+    for k in cfg:
+        if k in own:
+            continue
+        v = cfg[k]
+        out[str(k)] = (
+            OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v
+        )
+    return out
+
+
+def _check_importable(path: str, key: str) -> Any:
+    try:
+        return registry.resolve(path)
+    except LookupError as exc:
+        raise ConfigError(
+            f"{key}: {exc}; put its module in the working folder you run from (or install its "
+            "package) and spell it as package.module.Name"
+        ) from None
+
+
+def _check_target(cfg: Any, group: str) -> str:
+    """``<group>._target_`` (empty: a built-in name): importable and callable; keys beyond the
+    schema's fields only with a target. Returns the target."""
+    target = str(cfg.get("_target_") or "")
+    extra = list(user_keys(cfg, group))
+    if not target:
+        if extra:
+            raise ConfigError(
+                f"{group}.{extra[0]}: not a field of {group}; remove it, or set "
+                f"{group}._target_=<your {'nn.Module class' if group == 'model' else 'loader'}> "
+                "to pass it as an argument"
+            )
+        return ""
+    obj = _check_importable(target, f"{group}._target_")
+    if not callable(obj):
+        raise ConfigError(
+            f"{group}._target_: {target} is a {type(obj).__name__}, not a class or function; "
+            f"name {'an nn.Module class' if group == 'model' else 'a loader function'}"
+        )
+    return target
+
+
+def name_targets(cfg: Any) -> None:
+    """Give a user's ``model._target_`` / ``data._target_`` its own name in results, figures and
+    W&B: a ``name`` still naming a built-in entry (inherited from the default group) becomes the
+    target's last component (``mypkg.nets.Net`` -> ``Net``); a name of the user's own is kept."""
+    for group, table in (("model", registry.MODELS), ("data", registry.DATASETS)):
+        node = cfg[group]
+        target = str(node.get("_target_") or "")
+        if target and node.name in table:
+            node.name = target.replace(":", ".").rsplit(".", 1)[-1]
+
+
 def _check_ranges(key: str, value: Any) -> None:
     parts = key.replace("-", "/").split("/")
     optimizers, decays = registry.names("optimizer"), registry.names("decay")
@@ -243,6 +341,12 @@ def _check_ranges(key: str, value: Any) -> None:
 def validate(cfg: Any) -> None:
     """Semantic checks that types cannot express. Raises ConfigError (one line) on the first."""
     o = cfg.optimizer
+    if o.name in registry.OPTIMIZER_ALIASES:
+        family, decay = registry.OPTIMIZER_ALIASES[o.name]
+        raise ConfigError(
+            f"optimizer.name: '{o.name}' is not a family ({registry.one_of(registry.names('optimizer'))}); "
+            f"pass optimizer={o.name} (optimizer.name={family} with optimizer.decay={decay})"
+        )
     _choice(o.name, "optimizer", "optimizer.name")
     _choice(o.decay, "decay", "optimizer.decay")
     _positive(float(o.lr), "optimizer.lr")
@@ -256,13 +360,33 @@ def validate(cfg: Any) -> None:
     _positive(float(o.eps), "optimizer.eps", zero_ok=True)
     _choice(o.param_groups, "param_groups", "optimizer.param_groups")
     _choice(o.wd_schedule, "wd_schedule", "optimizer.wd_schedule")
-    _choice(cfg.model.name, "model", "model.name")
-    _choice(cfg.data.name, "data", "data.name")
-    _model_fits_data(cfg.model.name, cfg.data.name, "model.name")
+    model_target = _check_target(cfg.model, "model")
+    data_target = _check_target(cfg.data, "data")
+    if not model_target:
+        _choice(cfg.model.name, "model", "model.name")
+    if not data_target:
+        _choice(cfg.data.name, "data", "data.name")
+    if not model_target and not data_target:
+        _model_fits_data(cfg.model.name, cfg.data.name, "model.name")
+    if cfg.train.get("loss"):
+        _check_importable(str(cfg.train.loss), "train.loss")
+    _positive(float(cfg.model.bn_eps), "model.bn_eps")
+    _positive(float(cfg.model.head_scale), "model.head_scale", zero_ok=True)
     _positive(int(cfg.data.batch_size), "data.batch_size")
     _choice(cfg.schedule.name, "schedule", "schedule.name")
     if int(cfg.train.epochs) < 1 and int(cfg.train.max_steps) < 1:
         raise ConfigError("train.epochs: must be >= 1 (or set train.max_steps >= 1)")
+    if not 0.0 <= float(cfg.train.target_accuracy) <= 1.0:
+        raise ConfigError(
+            f"train.target_accuracy: {cfg.train.target_accuracy} is outside [0, 1]; "
+            "pass e.g. train.target_accuracy=0.95 (0: steps_to_target not recorded)"
+        )
+    if cfg.model.name in registry.MODELS and "heads" in registry.model(cfg.model.name).reads:
+        if int(cfg.model.heads) < 1 or int(cfg.model.width) % int(cfg.model.heads):
+            raise ConfigError(
+                f"model.heads: {cfg.model.heads} heads do not divide model.width="
+                f"{cfg.model.width}; pass a divisor of the width, e.g. model.heads=4"
+            )
     if cfg.train.dtype not in registry.names("dtype"):
         raise ConfigError(
             f"train.dtype: '{cfg.train.dtype}' is not {registry.one_of(registry.names('dtype'))}"
@@ -273,6 +397,16 @@ def validate(cfg: Any) -> None:
     if int(s.seeds) < 1:
         raise ConfigError(f"sweep.seeds: {s.seeds}; pass sweep.seeds=<1 or more>")
     _choice(s.sampler, "sampler", "sweep.sampler")
+    if s.sampler == "valley":
+        if int(s.get("rounds", 2)) < 0:
+            raise ConfigError(f"sweep.rounds: {s.rounds}; pass sweep.rounds=<0 or more>")
+        if int(s.get("refine", 3)) < 2:
+            raise ConfigError(f"sweep.refine: {s.refine}; pass sweep.refine=<2 or more>")
+        if int(s.weight_decay.num) < 2:
+            raise ConfigError(
+                f"sweep.weight_decay.num: {s.weight_decay.num}; sweep=valley refines between "
+                "grid points, pass sweep.weight_decay.num=<2 or more>"
+            )
     _choice(s.pruner, "pruner", "sweep.pruner")
     _choice(s.action, "action", "sweep.action")
     if int(s.workers) < 1:
@@ -286,6 +420,15 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"sweep.population: '{pop}'; pass sweep.population=auto or an int >= 1")
     for v in s.variants:
         parts = str(v).split("/")
+        alias = registry.OPTIMIZER_ALIASES.get(parts[0])
+        if alias and len(parts) <= 2:
+            family, decay = alias
+            fix = f"{family}/{parts[1] if len(parts) == 2 else decay}"
+            raise ConfigError(
+                f"sweep.variants: '{v}': a variant is family/decay with family "
+                f"{registry.one_of(registry.names('optimizer'))} ({parts[0]} is "
+                f"{family}/{decay}); pass sweep.variants=[{fix}]"
+            )
         if len(parts) != 2:
             raise ConfigError(
                 f"sweep.variants: '{v}' is not optimizer/decay; e.g. adam/independent"
@@ -371,7 +514,11 @@ def compose_config(
     register_schema()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir or CONF_DIR, version_base="1.3"):
+    with (
+        initialize_config_dir(config_dir=config_dir or CONF_DIR, version_base="1.3"),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", message=_DICT_WARNING, category=UserWarning)
         cfg = compose("config", overrides=list(overrides or []), return_hydra_config=run_dir)
     if not run_dir:
         return cfg

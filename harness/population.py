@@ -37,6 +37,7 @@ result.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -51,14 +52,19 @@ from torch import nn
 
 from harness import registry
 from harness.data import Dataset
-from harness.models import build_model
+from harness.instruments import Instruments
+from harness.models import build_model, loss_function, model_spec
 from harness.optim.functional import adam_step, sgd_step
+from harness.population_generic import GenericStacked, NotBatchable
 from harness.optim.groups import param_groups
 from harness.results import Preempted, TrialResult
 from harness.schedules import lr_multiplier
 from harness.train import (
     EVAL_BATCH,
     effective_weight_decay,
+    instrument_fields,
+    instruments_on,
+    invariant_names,
     report_metrics,
     resolve_device,
     run_trial,
@@ -73,11 +79,11 @@ log = logging.getLogger("lrwd.population")
 def supports(cfg: Any) -> bool:
     """True when ``cfg`` can run in a population (else the sequential runner is used)."""
     o = cfg.optimizer
-    model, family = registry.MODELS.get(cfg.model.name), registry.OPTIMIZERS.get(o.name)
+    family = registry.OPTIMIZERS.get(o.name)
+    # every model: the hand-written layers where its entry has them (``population=True``),
+    # else harness.population_generic (vmap), which falls back to sequential trials itself
     return (
-        model is not None
-        and model.population
-        and family is not None
+        family is not None
         and family.population
         and not o.relative
         and o.wd_schedule == "constant"
@@ -92,8 +98,14 @@ def member_bytes(cfg: Any) -> int:
     optimizer state (x5), the training batch's activations x3 (outputs, saved for backward, their
     gradients), the evaluation batch's two largest layer outputs. From the model built on the
     ``meta`` device (shapes only, no compute, no data loaded)."""
-    data = registry.dataset(cfg.data.name)
-    shape, classes = data.shape, data.classes
+    if cfg.data.get("_target_"):  # a user's data: its shapes are known once it is loaded
+        from harness.data import load_data
+
+        loaded = load_data(cfg.data)
+        shape, classes = loaded.input_shape, loaded.num_classes
+    else:
+        data = registry.dataset(cfg.data.name)
+        shape, classes = data.shape, data.classes
     with torch.device("meta"):
         model = build_model(cfg.model, shape, classes)
         outputs: list[int] = []
@@ -141,7 +153,11 @@ def auto_population_size(cfg: Any) -> int:
     p = 128 if device.type == "cuda" else 32
     free = free_memory_bytes(device)
     if free is not None:
-        p = min(p, int(MEMORY_FRACTION * free // max(member_bytes(cfg), 1)))
+        try:
+            p = min(p, int(MEMORY_FRACTION * free // max(member_bytes(cfg), 1)))
+        except Exception:  # noqa: BLE001 - a user's model that cannot be built on "meta"
+            if not cfg.model.get("_target_"):
+                raise
     return max(p, 1)
 
 
@@ -158,8 +174,9 @@ class Stacked:
         self.model = model
         self.p = p
         self.names = [n for n, _ in model.named_parameters()]
+        # a frozen parameter (``requires_grad=False``, e.g. a frozen head) is stacked, not trained
         self.params = [
-            q.detach().unsqueeze(0).repeat(p, *[1] * q.ndim).clone().requires_grad_(True)
+            q.detach().unsqueeze(0).repeat(p, *[1] * q.ndim).clone().requires_grad_(q.requires_grad)
             for q in model.parameters()
         ]
         self._by_name = dict(zip(self.names, self.params))
@@ -221,10 +238,10 @@ def layer_spec(model: nn.Sequential) -> tuple[tuple[Any, ...], ...]:
         elif isinstance(m, nn.Linear):
             out.append(("linear", name))
         elif isinstance(m, nn.BatchNorm1d):
-            if m.momentum is None or not m.track_running_stats or not m.affine:
+            if m.momentum is None or not m.track_running_stats:
                 raise TypeError(
-                    "population training batches BatchNorm1d with a float momentum, running "
-                    "statistics and affine weights"
+                    "population training batches BatchNorm1d with a float momentum and running "
+                    "statistics"
                 )
             out.append(("bn", name, m.momentum, float(m.eps)))
         elif isinstance(m, nn.ReLU):
@@ -244,13 +261,15 @@ def member_batch_norm(
     training: bool,
 ) -> torch.Tensor:
     """P members x C channels as P*C independent channels of one batch norm (``h`` is
-    ``[B, P*C, ...]``; the running statistics ``[P, C]`` stay per member)."""
+    ``[B, P*C, ...]``; the running statistics ``[P, C]`` stay per member). A BatchNorm without
+    gain and shift (``affine=False``) has no ``weight`` / ``bias`` in ``params``."""
+    weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
     return F.batch_norm(
         h,
         buffers[f"{name}.running_mean"].view(-1),
         buffers[f"{name}.running_var"].view(-1),
-        params[f"{name}.weight"].reshape(-1),
-        params[f"{name}.bias"].reshape(-1),
+        None if weight is None else weight.reshape(-1),
+        None if bias is None else bias.reshape(-1),
         training=training,
         momentum=momentum,
         eps=eps,
@@ -381,8 +400,11 @@ def batch_norm_members(
             rv.lerp_(var * (n / max(n - 1, 1)), momentum)
     else:
         var, mean = rv, rm
-    scale = params[f"{name}.weight"] * torch.rsqrt(var + eps)  # [P, C]
-    shift = params[f"{name}.bias"] - mean * scale
+    scale = torch.rsqrt(var + eps)  # [P, C]
+    weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
+    if weight is not None:
+        scale = weight * scale
+    shift = -mean * scale if bias is None else bias - mean * scale
     return torch.addcmul(shift[:, None, None], h, scale[:, None, None])
 
 
@@ -634,10 +656,15 @@ def train_population(
 
     run = set_up(base, data, before_data=allocator)
     device, dtype, data, model = run.device, run.dtype, run.data, run.model
-    spec = registry.model(base.model.name)
-    pop = Stacked(
-        model, p, registry.resolve(spec.batched_forward) if spec.batched_forward else None
-    )
+    spec = model_spec(base.model)
+    user_loss = loss_function(base)
+    if spec.population and user_loss is None:
+        pop = Stacked(
+            model, p, registry.resolve(spec.batched_forward) if spec.batched_forward else None
+        )
+    else:  # no hand-written batched path: vmap (raises NotBatchable before any step)
+        pop = GenericStacked(model, p, user_loss)
+        pop.probe(data.x_train[: run.batch], data.y_train[: run.batch])
     o = base.optimizer
     form = registry.decay(o.decay)
     # reported as given (a float32 tensor would round them)
@@ -645,18 +672,28 @@ def train_population(
     wds = [effective_weight_decay(c, data) for c in cfgs]  # normalized: lam_norm*sqrt(b/(B*T))
     lr = torch.tensor(lrs, device=device, dtype=dtype)
     wd = torch.tensor(wds, device=device, dtype=dtype)
-    groups, _ = param_groups(model, 0.0, rule=o.param_groups, no_decay_names=list(o.no_decay_names))
+    invariant = invariant_names(base, run)
+    groups, _ = param_groups(
+        model,
+        0.0,
+        rule=o.param_groups,
+        no_decay_names=list(o.no_decay_names),
+        invariant=invariant,
+    )
     decayed = {id(q) for q in groups[0]["params"]}
     decays = [id(q) in decayed for q in model.parameters()]
     zero = torch.zeros_like(wd)
-    lr_views = [_view(lr, q) for q in pop.params]
+    # the tensors the optimizer updates: all but frozen ones (requires_grad=False)
+    trained = [q.requires_grad for q in pop.params]
+    tparams = [q for q, t in zip(pop.params, trained) if t]
+    lr_views = [_view(lr, q) for q in tparams]
     wd_views = [_view(wd if d else zero, q) for q, d in zip(pop.params, decays)]
     penalty = form.penalty
     total, per_epoch, batch, gen = run.total, run.per_epoch, run.batch, run.gen
 
     bufs = None
     if o.name == "sgd" and float(o.momentum) != 0.0:
-        bufs = [torch.zeros_like(q) for q in pop.params]  # filled from the grads at step 0
+        bufs = [torch.zeros_like(q) for q in tparams]  # filled from the grads at step 0
     # a model with its own batched forward (the ResNet) runs eagerly: that forward walks the module
     compile_requested = bool(base.train.get("compile", False))
     compiled = compile_requested and pop.layers is not None
@@ -665,12 +702,14 @@ def train_population(
     if pop.layers is None:
 
         def loss_fn(layers, params, buffers, x, y, p, penalty_wd):  # noqa: ARG001
+            if isinstance(pop, GenericStacked):
+                return pop.loss_of(x, y, penalty_wd)
             return _loss_of(pop.forward(x), y, p, params, penalty_wd)
 
     sgd = o.name == "sgd"
     update_fn = _Step(_sgd_update if sgd else _adam_update, compiled)
     # the update's fixed arguments, read from the config once (OmegaConf access is slow per step)
-    step_wd = 0.0 if penalty else wd_views
+    step_wd = 0.0 if penalty else [v for v, t in zip(wd_views, trained) if t]
     step_decay = form.mode
     if sgd:
         hyper = (float(o.momentum), float(o.dampening), bool(o.nesterov), step_decay)
@@ -682,9 +721,13 @@ def train_population(
 
     exp_avgs = exp_avg_sqs = max_sqs = None
     if o.name == "adam":
-        exp_avgs = [torch.zeros_like(q) for q in pop.params]
-        exp_avg_sqs = [torch.zeros_like(q) for q in pop.params]
-        max_sqs = [torch.zeros_like(q) for q in pop.params] if o.amsgrad else None
+        exp_avgs = [torch.zeros_like(q) for q in tparams]
+        exp_avg_sqs = [torch.zeros_like(q) for q in tparams]
+        max_sqs = [torch.zeros_like(q) for q in tparams] if o.amsgrad else None
+    inst = None
+    if instruments_on(base):
+        tnames = [n for n, t in zip(pop.names, trained) if t]
+        inst = Instruments(tnames, [q.detach() for q in tparams], invariant or [], run.total)
     active = torch.ones(p, dtype=torch.bool, device=device)
     outcome: list[Any] = [None] * p
     best_val = torch.full((p,), math.inf, device=device, dtype=torch.float64)
@@ -725,17 +768,17 @@ def train_population(
             for q in pop.params:
                 q.grad = None
             total_loss.backward()
-            grads = [q.grad for q in pop.params]
+            grads = [q.grad for q in tparams]
             eta = lr_multiplier(base.schedule, step, total)
             eta_arg = step_arg(eta)
+            if inst is not None:
+                inst.before()
             with torch.no_grad():
                 if sgd:
-                    update_fn(
-                        pop.params, grads, bufs, lr_views, eta_arg, step_wd, *hyper, step == 0
-                    )
+                    update_fn(tparams, grads, bufs, lr_views, eta_arg, step_wd, *hyper, step == 0)
                 else:
                     update_fn(
-                        pop.params,
+                        tparams,
                         grads,
                         exp_avgs,
                         exp_avg_sqs,
@@ -746,6 +789,8 @@ def train_population(
                         step_wd,
                         *hyper,
                     )
+            if inst is not None:
+                inst.after(step, eta)
             step += 1
             loss_sum += losses.detach()
             loss_count += 1
@@ -762,6 +807,7 @@ def train_population(
                 last_val = torch.where(active, pop.errors(data.x_val, data.y_val), last_val)
                 best_val = torch.minimum(best_val, last_val)
                 norms = pop.weight_norms()
+                measured = inst.report() if inst is not None else [{}] * p
                 for m in torch.nonzero(active).flatten().tolist():
                     if reports[m] is None:
                         continue
@@ -779,6 +825,7 @@ def train_population(
                         step,
                         per_epoch,
                     )
+                    metrics.update(measured[m])
                     try:
                         reports[m](step, metrics)
                     except Exception as exc:  # noqa: BLE001 - pruned members stop, others go on
@@ -792,12 +839,14 @@ def train_population(
     _log_step(p, base, compile_requested, pop.layers is None, loss_step, update_fn)
     test = pop.errors(data.x_test, data.y_test)
     norms = pop.weight_norms()
+    summaries = inst.summary() if inst is not None else [None] * p
     results: list[Any] = []
     for m in range(p):
         if isinstance(outcome[m], BaseException):
             results.append(outcome[m])
         elif outcome[m] == "diverged" or not math.isfinite(float(norms[m])):
-            results.append(TrialResult.of_divergence(steps[m], elapsed / p))
+            result = TrialResult.of_divergence(steps[m], elapsed / p)
+            results.append(dataclasses.replace(result, **instrument_fields(summaries[m], True)))
         else:
             results.append(
                 TrialResult(
@@ -809,6 +858,7 @@ def train_population(
                     steps=steps[m],
                     wall_s=elapsed / p,  # the population's wall time, shared among members
                     diverged=False,
+                    **instrument_fields(summaries[m], False),
                 )
             )
     if return_states:
@@ -869,21 +919,41 @@ def run_population(cfgs: Sequence[Any], reports: Sequence[Report | None]) -> lis
     for idx in groups.values():
         if len(idx) == 1 or not supports(cfgs[idx[0]]):
             for i in idx:
-                try:
-                    out[i] = run_trial(cfgs[i], report=reports[i])
-                except Exception as exc:  # noqa: BLE001 - recorded on the trial
-                    if isinstance(exc, Preempted):
-                        raise
-                    out[i] = exc
+                out[i] = _run_one(cfgs[i], reports[i])
             continue
         for i, r in zip(idx, _train_split([cfgs[i] for i in idx], [reports[i] for i in idx])):
             out[i] = r
     return out
 
 
+def _run_one(cfg: Any, report: Report | None) -> Any:
+    """One cell through the sequential runner: its result, or the exception it raised."""
+    try:
+        return run_trial(cfg, report=report)
+    except Exception as exc:  # noqa: BLE001 - recorded on the trial
+        if isinstance(exc, Preempted):
+            raise
+        return exc
+
+
+_SEQUENTIAL_SAID: set[str] = set()  # models already reported as not batchable
+
+
 def _train_split(cfgs: list[Any], reports: list[Any]) -> list[Any]:
     try:
         return train_population(cfgs, reports)
+    except NotBatchable as exc:
+        what = model_spec(cfgs[0].model).builder if cfgs[0].model.get("_target_") else None
+        what = what or cfgs[0].model.name
+        if what not in _SEQUENTIAL_SAID:
+            _SEQUENTIAL_SAID.add(what)
+            log.warning(
+                "population training: model %s cannot run under torch.func.vmap (%s); "
+                "training its members sequentially",
+                what,
+                exc,
+            )
+        return [_run_one(c, r) for c, r in zip(cfgs, reports)]
     except torch.OutOfMemoryError:
         if len(cfgs) == 1:
             raise

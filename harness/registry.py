@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -104,6 +106,13 @@ OPTIMIZERS: dict[str, OptimizerFamily] = {
     )
 }
 
+# conf/optimizer/<alias>.yaml: a family with a decay form (torch's AdamW / SGDW decay lr_t * wd:
+# decay=decoupled; the paper's AdamW and Composer's DecoupledAdamW are decay=independent)
+OPTIMIZER_ALIASES: dict[str, tuple[str, str]] = {
+    "adamw": ("adam", "decoupled"),
+    "sgdw": ("sgd", "decoupled"),
+}
+
 # --------------------------------------------------------------------------------------------
 # Inputs, models and datasets
 
@@ -117,13 +126,14 @@ class InputKind:
     description: str  # "<model> needs <description>" in error messages
 
 
-VECTOR, SEQUENCE, IMAGE = "vector", "sequence", "image"
+VECTOR, SEQUENCE, IMAGE, TOKENS = "vector", "sequence", "image", "tokens"
 INPUT_KINDS: dict[str, InputKind] = {
     k.name: k
     for k in (
         InputKind(VECTOR, None, "1-D vectors (any input, flattened)"),
         InputKind(SEQUENCE, 2, "1-D signals"),
         InputKind(IMAGE, 3, "images"),
+        InputKind(TOKENS, 1, "sequences of token ids"),
     )
 }
 
@@ -147,12 +157,38 @@ class ModelSpec:
     # "module:function" ``f(stacked, x) -> [P, B, classes]``: the batched forward of a model
     # that is not an nn.Sequential of the layers harness.population walks (None: it is)
     batched_forward: str | None = None
+    # model.* fields beyond width and depth that the builder takes as keywords (e.g. heads)
+    reads: tuple[str, ...] = ()
+    # a user's ``model._target_`` (any nn.Module class or function): called with ``options`` (the
+    # model group's own keys) plus whichever of input_shape, num_classes, width, depth and the
+    # ``reads`` fields its signature names; trained in populations by harness.population_generic
+    target: bool = False
 
-    def build(self, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int) -> Any:
-        return resolve(self.builder)(input_shape, num_classes, width, depth, **self.options)
+    def build(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        width: int,
+        depth: int,
+        **fields: Any,
+    ) -> Any:
+        """The model; ``fields`` are the configured values of :attr:`reads`."""
+        if self.target:
+            fn = resolve(self.builder)
+            offered = dict(
+                input_shape=input_shape, num_classes=num_classes, width=width, depth=depth
+            )
+            given = signature_arguments(fn, {**offered, **fields})
+            return fn(**{k: v for k, v in given.items() if k not in self.options}, **self.options)
+        return resolve(self.builder)(
+            input_shape, num_classes, width, depth, **self.options, **fields
+        )
 
 
 _RESNET_FORWARD = "harness.population_resnet:resnet_forward"
+# model.* switches every built-in model reads (harness.models: BatchNorm without gain and shift,
+# BatchNorm eps, a frozen random classifier head and its initial scale)
+MODEL_SWITCHES = ("bn_affine", "bn_eps", "frozen_head", "head_scale")
 MODELS: dict[str, ModelSpec] = {
     m.name: m
     for m in (
@@ -161,6 +197,7 @@ MODELS: dict[str, ModelSpec] = {
             "MLP: depth x (Linear(width), ReLU), Linear(classes)",
             "harness.models:build_mlp",
             VECTOR,
+            reads=MODEL_SWITCHES,
             twin="mlp_bn",
         ),
         ModelSpec(
@@ -168,6 +205,7 @@ MODELS: dict[str, ModelSpec] = {
             "the MLP with BatchNorm after each hidden Linear",
             "harness.models:build_mlp",
             VECTOR,
+            reads=MODEL_SWITCHES,
             options={"bn": True},
             batchnorm=True,
             twin="mlp",
@@ -177,6 +215,7 @@ MODELS: dict[str, ModelSpec] = {
             "1-D CNN: 3 strided Conv1d of width channels, ReLU, Linear(classes)",
             "harness.models:build_cnn1d",
             SEQUENCE,
+            reads=MODEL_SWITCHES,
             twin="cnn_bn",
         ),
         ModelSpec(
@@ -184,6 +223,7 @@ MODELS: dict[str, ModelSpec] = {
             "the 1-D CNN with BatchNorm after each convolution",
             "harness.models:build_cnn1d",
             SEQUENCE,
+            reads=MODEL_SWITCHES,
             options={"bn": True},
             batchnorm=True,
             twin="cnn",
@@ -193,6 +233,7 @@ MODELS: dict[str, ModelSpec] = {
             "CIFAR ResNet-20: 3 stages x 3 BasicBlocks (BatchNorm)",
             "harness.models:build_resnet",
             IMAGE,
+            reads=MODEL_SWITCHES,
             options={"blocks": 3},
             batchnorm=True,
             batched_forward=_RESNET_FORWARD,
@@ -202,9 +243,19 @@ MODELS: dict[str, ModelSpec] = {
             "CIFAR ResNet with 1 BasicBlock per stage (tests, smoke runs)",
             "harness.models:build_resnet",
             IMAGE,
+            reads=MODEL_SWITCHES,
             options={"blocks": 1},
             batchnorm=True,
             batched_forward=_RESNET_FORWARD,
+        ),
+        ModelSpec(
+            "transformer",
+            "pre-LayerNorm transformer over token ids: depth blocks of heads-head attention and "
+            "an MLP, reading the last position",
+            "harness.workloads.transformer:build_transformer",
+            TOKENS,
+            population=False,
+            reads=("heads",),
         ),
     )
 }
@@ -264,6 +315,14 @@ DATASETS: dict[str, DataSpec] = {
                 "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
             },
         ),
+        DataSpec(
+            "modular",
+            "modular addition",
+            TOKENS,
+            (3,),
+            97,  # data.modulus's default; the loader's classes follow the configured modulus
+            "harness.workloads.modular:load_modular",
+        ),  # (a + b) mod p over all p^2 pairs, generated in memory
     )
 }
 
@@ -327,6 +386,7 @@ SAMPLERS: dict[str, str] = {
     "grid": "every lr x wd cell once per seed",
     "random": "random cells from the log ranges",
     "tpe": "Optuna's TPE sampler",
+    "valley": "a coarse grid, then per lr row refinement rounds around the best wd",
 }
 PRUNERS: dict[str, str] = {
     "none": "every trial runs to the end",
@@ -424,9 +484,59 @@ def launcher(name: str) -> LauncherSpec:
 
 
 def resolve(path: str) -> Any:
-    """The object named ``"module:attribute"`` (imported on call)."""
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    """The object named ``"module:attribute"`` or ``"package.module.attribute"`` (Hydra's
+    ``_target_`` spelling), imported on call. A module that is not importable from
+    ``sys.path`` is looked for in the working folder too (where ``python -m harness.sweep`` and
+    its workers start). Raises ``LookupError`` (one line: what is missing)."""
+    path = str(path).strip()
+    if ":" in path:
+        module, _, attribute = path.partition(":")
+        candidates = [(module, attribute.split("."))]
+    else:
+        parts = path.split(".")
+        candidates = [(".".join(parts[:cut]), parts[cut:]) for cut in range(len(parts) - 1, 0, -1)]
+    if not candidates or not all(m and all(rest) for m, rest in candidates):
+        raise LookupError(f"'{path}' is not a dotted path such as mypkg.nets.Net")
+    for attempt in range(2):
+        missing: Exception | None = None
+        for module, rest in candidates:
+            try:
+                obj = importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+                    missing = exc  # this prefix is no module: try a shorter one
+                    continue
+                raise LookupError(f"'{path}' fails to import: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - the user's module raised on import
+                raise LookupError(f"'{path}' fails to import: {type(exc).__name__}: {exc}") from None
+            for attr in rest:
+                if not hasattr(obj, attr):
+                    raise LookupError(f"'{path}': {module} has no attribute '{attr}'")
+                obj = getattr(obj, attr)
+            return obj
+        cwd = os.getcwd()
+        if attempt or cwd in sys.path:
+            break
+        sys.path.insert(0, cwd)  # workers and `python -m` start in the user's working folder
+    raise LookupError(f"'{path}' cannot be imported ({missing})")
+
+
+def signature_arguments(fn: Any, offered: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``offered`` that ``fn`` (a function or a class) takes by name: how the
+    harness passes ``input_shape``, ``num_classes`` and its own config fields to a user's
+    ``_target_`` only when its signature asks for them."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: offer nothing
+        return {}
+    named = {
+        n
+        for n, q in params.items()
+        if q.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return {k: v for k, v in offered.items() if k in named}
 
 
 # --------------------------------------------------------------------------------------------

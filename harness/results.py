@@ -27,6 +27,20 @@ class TrialResult:
     diverged: bool
     steps: int
     wall_s: float
+    # the first report step whose test accuracy reached train.target_accuracy; NaN if it never
+    # did or no target was set (resolution: train.eval_every)
+    steps_to_target: float = math.nan
+    # instruments (train.instruments; docs/trial.md): the mean angle (radians) a group of
+    # tensors turns per step over the equilibrium window, the last quarter of the steps, for the
+    # scale-invariant tensors and for the rest; the groups' final norms; the mean lr-schedule
+    # multiplier eta_t over the window; how many tensors are scale-invariant (a count). NaN for an
+    # empty group, a trial that diverged, or instruments off
+    si_angle: float = math.nan
+    rest_angle: float = math.nan
+    si_norm: float = math.nan
+    rest_norm: float = math.nan
+    eq_eta: float = math.nan
+    si_tensors: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,6 +12,7 @@ samples, the validation split) depends on ``data.*`` only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 
 from harness.data import Dataset, load_data
-from harness.models import build_model
+from harness.instruments import Instruments
+from harness.models import build_model, loss_function
 from harness.optim import (
     SGD,
     Adam,
@@ -33,6 +35,7 @@ from harness.optim import (
     normalized_weight_decay,
     param_groups,
 )
+from harness.optim.groups import scale_invariant_names
 from harness.results import TrialResult
 from harness.schedules import lr_multiplier
 
@@ -76,15 +79,29 @@ def effective_weight_decay(cfg: Any, data: Dataset) -> float:
 
 
 def build_optimizer(
-    cfg: Any, model: nn.Module, wd: float
+    cfg: Any,
+    model: nn.Module,
+    wd: float,
+    sample: Any = None,
+    invariant: list[str] | None = None,
 ) -> tuple[torch.optim.Optimizer, list[nn.Parameter], float]:
     """(optimizer, parameters of the loss penalty, penalty wd) for ``cfg.optimizer``.
+
+    ``optimizer.param_groups=scale_invariant`` finds the scale-invariant tensors on the input
+    batch ``sample`` (or takes their names, ``invariant``, when already known).
 
     ``decay="loss"``: the optimizer runs with no decay and the trainer adds
     ``l2_penalty(decayed params, wd)`` (= wd/2 * ||w||^2) to the loss.
     """
     o = cfg.optimizer
-    groups, _ = param_groups(model, wd, rule=o.param_groups, no_decay_names=list(o.no_decay_names))
+    groups, _ = param_groups(
+        model,
+        wd,
+        rule=o.param_groups,
+        no_decay_names=list(o.no_decay_names),
+        sample=sample,
+        invariant=invariant,
+    )
     penalty_params: list[nn.Parameter] = []
     penalty_wd = 0.0
     decay = o.decay
@@ -186,6 +203,38 @@ def set_up(cfg: Any, data: Dataset | None = None, *, before_data: Callable | Non
     )
 
 
+PROBE_BATCH = 256  # training samples the scale-invariance detector runs on, at most
+
+
+def probe_batch(run: Run) -> torch.Tensor:
+    """The input batch the scale-invariance detector runs on: the first training samples (the
+    same for a trial and its population, whatever the seed)."""
+    return run.data.x_train[: min(run.batch, PROBE_BATCH)]
+
+
+def instruments_on(cfg: Any) -> bool:
+    return bool(cfg.train.get("instruments", True))
+
+
+def invariant_names(cfg: Any, run: Run) -> list[str] | None:
+    """The scale-invariant trainable tensors of ``run.model`` when the instruments or
+    ``optimizer.param_groups=scale_invariant`` need them (else None): detected once, on
+    :func:`probe_batch`."""
+    if not instruments_on(cfg) and cfg.optimizer.param_groups != "scale_invariant":
+        return None
+    return scale_invariant_names(run.model, probe_batch(run))
+
+
+def instrument_fields(summary: dict[str, float] | None, diverged: bool) -> dict[str, float]:
+    """The instrument fields of a :class:`TrialResult`: NaN but the tensor count for a trial
+    that diverged, nothing when the instruments are off."""
+    if summary is None:
+        return {}
+    if diverged:
+        return {"si_tensors": summary["si_tensors"]}
+    return dict(summary)
+
+
 def report_metrics(
     train_loss: float,
     val_error: float,
@@ -208,6 +257,14 @@ def report_metrics(
     }
 
 
+def first_at_target(reached: float, step: int, test_error: float, target: float) -> float:
+    """``steps_to_target`` after a report at ``step``: ``reached`` if it is already set, else
+    ``step`` when the test accuracy ``1 - test_error`` is at least ``target``, else NaN."""
+    if not math.isnan(reached):
+        return reached
+    return float(step) if 1.0 - test_error >= target else math.nan
+
+
 def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = None) -> TrialResult:
     """Train one (optimizer, decay, lr, wd, seed) cell and evaluate it.
 
@@ -219,15 +276,21 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
     device, dtype, data, model = run.device, run.dtype, run.data, run.model
     total, per_epoch, batch, gen = run.total, run.per_epoch, run.batch, run.gen
     wd = effective_weight_decay(cfg, data)
-    opt, penalty_params, penalty_wd = build_optimizer(cfg, model, wd)
+    invariant = invariant_names(cfg, run)
+    opt, penalty_params, penalty_wd = build_optimizer(cfg, model, wd, invariant=invariant)
+    inst = None
+    if instruments_on(cfg):
+        inst = Instruments.of_module(model, invariant or [], total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_multiplier(cfg.schedule, t, total))
     wd_sched = None
     if cfg.optimizer.wd_schedule != "constant":
         wd_sched = WeightDecayScheduler(opt, cfg.optimizer.wd_schedule, total)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_function(cfg) or nn.CrossEntropyLoss()  # train.loss: the user's loss
 
     best_val = math.inf
     last_val = math.inf
+    target = float(cfg.train.target_accuracy)
+    steps_to_target = math.nan
     loss_sum = torch.zeros((), device=device, dtype=dtype)
     loss_count = 0
     train_loss = math.nan
@@ -245,7 +308,11 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
             full = loss + l2_penalty(penalty_params, penalty_wd) if penalty_wd else loss
             opt.zero_grad(set_to_none=True)
             full.backward()
+            if inst is not None:
+                inst.before()
             opt.step()
+            if inst is not None:
+                inst.after(step, lr_multiplier(cfg.schedule, step, total))
             sched.step()
             if wd_sched is not None:
                 wd_sched.step()
@@ -259,6 +326,10 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                     break
                 last_val = error_rate(model, data.x_val, data.y_val)
                 best_val = min(best_val, last_val)
+                test_now = math.nan
+                if target > 0:
+                    test_now = error_rate(model, data.x_test, data.y_test)
+                    steps_to_target = first_at_target(steps_to_target, step, test_now, target)
                 if report is not None:
                     group = opt.param_groups[0]
                     eta = lr_multiplier(cfg.schedule, step - 1, total)  # of the step just taken
@@ -267,10 +338,14 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                         shrink = group["initial_lr"] * eta * penalty_wd
                     lr_t = group["initial_lr"] * eta
                     norm = weight_norm(model)
-                    report(
-                        step,
-                        report_metrics(train_loss, last_val, lr_t, eta, shrink, norm, step, per_epoch),
+                    metrics = report_metrics(
+                        train_loss, last_val, lr_t, eta, shrink, norm, step, per_epoch
                     )
+                    if target > 0:
+                        metrics["test_error"] = test_now
+                    if inst is not None:
+                        metrics.update(inst.report()[0])
+                    report(step, metrics)
                 loss_sum.zero_()
                 loss_count = 0
             elif step % 25 == 0 and not math.isfinite(float(loss.detach())):
@@ -278,7 +353,9 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
                 break
     norm = weight_norm(model)
     if diverged or not math.isfinite(norm):
-        return TrialResult.of_divergence(step, time.perf_counter() - t0)
+        result = TrialResult.of_divergence(step, time.perf_counter() - t0)
+        summary = inst.summary()[0] if inst is not None else None
+        return dataclasses.replace(result, **instrument_fields(summary, True))
     test = error_rate(model, data.x_test, data.y_test)
     return TrialResult(
         test_error=test,
@@ -289,6 +366,8 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
         steps=step,
         wall_s=time.perf_counter() - t0,
         diverged=False,
+        steps_to_target=steps_to_target,
+        **instrument_fields(inst.summary()[0] if inst is not None else None, False),
     )
 
 
@@ -303,14 +382,26 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     from harness.config import ConfigError, compose_config, validate
+    from harness.errors import error_line, fail
 
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        return fail(
+            f"{flags[0]}: python -m harness.train takes key=value overrides only; "
+            "to print the config: python -m harness.sweep <overrides> --cfg job"
+        )
     try:
         cfg = compose_config(argv)
         validate(cfg)
+    except Exception as exc:  # noqa: BLE001 - a config error is one line, anything else raises
+        line = error_line(exc)
+        if line is None:
+            raise
+        return fail(line)
+    try:
         result = run_trial(cfg)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     o = cfg.optimizer
     print(
         f"{o.name}/{o.decay} lr={o.lr:g} wd={o.weight_decay:g} model={cfg.model.name} "
