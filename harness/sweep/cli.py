@@ -88,19 +88,22 @@ class _LogProgress:
     """
 
     def __init__(self, total: int, done0: int, every_s: float = 30.0) -> None:
+        from harness.sweep.launch import CompletionRate
+
         self.total, self.done0, self.every_s = total, done0, every_s
         self.enabled = not sys.stdout.isatty()
         self.t0 = self.last = time.monotonic()
+        self.rate = CompletionRate(total, done0, self.t0)  # the time left, also for the live bar
 
     def __call__(self, done: int, last: str = "", force: bool = False) -> None:
         now = time.monotonic()
+        self.rate.update(done, now)
         if not self.enabled or (not force and now - self.last < self.every_s):
             return
         self.last = now
         elapsed = now - self.t0
-        new = done - self.done0
-        left = (self.total - done) * elapsed / new if new > 0 else float("nan")
-        eta = f", ~{_clock(left)} left" if new > 0 and done < self.total else ""
+        left = self.rate.text(now)
+        eta = f", {left}" if left else ""
         pct = 100 * done / max(self.total, 1)
         tail = f"; last: {last}" if last else ""
         print(
@@ -121,22 +124,30 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
+    from rich.text import Text
 
     total = total_cells(cfg)
     done0 = count_done(studies)
+    plain = _LogProgress(total, done0)
+
+    class TimeLeftColumn(ProgressColumn):
+        """Time left from the cells' completion rate (launch.CompletionRate), counting down."""
+
+        def render(self, task: Any) -> Text:
+            return Text(plain.rate.text(), style="progress.remaining")
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TimeLeftColumn(),
         TextColumn("{task.fields[last]}"),
     )
-    plain = _LogProgress(total, done0)
     with Progress(*columns, transient=False, disable=plain.enabled) as progress:
         task = progress.add_task(cfg.name, total=total, completed=done0, last="")
         if int(cfg.sweep.workers) == 1:
