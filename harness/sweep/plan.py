@@ -24,6 +24,7 @@ from harness import registry
 from harness.config import ConfigError
 from harness.secrets import real_url
 from harness.storage import open_storage
+from harness.sweep import valley
 from harness.sweep.queue import (
     CellStatus,
     enqueue_cells,
@@ -272,10 +273,33 @@ def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
     )
 
 
+def valley_spec(cfg: DictConfig) -> valley.ValleySpec:
+    """What ``sweep=valley`` traces for this (variant) config."""
+    lrs, wds, seeds = grid_axes(cfg.sweep)
+    return valley.ValleySpec(
+        lrs=lrs,
+        wds=wds,
+        seeds=seeds,
+        rounds=int(cfg.sweep.get("rounds", 2)),
+        refine=int(cfg.sweep.get("refine", 3)),
+        dists=distributions(cfg.sweep),
+        heartbeat_s=float(cfg.sweep.heartbeat_s),
+        max_retries=int(cfg.sweep.get("max_retries", 2)),
+    )
+
+
+def valley_tracer(study: optuna.Study, cfg: DictConfig) -> valley.Tracer:
+    """A worker's tracer on a valley study (the driver has created its gates)."""
+    return valley.Tracer(study, valley_spec(cfg), valley.gates_study(study))
+
+
 def enqueue_study(study: optuna.Study, cfg: DictConfig) -> CellStatus:
-    """The grid's cells, or a sampled study's budget as slots. Driver only."""
+    """The grid's cells, a valley's coarse grid and due rounds, or a sampled study's budget as
+    slots. Driver only."""
     if cfg.sweep.sampler == "grid":
         return enqueue_grid(study, cfg)
+    if cfg.sweep.sampler == "valley":
+        return valley.Tracer.prepare(study, valley_spec(cfg))[1]
     return enqueue_slots(study, sampled_budget(cfg), float(cfg.sweep.heartbeat_s))
 
 
@@ -300,6 +324,8 @@ def cells(cfg: DictConfig, variant: Variant) -> int:
     vcfg = variant_config(cfg, variant)
     if vcfg.sweep.sampler == "grid":
         return len(grid_cells(vcfg.sweep))
+    if vcfg.sweep.sampler == "valley":
+        return valley_spec(vcfg).budget()  # at most: rounds clipped at the wd range add fewer
     return sampled_budget(vcfg)
 
 
@@ -328,8 +354,11 @@ def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
     extend = cfg.sweep.get("action") == "extend"
     for variant, study in existing_studies(cfg, storage):
         if study is not None:
-            new = grid_record(variant_config(cfg, variant).sweep)
+            vcfg = variant_config(cfg, variant)
+            new = grid_record(vcfg.sweep)
             merge_grid(study.study_name, recorded_grid(study), new, extend=extend)
+            if vcfg.sweep.sampler == "valley":
+                valley.check_recorded(study, valley_spec(vcfg))
     studies = []
     for variant in variants(cfg):
         vcfg = variant_config(cfg, variant)

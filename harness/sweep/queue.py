@@ -60,6 +60,8 @@ CELL_KEY = "cell"
 SLOT_KEY = "lrwd:slot"  # system attr of a sampled study's budget slot (no params yet)
 TRAINING_LOG_ENV = "LRWD_TRAINING_LOG"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+ROUND_KEY = "round"  # user attr: the valley tracer's round of a cell (0 = the coarse grid)
+CARRIED_ATTRS = (ROUND_KEY,)  # user attrs a re-enqueued cell keeps
 
 
 def cell_key(lr: float, wd: float, seed: int) -> str:
@@ -224,18 +226,24 @@ def failures(trials: Iterable[FrozenTrial]) -> int:
 
 
 def _waiting_trial(
-    cell: dict[str, Any], key: str, dists: dict[str, Any], *, slot: bool = False
+    cell: dict[str, Any],
+    key: str,
+    dists: dict[str, Any],
+    *,
+    slot: bool = False,
+    attrs: dict[str, Any] | None = None,
 ) -> FrozenTrial:
     """A WAITING trial that already carries its params, so claiming it writes no params.
 
     A slot (``slot=True``, ``cell`` empty) carries none: the claiming worker's sampler draws them.
+    ``attrs`` are further user attrs (e.g. the valley tracer's ``round``).
     """
     return optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=dict(cell),
         distributions={k: dists[k] for k in cell} if cell else {},
         system_attrs={"fixed_params": dict(cell), **({SLOT_KEY: True} if slot else {})},
-        user_attrs={CELL_KEY: key} if key else {},
+        user_attrs={**({CELL_KEY: key} if key else {}), **(attrs or {})},
     )
 
 
@@ -245,11 +253,13 @@ def enqueue_cells(
     dists: dict[str, Any],
     heartbeat_s: float,
     max_retries: int | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> CellStatus:
-    """Enqueue every cell that has no finished, waiting or live trial. Driver only.
+    """Enqueue every cell that has no finished, waiting or live trial. Driver only (and the
+    valley tracer's holder of a round's gate, see :mod:`harness.sweep.valley`).
 
     A cell whose trials failed in training more than ``max_retries`` times (None: no limit) is
-    left FAILED and counted in ``failed``.
+    left FAILED and counted in ``failed``. ``attrs``: user attrs every enqueued trial carries.
     """
     status = CellStatus(total=len(cells))
     by_cell: dict[str, list[FrozenTrial]] = {}
@@ -278,7 +288,7 @@ def enqueue_cells(
             continue
         if states:
             status.requeued += 1
-        to_add.append(_waiting_trial(cell, key, dists))
+        to_add.append(_waiting_trial(cell, key, dists, attrs=attrs))
     if to_add:
         study.add_trials(to_add)
         status.queued += len(to_add) - status.requeued
@@ -318,6 +328,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
             trial.user_attrs.get(CELL_KEY, ""),
             dict(trial.distributions),
             slot=bool(trial.system_attrs.get(SLOT_KEY)) and not cell,
+            attrs={k: trial.user_attrs[k] for k in CARRIED_ATTRS if k in trial.user_attrs},
         )
     )
 

@@ -29,6 +29,7 @@ from harness.sweep.plan import (
     distributions,
     make_sampler,
     sampler_seed,
+    valley_tracer,
     variant_config,
     variants,
 )
@@ -230,7 +231,9 @@ def run_worker(
         for variant in variants(cfg):
             vcfg = variant_config(cfg, variant)
             study = create_study(vcfg, storage, variant, load_only=True)
-            sampled = vcfg.sweep.sampler != "grid"
+            sampled = vcfg.sweep.sampler not in ("grid", "valley")
+            # sweep=valley: this worker also opens the refinement rounds that become due
+            tracer = valley_tracer(study, vcfg) if vcfg.sweep.sampler == "valley" else None
             if sampled:
                 n_before = len(study.get_trials(deepcopy=False))
                 study.sampler = make_sampler(vcfg, sampler_seed(vcfg, n_before))
@@ -243,8 +246,10 @@ def run_worker(
                 if not claims:
                     if reclaim_stale(study, heartbeat_s):
                         continue
+                    if tracer is not None and tracer.advance():
+                        continue
                     waiting, running = pending(study, heartbeat_s)
-                    if waiting == 0 and running == 0:
+                    if waiting == 0 and running == 0 and not (tracer and tracer.held):
                         break
                     time.sleep(min(1.0, heartbeat_s / 4))
                     continue
@@ -262,6 +267,8 @@ def run_worker(
                     env,
                     on_result,
                 )
+                if tracer is not None:
+                    tracer.advance()
     except KeyboardInterrupt:
         handback()
         raise
