@@ -120,7 +120,7 @@ class _Signals:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError
-    from harness.secrets import mask_secrets
+    from harness.errors import error_line, fail
     from harness.storage import shared_by_hosts
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -131,20 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in args if a != "--prepare"]
     bad = [a for a in overrides if a.startswith("-")]
     if bad:
-        print(
-            f"error: unknown option {bad[0]}; usage: python -m harness.worker "
-            "[--prepare] key=value ...",
-            file=sys.stderr,
+        return fail(
+            f"{bad[0]}: not an option of python -m harness.worker; usage: python -m harness.worker "
+            "[--prepare] key=value ..."
         )
-        return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         cfg = resolved(overrides)
-        if not shared_by_hosts(cfg.storage.kind) and (
-            do_prepare or os.environ.get("SLURM_JOB_ID")
-        ):
+        if not shared_by_hosts(cfg.storage.kind) and (do_prepare or os.environ.get("SLURM_JOB_ID")):
             raise ConfigError(
                 f"storage.kind: {cfg.storage.kind} cannot be shared by Slurm array tasks; use "
                 "storage=journal (a file on a shared filesystem) or storage=url "
@@ -166,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg.output_dir,
         )
         return int(run_worker(real) or 0)
-    except ConfigError as exc:
-        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a config error is one line, anything else raises
+        line = error_line(exc)
+        if line is None:
+            raise
+        return fail(line)
 
 
 if __name__ == "__main__":

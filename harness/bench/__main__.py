@@ -9,16 +9,25 @@ COMMANDS = {
     "optim": "harness.bench.optim",
     "population": "harness.bench.population",
     "driver": "harness.bench.driver",
+    "instruments": "harness.bench.instruments",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        print(
+            f"error: {argv[0]}: no such benchmark; pass one of {', '.join(COMMANDS)} "
+            "(python -m harness.bench --help)",
+            file=sys.stderr,
+        )
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m harness.bench {" + ",".join(COMMANDS) + "} [--help]")
         print("  optim       step time of harness.optim vs torch.optim (ratio ours/torch)")
         print("  population  trials/hour of population training vs the sequential runner")
         print("  driver      per-trial overhead of the sweep driver per storage")
+        print("  instruments time per step with train.instruments off and on")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]])
     return int(module.main(argv[1:]) or 0)

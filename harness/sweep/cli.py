@@ -19,17 +19,25 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import CONF_DIR, ConfigError, register_schema, validate
-from harness.secrets import hide_url, mask_config, mask_secrets, real_url
+from harness.config import (
+    CONF_DIR,
+    ConfigError,
+    compose_config,
+    name_targets,
+    register_schema,
+    validate,
+)
+from harness.errors import error_line, fail
+from harness.secrets import hide_url, mask_config, real_url
 from harness.storage import describe, open_storage
 from harness.storage import exists as storage_exists
 from harness.sweep import plan, worker
+from harness.sweep.launch import LaunchError
 from harness.sweep.plan import prepare, total_cells
 from harness.sweep.queue import Claim, cell_counts
 from harness.sweep.report import count_done, report
 
 log = logging.getLogger("lrwd.sweep")
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,6 +64,7 @@ def resolve(cfg: DictConfig, overrides: list[str], output_dir: str) -> DictConfi
     """Validate and freeze the config a sweep runs with (variants, output dir, secrets)."""
     validate(cfg)
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    name_targets(out)  # model._target_=mypkg.nets.Net: model.name Net
     if _explicit_optimizer(overrides):
         # `optimizer.decay=l2` (or a multirun over it) names the one variant to run.
         out.sweep.variants = []
@@ -210,9 +219,14 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
                     print(f"{s.study_name}: {counts}")
             return 0
     else:
-        from harness.data import check_data
+        from harness.models import check_workload
 
-        check_data(cfg.data)  # missing CIFAR: one line, before any study exists
+        # missing CIFAR, a user's model that does not fit its data: one line, before any study
+        check_workload(cfg)
+        if cfg.launcher.name == "slurm" and action in ("run", "extend"):
+            from harness.sweep.launch import check_slurm
+
+            check_slurm()  # an unreachable controller: one line, before anything is enqueued
         storage, studies = prepare(cfg)
         save_config(cfg, out / "config.yaml")
     if action in ("run", "extend"):
@@ -245,15 +259,109 @@ register_schema()
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:
         rc = sweep(cfg, list(hc.overrides.task), hc.runtime.output_dir)
     except ConfigError as exc:
-        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(fail(str(exc)))
+    except LaunchError as exc:
+        sys.exit(fail(str(exc), code=1))
     if rc:
         sys.exit(rc)
+
+
+# Hydra's flags that stop before composing a config (help, version, completion)
+_NO_CONFIG_FLAGS = ("help", "hydra_help", "version", "shell_completion", "info")
+
+
+def check_command_line(argv: list[str]) -> str | None:
+    """The one-line error for a command line that cannot run, or None.
+
+    Composes and validates the config Hydra is about to run, so that a typo fails in one line
+    before Hydra creates the output folder, also with ``--cfg job`` (which prints the config
+    without running). A ``--multirun`` is checked job by job, when each job starts.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    args, unknown = get_args_parser().parse_known_args(argv)
+    if unknown:
+        return (
+            f"{unknown[0]}: not an option of python -m harness.sweep; pass key=value overrides "
+            "(python -m harness.sweep --help)"
+        )
+    modes = [f for f, on in (("--multirun", args.multirun), ("--cfg", args.cfg)) if on]
+    if len(modes) > 1:
+        return f"{modes[1]}: cannot be combined with {modes[0]}; pass one of them"
+    if args.config_path or args.config_name or args.config_dir:
+        return None
+    if any(getattr(args, flag, None) for flag in _NO_CONFIG_FLAGS):
+        return None
+    try:
+        jobs = _jobs_to_check(list(args.overrides), bool(args.multirun))
+        for overrides in jobs:
+            cfg = compose_config(overrides)
+            validate(cfg)
+        if jobs and cfg.launcher.name == "slurm" and cfg.sweep.action in ("run", "extend"):
+            from harness.sweep.launch import check_slurm
+
+            check_slurm()
+    except Exception as exc:  # noqa: BLE001 - a config error is one line, anything else raises
+        line = error_line(exc)
+        if line is None:
+            raise
+        return line
+    return None
+
+
+def _jobs_to_check(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists to validate: the run's, or for a ``--multirun`` every value of each
+    swept key once (the other swept keys at their first value). A sweep whose values need
+    Hydra's config loader (``glob(...)``) is left to the jobs."""
+    if not multirun:
+        return [overrides]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    try:
+        values = [
+            list(o.sweep_string_iterator()) if o.is_sweep_override() else [None] for o in parsed
+        ]
+    except HydraException:
+        return []
+
+    def line(i: int, value: str | None) -> str:
+        o = parsed[i]
+        return o.input_line if value is None else f"{o.get_key_element()}={value}"
+
+    first = [line(i, v[0]) for i, v in enumerate(values)]
+    jobs = [first]
+    for i, vs in enumerate(values):
+        for value in vs[1:]:
+            jobs.append([*first[:i], line(i, value), *first[i + 1 :]])
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m harness.sweep``: a bad command line (an unknown key or group option, a value of
+    the wrong type, a failed validation) is one line on stderr and exit code 2, nothing written."""
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    line = check_command_line(sys.argv[1:])
+    if line:
+        sys.exit(fail(line))
+    # Hydra prints its own errors as a traceback and exits 1; HYDRA_FULL_ERROR=1 makes it raise
+    # them here instead (a user who set it gets the full traceback).
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _app()
+    except Exception as exc:  # noqa: BLE001 - a config error is one line, anything else raises
+        line = None if user_full_error else error_line(exc)
+        if line is None:
+            raise
+        sys.exit(fail(line))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ environment to the job) and the config holds ``env:LRWD_STORAGE_URL``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import multiprocessing as mp
 import os
@@ -357,13 +359,17 @@ def submit_slurm(
     folder.mkdir(parents=True, exist_ok=True)
     executor = make_executor(cfg, folder)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    echoed = io.StringIO()  # submitit echoes sbatch's stderr; on failure it is in the one line
     try:
-        jobs = executor.map_array(SlurmWorker(target), [cfg_dict] * n)
+        with contextlib.redirect_stderr(echoed):
+            jobs = executor.map_array(SlurmWorker(target), [cfg_dict] * n)
     except Exception as exc:  # noqa: BLE001 - submitit raises its own error types for sbatch
+        why = _first_line(echoed.getvalue() or str(exc)).removeprefix("sbatch: error: ")
         raise LaunchError(
-            f"sbatch failed: {_first_line(str(exc))}; the cells stay queued: run the same "
-            "command again once Slurm accepts jobs (sweep.action=status lists them)"
+            f"sbatch failed: {why}; the cells stay queued: run the same command again once "
+            "Slurm accepts jobs (sweep.action=status lists them)"
         ) from exc
+    sys.stderr.write(echoed.getvalue())
     job_ids = [str(j.job_id) for j in jobs]
     sub = SlurmSubmission(job_ids[0].split("_")[0], job_ids, folder, jobs)
     print_submitted(cfg, sub, _user_overrides(overrides))
