@@ -55,6 +55,7 @@ from analysis.metrics import (
     valley_table,
     variant_surface,
 )
+from analysis.theory import cell_equilibrium, has_angles, study_hyperparameters, trial_theory
 
 METRICS = ("test_error", "val_error", "final_val_error")
 
@@ -78,6 +79,7 @@ class Analysis:
     regret_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
     identity: pd.DataFrame = field(default_factory=pd.DataFrame)
     surfaces: dict[str, Surface] = field(default_factory=dict)
+    theory: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def analyze(
@@ -151,6 +153,7 @@ def analyze(
         seeds,
         identity_table(frame, metric),
         surfaces,
+        trial_theory(frame),
     )
 
 
@@ -163,8 +166,16 @@ def _surface_cells(variant: str, s: Surface) -> pd.DataFrame:
 
 def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "viridis") -> dict:
     """``{"heatmaps" or "scatter": Figure, "regret": Figure, "valley": Figure}`` for one
-    analysis."""
-    from analysis.plots import heatmap_figure, regret_figure, scatter_figure, valley_figure
+    analysis, and ``"angles"`` when its trials carry measured angles."""
+    from analysis.plots import (
+        angle_figure,
+        heatmap_figure,
+        regret_figure,
+        scatter_figure,
+        valley_figure,
+    )
+
+    angles = len(a.theory) > 0 and has_angles(a.theory)
 
     label = a.metric.replace("_", " ")
     if a.mode == "surface":
@@ -184,6 +195,7 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
                 n_best=n_best,
                 annotate=annotate,
                 cmap=cmap,
+                equilibrium=cell_equilibrium(a.theory) if angles else None,
             )
         }
     out = {
@@ -192,6 +204,8 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
     }
     if len(a.valleys):
         out["valley"] = valley_figure(a.valleys, a.metrics)
+    if angles and np.isfinite(a.theory["angle_ratio"].to_numpy(float)).any():
+        out["angles"] = angle_figure(a.theory)
     return out
 
 
@@ -225,6 +239,8 @@ def write(
             a.regret_seeds.to_csv(d / "regret_seeds.csv", index=False)
             a.valleys.to_csv(d / "valley.csv", index=False)
             a.identity.to_csv(d / "identity.csv", index=False)
+            if len(a.theory) and has_angles(a.theory):
+                a.theory.to_csv(d / "theory.csv", index=False)
             for name, fig in render(a, annotate, n_best, cmap).items():
                 for fmt in formats:
                     fig.savefig(d / f"{name}.{fmt}", dpi=dpi)
@@ -256,6 +272,33 @@ def _slope_cell(m: pd.Series) -> str:
     return text
 
 
+def _theory_cell(m: pd.Series) -> str:
+    """The slope the scale-invariance theory predicts (analysis.theory)."""
+    p = m.get("predicted_slope", np.nan)
+    return "n/a" if not np.isfinite(p) else ("0" if p == 0 else f"{p:+.0f}")
+
+
+def _angle_line(metrics: pd.DataFrame) -> str:
+    """``angles ...``: measured/predicted angle and equilibrated share per variant, when the
+    trials carry measured angles; "" otherwise."""
+    if "equilibrated_fraction" not in metrics:
+        return ""
+    parts = []
+    for _, m in metrics.iterrows():
+        frac = m.get("equilibrated_fraction", np.nan)
+        if not np.isfinite(frac):
+            continue
+        ratio = m.get("angle_ratio_median", np.nan)
+        angle = f"x{ratio:.2f}" if np.isfinite(ratio) else "n/a"
+        parts.append(f"{m.variant} {angle} ({100 * frac:.0f}% equilibrated)")
+    if not parts:
+        return ""
+    return (
+        "angle per step of the scale-invariant weights, measured / predicted (median over "
+        "equilibrated trials): " + ", ".join(parts)
+    )
+
+
 def _pct(x: float, digits: int = 0) -> str:
     return "n/a" if not np.isfinite(x) else f"{100 * x:.{digits}f}%"
 
@@ -278,6 +321,7 @@ def print_metrics(metrics: pd.DataFrame, title: str = "") -> None:
         "wd",
         "wd gain",
         "coupling slope [95% CI] | (seeds, n)",
+        "pred.",
         "near-opt",
         "±2SE",
         "transfer 1/2",
@@ -312,6 +356,7 @@ def print_metrics(metrics: pd.DataFrame, title: str = "") -> None:
             f"{m.best_weight_decay:.3g}",
             "n/a" if not np.isfinite(m.wd_gain) else f"{100 * m.wd_gain:+.2f}",
             _slope_cell(m),
+            _theory_cell(m),
             near,
             near_abs,
             f"{_pts(m.transfer_regret_1)}/{_pts(m.transfer_regret_2)}",
@@ -320,7 +365,7 @@ def print_metrics(metrics: pd.DataFrame, title: str = "") -> None:
             f"{100 * m.diverged_fraction:.0f}%",
             f"{m.n_cells} x {m.n_seeds}",
         )
-    console = Console(width=170)
+    console = Console(width=182)
     console.print(table)
     first = metrics.iloc[0] if len(metrics) else None
     if first is not None:
@@ -331,12 +376,15 @@ def print_metrics(metrics: pd.DataFrame, title: str = "") -> None:
             else ""
         )  # fmt: skip
         console.print(
-            f"errors and gains in %; transfer 1/2: points lost reusing one lr's best wd 1/2 lr "
+            f"errors and gains in %; pred.: the slope scale invariance predicts; transfer 1/2: points lost reusing one lr's best wd 1/2 lr "
             f"steps away; near-opt: cells with normalized regret (E - best) / (E at smallest wd - "
             f"best) <= {first.tol:g}; ±2SE: cells within {_pts(first.near_optimal_threshold)} "
             f"points of the best, 2 binomial SE of a cell mean ({first.n_eval} evaluation "
             f"samples, {first.n_eval_source}){rel}"
         )
+    angles = _angle_line(metrics)
+    if angles:
+        console.print(angles)
     seen = set()
     for _, m in metrics.iterrows():
         if not np.isfinite(m.get("identity_cells", np.nan)) or m.optimizer in seen:
@@ -522,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SourceError(
                 f"{' '.join(args.sources)}: no COMPLETE trials (is the sweep still running?)"
             )
+        frame = study_hyperparameters(args.sources, frame)
         bins = parse_bins(args.bins)
         if bins and bins != (0, 0):
             frame = snap_to_grid(frame, *bins)

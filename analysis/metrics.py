@@ -937,9 +937,30 @@ def metrics_table(
     else:
         rows = [surface_metrics(frame, v, metric, surface=surfaces.get(v), **kw) for v in variants]
     table = pd.DataFrame(rows, columns=list(_KEYS))
-    return _identity_columns(
+    table = _identity_columns(
         frame, identity_table(frame, metric), table, metric, kw.get("refine", True)
     )
+    return _theory_columns(frame, table)
+
+
+THEORY_METRICS = (
+    "predicted_slope", "slope_vs_predicted", "angle_ratio_median", "equilibrated_fraction",
+)  # fmt: skip
+
+
+def _theory_columns(frame: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """The scale-invariance columns of metrics.csv (:mod:`analysis.theory`): the predicted
+    slope, measured minus predicted, and, when the trials carry the measured angles, the
+    median measured/predicted angle over equilibrated trials and the equilibrated share."""
+    from analysis.theory import theory_metrics, trial_theory
+
+    th = theory_metrics(trial_theory(frame), list(metrics["variant"])).set_index("variant")
+    out = metrics.copy()
+    for col in ("predicted_slope", "angle_ratio_median", "equilibrated_fraction"):
+        out[col] = out["variant"].map(th[col]).astype(float)
+    out["slope_vs_predicted"] = out["coupling_slope"].astype(float) - out["predicted_slope"]
+    cols = [c for c in out if c not in THEORY_METRICS] + list(THEORY_METRICS)
+    return out[cols]
 
 
 def regret_table(

@@ -37,6 +37,9 @@ from harness import registry
 DECAY_PALETTE = ("#c0392b", "#8e44ad", "#e67e22", "#2471a3", "#16a085", "#7f8c8d")
 FAMILY_LINESTYLES = ("-", "--", "-.")
 VALLEY_COLOR = "#ff3b30"
+THEORY_COLOR = "#00e5ff"  # the predicted valley through the best cell
+UNEQUILIBRATED_COLOR = (1.0, 1.0, 1.0, 0.55)  # hatch lines: light, the colour stays readable
+UNEQUILIBRATED_HATCH = "\\"
 STYLE = {
     "font.size": 8,
     "axes.titlesize": 8.5,
@@ -185,8 +188,14 @@ def draw_panel(
     annotate: bool = False,
     show_valley: bool = True,
     refine: bool = True,
+    theory_slope: float = float("nan"),
+    unequilibrated: np.ndarray | None = None,
 ) -> matplotlib.image.AxesImage:
-    """One heatmap panel: x = lr index, y = wd index (square cells), see the module docstring."""
+    """One heatmap panel: x = lr index, y = wd index (square cells), see the module docstring.
+
+    ``theory_slope``: the predicted valley slope (:mod:`analysis.theory`), drawn as a line
+    through the best cell; ``unequilibrated``: a mask like the grid of the cells to hatch
+    (none of their trials reached the equilibrium angle)."""
     lrs, wds, E = grid(cells, variant)
     _, _, D = grid(cells, variant, value="diverged")
     D = np.nan_to_num(D)
@@ -212,6 +221,14 @@ def draw_panel(
         )
     for i, j in zip(*np.nonzero((D > 0) & ~all_div)):
         ax.plot(i + 0.3, j + 0.3, marker="x", color="black", ms=3, mew=0.8)
+    if unequilibrated is not None:
+        for i, j in zip(*np.nonzero(unequilibrated & ~all_div)):
+            ax.add_patch(
+                Rectangle(
+                    (i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor=UNEQUILIBRATED_COLOR,
+                    hatch=UNEQUILIBRATED_HATCH, linewidth=0, zorder=2,
+                )
+            )  # fmt: skip
     # the n best cells (missing and all-diverged cells never count)
     flat = np.where(np.isfinite(E) & ~all_div, E, np.inf).ravel()
     n_ok = int(np.isfinite(flat).sum())
@@ -228,6 +245,9 @@ def draw_panel(
                 zorder=4,
             )
         )
+    if len(order) and np.isfinite(theory_slope):
+        i, j = np.unravel_index(order[0], E.shape)
+        _theory_line(ax, lrs, wds, i, j, theory_slope)
     if show_valley:
         v = valley(lrs, wds, E, refine)
         pos = wds > 0
@@ -293,6 +313,41 @@ def draw_panel(
     return im
 
 
+def _log_index(values: np.ndarray):
+    """``log value -> fractional cell index`` of a log-spaced axis (positive values only),
+    extrapolated linearly beyond its ends; None when fewer than two positive values."""
+    idx = np.nonzero(values > 0)[0].astype(float)
+    logs = np.log(values[values > 0])
+    if len(logs) < 2:
+        return None
+    lo = (idx[1] - idx[0]) / (logs[1] - logs[0])
+    hi = (idx[-1] - idx[-2]) / (logs[-1] - logs[-2])
+
+    def to_index(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, float)
+        out = np.interp(x, logs, idx)
+        out = np.where(x < logs[0], idx[0] + (x - logs[0]) * lo, out)
+        return np.where(x > logs[-1], idx[-1] + (x - logs[-1]) * hi, out)
+
+    return to_index
+
+
+def _theory_line(
+    ax: plt.Axes, lrs: np.ndarray, wds: np.ndarray, i: int, j: int, slope: float
+) -> None:
+    """The theory's valley ``log wd = log wd* + slope (log lr - log lr*)`` through cell (i, j)
+    across the panel (clipped to it; never into a zero-wd column)."""
+    x_of, y_of = _log_index(lrs), _log_index(wds)
+    if x_of is None or y_of is None or wds[j] <= 0:
+        return
+    logs = np.linspace(np.log(lrs[0]) - 1.0, np.log(lrs[-1]) + 1.0, 200)
+    x = x_of(logs)
+    y = y_of(np.log(wds[j]) + slope * (logs - np.log(lrs[i])))
+    first = np.nonzero(wds > 0)[0][0] - 0.5
+    y = np.where(y >= first, y, np.nan)
+    ax.plot(x, y, color=THEORY_COLOR, lw=1.0, ls=(0, (1, 1.2)), zorder=5)
+
+
 def _slope_text(m: pd.Series) -> str:
     """``slope −0.94 [−1.06, −0.51]`` with an interval, else the per-seed range and its n."""
     if not np.isfinite(m.get("coupling_slope", np.nan)):
@@ -317,6 +372,15 @@ def _variant_panels(axes, fams, decs, variants):
                 ax.set_axis_off()
                 continue
             yield ax, v, c == 0 or f"{fam}/{decs[c - 1]}" not in variants
+
+
+def _theory_text(m: pd.Series | None) -> str:
+    """`` · theory −1``: the valley slope scale invariance predicts (metrics'
+    ``predicted_slope``), for the panel title next to the measured slope; "" when unknown."""
+    p = np.nan if m is None else m.get("predicted_slope", np.nan)
+    if not np.isfinite(p):
+        return ""
+    return f" · theory {'0' if p == 0 else f'{p:+.0f}'}".replace("-", "−")
 
 
 def _panel_numbers(m: pd.Series | None) -> str:
@@ -379,10 +443,14 @@ def heatmap_figure(
     cmap: str = "viridis",
     title: str | None = None,
     refine: bool = True,
+    equilibrium: pd.DataFrame | None = None,
 ) -> plt.Figure:
     """The Figure-2 grid of heatmaps for every variant in ``cells`` (see the module docstring).
 
-    ``metrics`` (from :func:`analysis.metrics.metrics_table`) adds the numbers above each panel.
+    ``metrics`` (from :func:`analysis.metrics.metrics_table`) adds the numbers above each panel
+    and, with its ``predicted_slope`` column, the theory's valley through the best cell.
+    ``equilibrium`` (:func:`analysis.theory.cell_equilibrium`) hatches the cells none of whose
+    trials reached the equilibrium angle; without it (no measured angles) nothing is hatched.
     """
     mixed = [c for c in ("experiment", "model", "data") if c in cells]
     if mixed:
@@ -410,10 +478,19 @@ def heatmap_figure(
             figsize=(panel_w * len(decs) + 1.0, panel_h * len(fams) + 0.55),
         )
         im = None
+        any_theory = any_hatched = False
         for ax, v, leftmost in _variant_panels(axes, fams, decs, variants):
-            im = draw_panel(ax, cells, v, norm, cmap, n_best, annotate, refine=refine)
+            m = mrows.get(v)
+            predicted = float(m.get("predicted_slope", np.nan)) if m is not None else np.nan
+            mask = _unequilibrated_mask(cells, equilibrium, v)
+            any_theory |= bool(np.isfinite(predicted))
+            any_hatched |= bool(mask is not None and mask.any())
+            im = draw_panel(
+                ax, cells, v, norm, cmap, n_best, annotate, refine=refine,
+                theory_slope=predicted, unequilibrated=mask,
+            )  # fmt: skip
             numbers = _panel_numbers(mrows.get(v))
-            head = variant_title(v) + (f"\n{numbers}" if numbers else "")
+            head = variant_title(v) + _theory_text(m) + (f"\n{numbers}" if numbers else "")
             ax.set_title(head, fontsize=7.2, linespacing=1.25, pad=3)
             ax.set_xlabel("initial learning rate")
             if leftmost:
@@ -478,10 +555,40 @@ def heatmap_figure(
             Patch(facecolor="#e3e3e3", edgecolor="#8a8a8a", hatch="////", lw=0, label="diverged"),
             Line2D([], [], ls="none", marker="x", color="black", ms=4, label="some seeds diverged"),
         ]
+        if any_theory:
+            handles.append(
+                Line2D([], [], color=THEORY_COLOR, lw=1.2, ls=(0, (1, 1.2)),
+                       label="theory valley (predicted slope) through the best")
+            )  # fmt: skip
+        if any_hatched:
+            handles.append(
+                Patch(facecolor="#777777", edgecolor=UNEQUILIBRATED_COLOR,
+                      hatch=UNEQUILIBRATED_HATCH, lw=0, label="not equilibrated")
+            )  # fmt: skip
         _legend_below(fig, handles, fontsize=7)
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _unequilibrated_mask(
+    cells: pd.DataFrame, equilibrium: pd.DataFrame | None, variant: str
+) -> np.ndarray | None:
+    """``True`` where none of the cell's decided trials equilibrated, on the panel's grid;
+    None when there is nothing to hatch (no theory frame, or no decided cell)."""
+    if equilibrium is None or equilibrium.empty:
+        return None
+    part = equilibrium[equilibrium["variant"] == variant]
+    part = part[np.isfinite(part["equilibrated"].to_numpy(float))]
+    if part.empty:
+        return None
+    lrs, wds, _ = grid(cells, variant)
+    mask = np.zeros((len(lrs), len(wds)), bool)
+    for lr, wd, frac in part[["lr", "weight_decay", "equilibrated"]].itertuples(index=False):
+        i, j = np.searchsorted(lrs, lr), np.searchsorted(wds, wd)
+        if i < len(lrs) and j < len(wds) and lrs[i] == lr and wds[j] == wd:
+            mask[i, j] = frac == 0
+    return mask
 
 
 def _variant_style(variant: str) -> dict:
@@ -690,8 +797,8 @@ def scatter_figure(
                 numbers = _panel_numbers(m)
             else:
                 numbers = f"{len(pts)} trials < {MIN_SURFACE_TRIALS}: no surface, no slope"
-            ax.set_title(f"{variant_title(v)}\n{numbers}", fontsize=7.2, linespacing=1.25,
-                         pad=3)  # fmt: skip
+            ax.set_title(f"{variant_title(v)}{_theory_text(m)}\n{numbers}", fontsize=7.2,
+                         linespacing=1.25, pad=3)  # fmt: skip
             ax.set_xlabel("initial learning rate")
             ax.set_ylabel("weight decay")
             ax.tick_params(which="major", length=3, pad=1.5)
@@ -709,6 +816,77 @@ def scatter_figure(
             Patch(facecolor="#7fbf9f", label="fitted surface (kernel smoother)"),
             Line2D([], [], color=VALLEY_COLOR, lw=1.0, label="surface valley"),
             Line2D([], [], color="#555555", lw=1.0, ls=(0, (3, 2)), label="log-log fit (slope)"),
+        ]  # fmt: skip
+        _legend_below(fig, handles, fontsize=7)
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def angle_figure(theory: pd.DataFrame, title: str | None = None) -> plt.Figure:
+    """Measured against predicted angular update per step of the scale-invariant weights, one
+    point per trial (log-log; :func:`analysis.theory.trial_theory`'s ``si_angle`` and
+    ``predicted_angle``), coloured by variant; filled circles: equilibrated trials, hollow
+    squares: not equilibrated. The identity line and a +-15% band around it."""
+    from analysis.theory import ANGLE_BAND
+
+    data = theory[
+        np.isfinite(pd.to_numeric(theory["si_angle"], errors="coerce").to_numpy(float))
+        & np.isfinite(theory["predicted_angle"].to_numpy(float))
+        & (theory["predicted_angle"] > 0)
+        & (pd.to_numeric(theory["si_angle"], errors="coerce") > 0)
+    ].copy()
+    if data.empty:
+        raise ValueError("theory: no trial with both a measured (si_angle) and a predicted angle")
+    data["si_angle"] = data["si_angle"].astype(float)
+    eq = data["equilibrated"].astype("boolean")
+    data["state"] = np.where(eq.fillna(False), "equilibrated", "not equilibrated")
+    variants = list(dict.fromkeys(data["variant"]))
+    palette = {v: _variant_style(v)["color"] for v in variants}
+    if len(set(palette.values())) < len(palette):  # same decay form in two families
+        palette = dict(zip(variants, sns.color_palette("tab10", len(variants))))
+    lo = float(min(data["si_angle"].min(), data["predicted_angle"].min())) / 1.5
+    hi = float(max(data["si_angle"].max(), data["predicted_angle"].max())) * 1.5
+    xs = np.geomspace(lo, hi, 50)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 4.2), layout="constrained")
+        ax.fill_between(xs, xs * (1 - ANGLE_BAND), xs * (1 + ANGLE_BAND), color="#dddddd",
+                        lw=0, zorder=0)  # fmt: skip
+        ax.plot(xs, xs, color="#555555", lw=0.8, zorder=1)
+        sns.scatterplot(
+            data=data, x="predicted_angle", y="si_angle", hue="variant", hue_order=variants,
+            palette=palette, style="state", style_order=["equilibrated", "not equilibrated"],
+            markers={"equilibrated": "o", "not equilibrated": "s"}, s=22, linewidth=0.4,
+            edgecolor="black", ax=ax, legend=False, zorder=3,
+        )  # fmt: skip
+        hollow = data[data["state"] == "not equilibrated"]
+        if len(hollow):  # redraw them hollow: the colour on the edge only
+            for v, g in hollow.groupby("variant", sort=False):
+                ax.scatter(g["predicted_angle"], g["si_angle"], marker="s", s=22,
+                           facecolors="white", edgecolors=[palette[v]], linewidths=1.0,
+                           zorder=4)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel("predicted angle per step (rad)")
+        ax.set_ylabel("measured angle per step (rad), last quarter")
+        n_eq = int((data["state"] == "equilibrated").sum())
+        ax.set_title(f"scale-invariant weights: {n_eq}/{len(data)} trials equilibrated")
+        ax.grid(alpha=0.25, lw=0.5, which="major")
+        handles = [
+            Line2D([], [], ls="none", marker="o", mfc=palette[v], mec="black", mew=0.4, ms=5,
+                   label=variant_title(v))
+            for v in variants
+        ]  # fmt: skip
+        handles += [
+            Line2D([], [], ls="none", marker="o", mfc="#777777", mec="black", mew=0.4, ms=5,
+                   label="equilibrated"),
+            Line2D([], [], ls="none", marker="s", mfc="white", mec="#555555", mew=1.0, ms=5,
+                   label="not equilibrated"),
+            Line2D([], [], color="#555555", lw=0.8, label="measured = predicted"),
+            Patch(facecolor="#dddddd", label=f"±{100 * ANGLE_BAND:.0f}%"),
         ]  # fmt: skip
         _legend_below(fig, handles, fontsize=7)
         if title:

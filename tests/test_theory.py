@@ -236,3 +236,96 @@ def test_momentum_from_the_frame_and_from_config_yaml(tmp_path):
     assert theory.trial_theory(rows)["predicted_angle"].iloc[0] == pytest.approx(
         math.sqrt(2 * 0.1 * 1e-3 / 1.9)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics, figures and the printed table
+
+
+def _with_angles(frame: pd.DataFrame, steps: int = 400) -> pd.DataFrame:
+    """Synthetic trials with the angle columns: the measured angle is the prediction (x1.03)
+    where the trial equilibrated, a third of it where it did not."""
+    out = frame.copy()
+    out["steps"] = steps
+    out["eq_eta"] = 1.0
+    out["si_tensors"] = 2
+    t = theory.trial_theory(out.assign(variant=out["optimizer"] + "/" + out["decay"]))
+    eq = t["equilibrated"].fillna(False).to_numpy(bool)
+    pred = t["predicted_angle"].to_numpy(float)
+    out["si_angle"] = np.where(eq, 1.03 * pred, pred / 3)
+    out.loc[out["decay"] == "l2", "si_angle"] = 0.02  # measured, not predicted under Adam
+    return out
+
+
+def test_metrics_figures_and_table_with_angles(tmp_path, capsys):
+    from analysis.figures import main
+    from analysis.synthetic import synthetic_results
+
+    variants = ["sgd/l2", "sgd/decoupled", "adam/l2", "adam/independent"]
+    raw = _with_angles(synthetic_results(variants, n_lr=5, n_wd=6, seeds=1))
+    raw.to_csv(tmp_path / "results.csv", index=False)
+    out = tmp_path / "figs"
+    assert main([str(tmp_path / "results.csv"), "--out", str(out), "--bootstrap", "0",
+                 "--formats", "png"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "pred." in printed and "sgd/decoupled x1.03" in printed
+    m = pd.read_csv(out / "metrics.csv").set_index("variant")
+    assert m.loc["sgd/l2", "predicted_slope"] == -1
+    assert m.loc["adam/l2", "predicted_slope"] == -2
+    assert m.loc["adam/independent", "predicted_slope"] == 0
+    assert m.loc["sgd/l2", "slope_vs_predicted"] == pytest.approx(
+        m.loc["sgd/l2", "coupling_slope"] + 1
+    )
+    assert m.loc["sgd/decoupled", "angle_ratio_median"] == pytest.approx(1.03)
+    assert math.isnan(m.loc["adam/l2", "angle_ratio_median"])
+    assert math.isnan(m.loc["adam/l2", "equilibrated_fraction"])
+    t = theory.trial_theory(raw.assign(variant=raw["optimizer"] + "/" + raw["decay"]))
+    for v in ("sgd/l2", "sgd/decoupled", "adam/independent"):
+        share = t.loc[t["variant"] == v, "equilibrated"].astype(bool).mean()
+        assert m.loc[v, "equilibrated_fraction"] == pytest.approx(share)
+    assert 0 < m.loc["sgd/decoupled", "equilibrated_fraction"] < 1  # some of each: hatching
+    assert (out / "angles.png").is_file() and (out / "theory.csv").is_file()
+
+
+def test_heatmap_overlays(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.patches import Rectangle
+
+    from analysis.load import aggregate, load_results
+    from analysis.metrics import metrics_table
+    from analysis.plots import THEORY_COLOR, UNEQUILIBRATED_HATCH, heatmap_figure
+    from analysis.synthetic import synthetic_results
+
+    raw = _with_angles(synthetic_results(["sgd/decoupled", "adam/l2"], n_lr=5, n_wd=6, seeds=1))
+    trials = load_results(raw)
+    cells = aggregate(trials)
+    metrics = metrics_table(trials, reps=0)
+    th = theory.trial_theory(trials)
+    eq = theory.cell_equilibrium(th)
+    fig = heatmap_figure(cells, metrics, ["sgd/decoupled", "adam/l2"], equilibrium=eq)
+    axes = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_title()}
+    sgd = next(ax for t, ax in axes.items() if t.startswith("SGD"))
+    adam = next(ax for t, ax in axes.items() if t.startswith("Adam"))
+    assert "· theory −1\nslope" in sgd.get_title()
+    assert "· theory −2\nslope" in adam.get_title()
+    hatched = [p for p in sgd.patches if isinstance(p, Rectangle)
+               and p.get_hatch() == UNEQUILIBRATED_HATCH]  # fmt: skip
+    sub = eq[eq["variant"] == "sgd/decoupled"].merge(cells, on=["variant", "lr", "weight_decay"])
+    assert len(hatched) == int(((sub["equilibrated"] == 0) & (sub["diverged"] < 1)).sum()) > 0
+    assert not [p for p in adam.patches if p.get_hatch() == UNEQUILIBRATED_HATCH]
+    for ax in (sgd, adam):  # the predicted valley, through the best cell
+        line = [ln for ln in ax.lines if ln.get_color() == THEORY_COLOR]
+        assert len(line) == 1
+    # the slope of the drawn line in index units is the predicted one (log-uniform axes)
+    x, y = (np.asarray(d, float) for d in line[0].get_data())
+    ok = np.isfinite(y)
+    lrs = np.sort(trials.loc[trials["variant"] == "adam/l2", "lr"].unique())
+    wds = np.sort(trials.loc[trials["variant"] == "adam/l2", "weight_decay"].unique())
+    per_x, per_y = np.diff(np.log(lrs)).mean(), np.diff(np.log(wds)).mean()
+    drawn = np.polyfit(x[ok], y[ok], 1)[0] * per_y / per_x
+    assert drawn == pytest.approx(-2.0, rel=1e-6)
+    # without angle columns: the lines and titles stay, nothing is hatched
+    plain = heatmap_figure(cells, metrics, ["sgd/decoupled", "adam/l2"])
+    assert not [p for ax in plain.axes for p in ax.patches if p.get_hatch() == UNEQUILIBRATED_HATCH]
