@@ -11,6 +11,8 @@ an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or 
 - ``regret.png/.pdf``: random-search regret (points and normalized, seeds as bands) and
   P(near-optimal) against k;
 - ``valley.png/.pdf``: best wd against lr with the coupling slopes;
+- ``angles.png/.pdf`` and ``theory.csv`` when the trials carry measured angles (``si_angle``,
+  ``eq_eta``): measured against predicted angle per step (:mod:`analysis.theory`);
 - ``metrics.csv`` (one row per variant, definitions in :mod:`analysis.metrics`), ``regret.csv``
   (variant, k), ``regret_seeds.csv`` (variant, seed, k), ``valley.csv`` (best wd per lr),
   ``identity.csv`` (equivalent decoupled / independent cells and their difference) and

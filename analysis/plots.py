@@ -6,10 +6,14 @@
   one shared colour scale; the ten best cells circled (the best in red); cells where every seed
   diverged hatched grey, cells where some seed diverged marked with a small x; the valley
   (best wd per lr) drawn with its least-squares fit; the numbers of :mod:`analysis.metrics` above
-  each panel; optional per-cell error annotations.
+  each panel; the theory's valley through the best cell and the predicted slope in the title,
+  cells that never equilibrated hatched (:mod:`analysis.theory`); optional per-cell error
+  annotations.
 - :func:`regret_figure`: expected random-search regret against k trials, in error points and
   normalized by what decay buys, with the seeds as bands (seaborn), and P(near-optimal).
 - :func:`valley_figure`: best wd against lr on log-log axes, one line per variant, with slopes.
+- :func:`angle_figure`: measured against predicted angle per step of the scale-invariant weights
+  (:mod:`analysis.theory`), one point per trial.
 - :func:`scatter_figure`: scattered (random / TPE) trials over log lr x log wd, the fitted
   surface as filled contours, its valley and slope; the non-grid counterpart of the heatmaps.
 
