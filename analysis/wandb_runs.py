@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from harness.results import RESULT_KEYS, RESULTS_COLUMNS
-from harness.tracking import flatten_config
+from harness.tracking import ANALYSIS_JOB_TYPE, flatten_config
 
 _INTERNAL = ("_wandb", "wandb_version")
 
@@ -109,7 +109,8 @@ def runs_to_frame(runs: Iterable[Any]):
     config, summary`` (as ``tests/wandb_reader.read_offline_runs`` returns), in any mix. Columns
     come from the run config written by :class:`Tracker` (``study``, ``name`` = experiment,
     ``optimizer.name``, ``optimizer.decay``, ``model.name``, ``data.name``, ``trial``, ``lr``,
-    ``weight_decay``, ``seed``) with the job type (``<optimizer>/<decay>``) and group as fallbacks;
+    ``weight_decay``, ``seed``) with the job type (``<optimizer>/<decay>``) and group as fallbacks
+    (runs with job type ``analysis``, a sweep's figures, are skipped);
     metrics from the summary of COMPLETE runs (empty for the others, as in results.csv: a failed
     run's summary holds its last report, not a result); ``state`` from :func:`optuna_state`. A
     diverged run's ``train_loss`` is NaN (W&B stores a NaN summary value as null).
@@ -119,6 +120,8 @@ def runs_to_frame(runs: Iterable[Any]):
     rows = []
     for run in runs:
         r = _normalize_run(run)
+        if r["job_type"] == ANALYSIS_JOB_TYPE:  # a sweep's figures and tables, not a trial
+            continue
         config, summary = r["config"], r["summary"]
         variant = str(r["job_type"] or "").split("/")
         optimizer = config.get("optimizer.name") or (variant[0] if len(variant) == 2 else "")
@@ -158,5 +161,3 @@ def runs_to_frame(runs: Iterable[Any]):
     if frame["diverged"].notna().all():
         frame["diverged"] = frame["diverged"].astype(bool)
     return frame
-
-

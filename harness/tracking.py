@@ -34,6 +34,10 @@ otherwise prompt for a key); ``offline``; ``disabled`` (``wandb`` is never impor
 Several runs may be open at once in one process (population training): each is created with
 ``reinit="create_new"`` and only ever used through its own handle, never ``wandb.run``.
 
+After a sweep, :meth:`Tracker.log_analysis` adds one run with ``job_type="analysis"`` holding
+the sweep's figures (``wandb.Image``) and metrics (``wandb.Table``); its group is the sweep's
+name (``sweep.study_name`` or ``name``), the prefix of its studies' names.
+
 Secrets: W&B's metadata record (it copies ``sys.argv``, where ``storage.url=...`` may carry a
 password), console capture (``output.log``), system stats, git and code saving are all switched
 off; config values, tags and summary strings are masked with
@@ -66,6 +70,7 @@ from harness.secrets import (  # noqa: F401 - wandb_host is part of this module'
 log = logging.getLogger(__name__)
 
 MODES = tuple(registry.TRACKING_MODES)
+ANALYSIS_JOB_TYPE = "analysis"  # the job type of a sweep's analysis run (figures and tables)
 OUTCOMES = ("finished", "diverged", "pruned", "failed", "preempted")
 _EXIT_CODE = {"finished": 0, "diverged": 0, "pruned": 0, "failed": 1, "preempted": 1}
 # ------------------------------------------------------------------------------------------------
@@ -372,6 +377,31 @@ class Tracker:
         tracked = TrackedRun(run, self.mode, self)
         self._open.add(tracked)
         return tracked
+
+    def log_analysis(
+        self,
+        name: str,
+        images: Mapping[str, str | Path],
+        tables: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+    ) -> TrackedRun:
+        """One run with ``job_type="analysis"`` in this tracker's group: each of ``images``
+        (``{key: png path}``) as a ``wandb.Image`` under ``figures/<key>`` and each of ``tables``
+        (``{key: DataFrame}``) as a ``wandb.Table`` under ``tables/<key>``, in one history row
+        (so also in the summary). A no-op stand-in when tracking is disabled."""
+        run = self.start(name, ANALYSIS_JOB_TYPE, dict(config or {}))
+        if run.id is None:
+            return run
+        import wandb
+
+        row: dict[str, Any] = {}
+        for key, path in images.items():
+            row[f"figures/{key}"] = wandb.Image(str(path), caption=str(key))
+        for key, frame in tables.items():
+            row[f"tables/{key}"] = wandb.Table(dataframe=frame)
+        run.log(0, row)
+        run.finish({}, "finished")
+        return run
 
     def finish_all(self, state: str = "failed", summary: Mapping[str, Any] | None = None) -> int:
         """Close every run still open (e.g. on an interrupt). Returns how many were closed."""

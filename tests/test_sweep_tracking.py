@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -31,8 +32,24 @@ def test_offline_runs_match_trials(tmp_path, population):
     overrides = TRACKED + ["sweep.lr.num=2", "sweep.weight_decay.num=2"]
     study = load(out, "sqlite", overrides)
     trials = study.get_trials(deepcopy=False)
-    runs = read_offline_runs(out / "wandb")
+    everything = read_offline_runs(out / "wandb")
+    runs = [r for r in everything if r["job_type"] != "analysis"]
     assert len(runs) == len(trials) == 4
+    # the sweep's analysis: one more run, with the figures as images and the metrics as a table
+    (analysis,) = [r for r in everything if r["job_type"] == "analysis"]
+    assert analysis["group"] == "quick" and analysis["exit_code"] == 0
+    assert analysis["config"]["studies"] == [study.study_name]
+    row = analysis["history"][-1]  # W&B stores media as nested keys: figures/<name>/_type, ...
+    files = Path(analysis["dir"]) / "files"
+    for key in ("figures/heatmaps", "figures/regret", "figures/valley"):
+        assert row[f"{key}/_type"] == "image-file"
+        assert (files / row[f"{key}/path"]).stat().st_size > 1000
+    assert row["tables/metrics/_type"] == "table-file" and row["tables/metrics/nrows"] == 1
+    table = json.loads((files / row["tables/metrics/path"]).read_text())
+    assert table["data"][0][table["columns"].index("variant")] == "adam/independent"
+    # what to run next: the dashboard on the study, the upload of the offline runs
+    assert f"optuna-dashboard sqlite:///{out.resolve()}/study.db" in proc.stdout
+    assert f"wandb sync {(out / 'wandb').resolve()}/offline-run-*" in proc.stdout
     by_id = {r["id"]: r for r in runs}
     for t in trials:
         run = by_id[t.user_attrs["wandb_run_id"]]

@@ -651,3 +651,42 @@ def test_scheduled_lr_is_lr_t_and_the_base_lr_stays_lr(clean_env, tmp_path):
     assert back["config"]["lr"] == 1e-2
     assert back["history"][-1]["lr_t"] == 0.0
     assert back["summary"]["lr_t"] == 0.0 and "lr" not in back["summary"]
+
+
+def test_analysis_run_holds_images_and_tables_and_is_not_a_trial(clean_env, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    png = tmp_path / "regret.png"
+    fig.savefig(png)
+    plt.close(fig)
+    metrics = pd.DataFrame({"variant": ["adam/l2", "adam/independent"], "best": [0.3, 0.28]})
+    tracker = Tracker(tracking_cfg("offline"), tmp_path / "out", "quick")
+    trial = tracker.start("t", "adam/l2", trial_config(1e-3, 1e-4, 0, 0))
+    trial.finish({"test_error": 0.3, "val_error": 0.29, "diverged": False})
+    run = tracker.log_analysis("analysis", {"regret": png}, {"metrics": metrics}, {"name": "q"})
+    assert run.finished and run.outcome == "finished"
+
+    back = read_offline_runs(tmp_path / "out")
+    (analysis,) = [r for r in back if r["id"] == run.id]
+    assert analysis["job_type"] == "analysis" and analysis["group"] == "quick"
+    assert analysis["tags"] == ["analysis"] and analysis["state"] == "finished"
+    row = analysis["history"][0]
+    files = Path(analysis["dir"]) / "files"
+    assert row["figures/regret/_type"] == "image-file"
+    assert (files / row["figures/regret/path"]).read_bytes() == png.read_bytes()
+    assert row["tables/metrics/_type"] == "table-file"
+    table = json.loads((files / row["tables/metrics/path"]).read_text())
+    assert table["columns"] == ["variant", "best"]
+    assert table["data"] == [["adam/l2", 0.3], ["adam/independent", 0.28]]
+    # the results table holds the trial only
+    frame = runs_to_frame(back)
+    assert frame["wandb_run_id"].tolist() == [trial.id]
+
+    disabled = Tracker(tracking_cfg("disabled"), tmp_path / "off", "quick")
+    assert disabled.log_analysis("analysis", {"regret": png}, {}).id is None
+    assert not (tmp_path / "off").exists()

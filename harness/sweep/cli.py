@@ -35,7 +35,7 @@ from harness.sweep import plan, worker
 from harness.sweep.launch import LaunchError
 from harness.sweep.plan import prepare, total_cells
 from harness.sweep.queue import Claim, cell_counts
-from harness.sweep.report import count_done, report
+from harness.sweep.report import count_done, next_commands, report
 
 log = logging.getLogger("lrwd.sweep")
 
@@ -252,6 +252,8 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
     print(f"  config     {out / 'config.yaml'}")
     if cfg.tracking.mode != "disabled":
         print(f"  wandb      {Path(cfg.tracking.dir or out) / 'wandb'}")
+    for key, command in next_commands(cfg).items():
+        print(f"  {key:<10} {command}")
     return 0
 
 

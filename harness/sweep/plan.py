@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ from harness.sweep.queue import (
 log = logging.getLogger("lrwd.sweep")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# The value workers tell Optuna for a finished cell (queue.finish_claim): the best validation
+# error. Each study names it, so optuna-dashboard and study.trials_dataframe() show the name.
+OBJECTIVE = "val_error"
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,6 +220,10 @@ def create_study(
         direction="minimize",
         load_if_exists=True,
     )
+    if study.metric_names != [OBJECTIVE]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])
     grid = merge_grid(name, recorded_grid(study), grid_record(cfg.sweep), extend=extend)
     attrs = {
         "experiment": cfg.name,

@@ -4,6 +4,7 @@ and the figures (through :mod:`analysis.figures`)."""
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from harness.results import write_results
+from harness.secrets import mask_secrets
+from harness.storage import describe
 from harness.sweep.plan import cells, study_name, variants
 from harness.sweep.queue import DONE_STATES
 
@@ -34,7 +37,69 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
         paths.update(draw_figures(paths["results"], out / "figures"))
     except Exception as exc:  # noqa: BLE001 - figures never lose the results
         log.warning("figures skipped: %s", exc)
+        return paths
+    try:
+        track_analysis(cfg, paths["figures"])
+    except Exception as exc:  # noqa: BLE001 - tracking never loses the results
+        log.warning("W&B analysis run skipped: %s", mask_secrets(str(exc)))
     return paths
+
+
+# The tables of an analysis folder that go to W&B (analysis.figures writes them)
+ANALYSIS_TABLES = ("metrics", "regret", "valley")
+
+
+def analysis_folders(figures: Path) -> list[Path]:
+    """The folders analysis.figures wrote one analysis into: ``figures`` itself, or one
+    sub-folder per experiment/model/data part when a sweep has several."""
+    if (figures / "cells.csv").is_file():
+        return [figures]
+    return sorted(d for d in figures.iterdir() if d.is_dir() and (d / "cells.csv").is_file())
+
+
+def track_analysis(cfg: DictConfig, figures: Path) -> list[str]:
+    """With tracking on, one W&B run (``job_type="analysis"``) per analysis folder: its figures
+    as images and its metrics, regret and valley tables as ``wandb.Table``. The group is the
+    sweep's name (``sweep.study_name`` or ``name``, the prefix of its studies' names). Returns
+    the run ids (none when tracking is disabled)."""
+    from harness.tracking import Tracker, resolve_mode
+
+    if resolve_mode(str(cfg.tracking.mode)) == "disabled":
+        return []
+    import pandas as pd
+
+    group = str(cfg.sweep.study_name or cfg.name)
+    studies = [study_name(cfg, v) for v in variants(cfg)]
+    tracker = Tracker(cfg.tracking, cfg.output_dir, group)
+    ids = []
+    for folder in analysis_folders(figures):
+        label = "" if folder == figures else folder.name
+        tables = {}
+        for key in ANALYSIS_TABLES:
+            path = folder / f"{key}.csv"
+            if path.is_file() and path.stat().st_size:
+                tables[key] = pd.read_csv(path)
+        run = tracker.log_analysis(
+            f"analysis {label}".strip(),
+            images={p.stem: p for p in sorted(folder.glob("*.png"))},
+            tables=tables,
+            config={"name": cfg.name, "studies": studies, "part": label, "figures": str(folder)},
+        )
+        if run.id:
+            ids.append(run.id)
+    return ids
+
+
+def next_commands(cfg: DictConfig) -> dict[str, str]:
+    """What to run next: ``optuna-dashboard <storage>`` (password masked) unless the storage
+    is in memory, and ``wandb sync <dir>/offline-run-*`` when there are offline W&B runs."""
+    out: dict[str, str] = {}
+    if cfg.storage.kind != "memory":
+        out["dashboard"] = f"optuna-dashboard {shlex.quote(describe(cfg))}"
+    wandb_dir = Path(cfg.tracking.dir or cfg.output_dir).expanduser().resolve() / "wandb"
+    if cfg.tracking.mode != "disabled" and any(wandb_dir.glob("offline-run-*")):
+        out["sync"] = f"wandb sync {shlex.quote(str(wandb_dir))}/offline-run-*"
+    return out
 
 
 def print_summary(frame, total_per_study: dict[str, int]) -> None:
@@ -80,5 +145,3 @@ def draw_figures(results_csv: Path, out: Path) -> dict[str, Path]:
     if rc:
         raise RuntimeError(f"analysis.figures exited {rc}")
     return {"figures": out}
-
-
