@@ -615,9 +615,10 @@ def regret_figure(
     against k in error points, the same divided by ``wd_gain`` (what tuning the decay buys), and
     P(one of k cells has normalized regret <= ``tol``).
 
-    With ``seeds`` (:func:`analysis.metrics.regret_seed_table`, more than one seed) the regret
-    panels are drawn with seaborn: the line is the mean of the seeds' own curves, the band their
-    range; otherwise the line is the seed-mean grid's curve (``regret``)."""
+    Every panel is a seaborn line plot, one line per variant (colour: decay form, dashes:
+    optimizer family). With ``seeds`` (:func:`analysis.metrics.regret_seed_table`, more than one
+    seed) a regret panel's line is the mean of the seeds' own curves and its band their range;
+    otherwise the line is the seed-mean grid's curve (``regret``)."""
     variants = list(dict.fromkeys(regret["variant"]))
     use_seeds = (
         seeds is not None and len(seeds) and seeds.groupby("variant")["seed"].nunique().max() > 1
@@ -644,9 +645,13 @@ def regret_figure(
         axes[0].set_title("E[best of k] − best" + (" (band: seeds)" if use_seeds else ""))
         axes[1].set_title("normalized by what decay buys")
         axes[1].axhline(tol, color="#888888", lw=0.6, ls=":")
-        for v, g in regret.groupby("variant", sort=False):
-            st = _variant_style(v)
-            axes[2].plot(g["k"], g["p_near_optimal"], lw=1.3, color=st["color"], ls=st["ls"])
+        near = regret[np.isfinite(regret["p_near_optimal"])]
+        if len(near):
+            sns.lineplot(
+                data=near, x="k", y="p_near_optimal", hue="variant", style="variant",
+                hue_order=variants, style_order=variants, palette=palette, dashes=dashes, lw=1.3,
+                ax=axes[2], errorbar=None, legend=False,
+            )  # fmt: skip
         axes[2].set_ylabel("probability")
         axes[2].set_ylim(0, 1.02)
         axes[2].set_title(f"P(normalized regret ≤ {tol:g} within k)")
