@@ -39,7 +39,9 @@ import pandas as pd
 from analysis.load import (
     SourceError,
     aggregate,
+    coarse,
     is_grid,
+    is_valley,
     load_results,
     snap_to_grid,
     split_groups,
@@ -82,6 +84,8 @@ class Analysis:
     identity: pd.DataFrame = field(default_factory=pd.DataFrame)
     surfaces: dict[str, Surface] = field(default_factory=dict)
     theory: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # sweep=valley: every cell, the refinement rounds' too (``cells`` is the coarse grid)
+    refined: pd.DataFrame | None = None
 
 
 def analyze(
@@ -104,7 +108,9 @@ def analyze(
     ``surface=None`` fits surfaces when the trials do not fill a grid (:func:`is_grid`)."""
     if frame.empty:
         raise ValueError("frame: no COMPLETE trials to analyze")
-    cells = aggregate(frame, metric)
+    traced = is_valley(frame)  # sweep=valley: the grid is the coarse one, the valley uses all
+    all_cells = aggregate(frame, metric)
+    cells = aggregate(coarse(frame), metric) if traced else all_cells
     variants = variants_in_order(frame)
     surface = (not is_grid(frame)) if surface is None else surface
     surfaces: dict[str, Surface] = {}
@@ -140,8 +146,8 @@ def analyze(
         seeds = regret_seed_table(frame.iloc[:0], [], metric)
     else:
         regret = regret_table(cells, variants, tol)
-        valleys = valley_table(cells, variants, refine)
-        seeds = regret_seed_table(frame, variants, metric)
+        valleys = valley_table(all_cells, variants, refine, measured=traced)
+        seeds = regret_seed_table(coarse(frame), variants, metric)
     return Analysis(
         label,
         frame,
@@ -156,6 +162,7 @@ def analyze(
         identity_table(frame, metric),
         surfaces,
         trial_theory(frame),
+        all_cells if traced else None,
     )
 
 
@@ -198,6 +205,7 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
                 annotate=annotate,
                 cmap=cmap,
                 equilibrium=cell_equilibrium(a.theory) if angles else None,
+                refined=a.refined,
             )
         }
     out = {

@@ -151,6 +151,7 @@ def _trial_row(study_name: str, study_attrs: dict, t: Any) -> dict:
         "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
         "seed": t.params.get("seed", fixed.get("seed")),
         "state": t.state.name,
+        "round": ua.get("round"),
         "wandb_run_id": ua.get("wandb_run_id") or "",
     }
     for key in RESULT_ATTRS:
@@ -327,6 +328,7 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(0).astype(int)
     frame["trial"] = pd.to_numeric(frame["trial"], errors="coerce").astype("Int64")
     frame["steps"] = pd.to_numeric(frame["steps"], errors="coerce").astype("Int64")
+    frame["round"] = pd.to_numeric(frame["round"], errors="coerce").astype(float)
     frame["wandb_run_id"] = _strings(frame["wandb_run_id"])
     bad = frame["lr"].isna() | frame["weight_decay"].isna() | (frame["optimizer"] == "")
     if bad.any():
@@ -453,9 +455,29 @@ def seed_grids(
     return seeds, lrs, wds, S
 
 
+def refined(frame: pd.DataFrame) -> pd.Series:
+    """Which trials a valley tracer (``sweep=valley``) added in a refinement round (``round``
+    >= 1); False for the coarse grid and for every other sweep."""
+    if "round" not in frame:
+        return pd.Series(False, index=frame.index)
+    return pd.to_numeric(frame["round"], errors="coerce").fillna(0) >= 1
+
+
+def is_valley(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` holds valley-tracer refinements (the valley then uses them)."""
+    return bool(refined(frame).any())
+
+
+def coarse(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the refinement trials of a valley tracer: its lr x wd grid."""
+    return frame[~refined(frame)]
+
+
 def is_grid(frame: pd.DataFrame, min_fill: float = 0.5) -> bool:
     """Whether every variant's trials sit on an lr x wd grid: at least ``min_fill`` of the
-    cells spanned by its distinct lrs and wds were run (a random/TPE sampler gives ~1/n)."""
+    cells spanned by its distinct lrs and wds were run (a random/TPE sampler gives ~1/n). A
+    valley tracer's trials do: its coarse grid is a grid, its refinements lie on the rows."""
+    frame = coarse(frame)
     for _, sub in frame.groupby("variant"):
         n_lr, n_wd = sub["lr"].nunique(), sub["weight_decay"].nunique()
         cells = len(sub[["lr", "weight_decay"]].drop_duplicates())

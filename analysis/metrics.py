@@ -80,7 +80,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.load import aggregate, grid, group_columns, seed_grids, variants_in_order
+from analysis.load import (
+    aggregate,
+    coarse,
+    grid,
+    group_columns,
+    is_valley,
+    seed_grids,
+    variants_in_order,
+)
 from harness import registry
 
 NEAR_OPTIMAL_TOL = 0.25  # normalized regret
@@ -93,12 +101,16 @@ CHANCE_MARGIN = 0.02
 # The valley of the best weight decay per lr
 
 
-def valley(lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True) -> pd.DataFrame:
+def valley(
+    lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True, measured: bool = False
+) -> pd.DataFrame:
     """The best weight decay of each lr row, and which rows the coupling slope is fit over.
 
     Columns: ``lr, best_wd, best_error, j, interior, informative, in_fit``. ``best_wd`` is the
     refined position (module docstring) when ``refine``; ``j`` the grid column of the minimum.
-    Rows that are empty, all diverged or flat are left out.
+    Rows that are empty, all diverged or flat are left out. ``measured``: each row on its own
+    measured cells (a valley tracer's rows each have their own wds): the neighbours of the
+    minimum are the row's nearest measured wds, and interior means inside the row's range.
     """
     lrs, wds, E = np.asarray(lrs, float), np.asarray(wds, float), np.asarray(E, float)
     if E.shape != (len(lrs), len(wds)):
@@ -108,15 +120,17 @@ def valley(lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True)
     median = float(np.median(alive)) if alive.size else np.inf
     rows = []
     for i, lr in enumerate(lrs):
-        row = E[i]
-        ok = np.isfinite(row)
-        if ok.sum() < 2 or np.all(row[ok] >= 1.0) or np.ptp(row[ok]) <= 0:
+        ok = np.isfinite(E[i])
+        if ok.sum() < 2 or np.all(E[i][ok] >= 1.0) or np.ptp(E[i][ok]) <= 0:
             continue
-        j = int(np.nanargmin(row))
-        interior = bool(0 < j < len(wds) - 1 and wds[j] > 0)
-        best = wds[j]
-        if refine and interior and np.all(np.isfinite(row[j - 1 : j + 2])) and wds[j - 1] > 0:
-            x, y = logw[j - 1 : j + 2], row[j - 1 : j + 2]
+        cols = np.nonzero(ok)[0] if measured else np.arange(len(wds))
+        row, rw, rlogw = E[i][cols], wds[cols], logw[cols]
+        jr = int(np.nanargmin(row))
+        j = int(cols[jr])
+        interior = bool(0 < jr < len(cols) - 1 and rw[jr] > 0)
+        best = rw[jr]
+        if refine and interior and np.all(np.isfinite(row[jr - 1 : jr + 2])) and rw[jr - 1] > 0:
+            x, y = rlogw[jr - 1 : jr + 2], row[jr - 1 : jr + 2]
             # vertex of the parabola through three points (x may be unevenly spaced)
             d1 = (y[1] - y[0]) / (x[1] - x[0])
             d2 = (y[2] - y[1]) / (x[2] - x[1])
@@ -129,10 +143,10 @@ def valley(lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True)
             {
                 "lr": lr,
                 "best_wd": best,
-                "best_error": row[j],
+                "best_error": row[jr],
                 "j": j,
                 "interior": interior,
-                "informative": bool(row[j] <= median),
+                "informative": bool(row[jr] <= median),
             }
         )
     v = pd.DataFrame(
@@ -159,16 +173,18 @@ def _slope(v: pd.DataFrame) -> tuple[float, float]:
     return float(s), float(c)
 
 
-def coupling_slope(lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True) -> float:
+def coupling_slope(
+    lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True, measured: bool = False
+) -> float:
     """Slope of log(best wd) against log(lr) along the valley (module docstring); nan if < 2 lrs."""
-    return _slope(valley(lrs, wds, E, refine))[0]
+    return _slope(valley(lrs, wds, E, refine, measured))[0]
 
 
 def coupling_fit(
-    lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True
+    lrs: np.ndarray, wds: np.ndarray, E: np.ndarray, refine: bool = True, measured: bool = False
 ) -> tuple[float, float]:
     """``(slope, intercept)`` of ``log wd* = intercept + slope * log lr`` (for drawing the fit)."""
-    return _slope(valley(lrs, wds, E, refine))
+    return _slope(valley(lrs, wds, E, refine, measured))
 
 
 def _quiet(fn, *args, **kw):
@@ -186,6 +202,7 @@ def bootstrap_coupling_slope(
     level: float = 0.95,
     refine: bool = True,
     min_seeds: int = MIN_SEEDS_FOR_INTERVAL,
+    measured: bool = False,
 ) -> tuple[float, float]:
     """Percentile interval of the coupling slope over seed resamples.
 
@@ -199,7 +216,7 @@ def bootstrap_coupling_slope(
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, S.shape[0], size=(reps, S.shape[0]))
     slopes = np.array(
-        [_quiet(lambda p: coupling_slope(lrs, wds, np.nanmean(S[p], axis=0), refine), p)
+        [_quiet(lambda p: coupling_slope(lrs, wds, np.nanmean(S[p], axis=0), refine, measured), p)
          for p in picks]
     )  # fmt: skip
     slopes = slopes[np.isfinite(slopes)]
@@ -209,9 +226,13 @@ def bootstrap_coupling_slope(
     return float(np.percentile(slopes, a)), float(np.percentile(slopes, 100 - a))
 
 
-def seed_slopes(lrs: np.ndarray, wds: np.ndarray, S: np.ndarray, refine: bool = True) -> np.ndarray:
+def seed_slopes(
+    lrs: np.ndarray, wds: np.ndarray, S: np.ndarray, refine: bool = True, measured: bool = False
+) -> np.ndarray:
     """The coupling slope of each seed's own grid ``S[s]`` (nan where a seed has none)."""
-    return np.array([_quiet(coupling_slope, lrs, wds, s, refine) for s in np.asarray(S, float)])
+    return np.array(
+        [_quiet(coupling_slope, lrs, wds, s, refine, measured) for s in np.asarray(S, float)]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,8 +699,15 @@ def variant_metrics(
     chance: float | None = None,
     n_eval_source: str | None = None,
 ) -> dict:
-    """Every number for one variant of a tidy frame (one experiment) on its grid, as a dict."""
+    """Every number for one variant of a tidy frame (one experiment) on its grid, as a dict.
+
+    A valley tracer's variant (``sweep=valley``): the valley and its slope use every measured
+    point of each row (:func:`valley` with ``measured``); the other numbers, the coarse grid."""
     cells = aggregate(frame, metric) if cells is None else cells
+    traced = is_valley(frame[frame["variant"] == variant])
+    all_cells = cells
+    if traced:
+        cells = aggregate(coarse(frame), metric)
     n_source = n_eval_source
     if n_source is None:
         n_eval, n_source = eval_size(frame, metric, n_eval)
@@ -690,11 +718,15 @@ def variant_metrics(
     _, _, N = grid(cells, variant, value="count")
     _, _, SD = grid(cells, variant, value="std")
     i, j = np.unravel_index(np.nanargmin(E), E.shape)
-    v = valley(lrs, wds, E, refine)
+    v = (
+        valley(*grid(all_cells, variant), refine, measured=traced)
+        if traced
+        else valley(lrs, wds, E, refine)
+    )
     slope, _ = _slope(v)
     seeds, slrs, swds, S = seed_grids(frame, variant, metric)
-    lo, hi = bootstrap_coupling_slope(slrs, swds, S, reps, seed, refine=refine)
-    per_seed = seed_slopes(slrs, swds, S, refine)
+    lo, hi = bootstrap_coupling_slope(slrs, swds, S, reps, seed, refine=refine, measured=traced)
+    per_seed = seed_slopes(slrs, swds, S, refine, measured=traced)
     ok_seed = per_seed[np.isfinite(per_seed)]
     measured = np.isfinite(E)
     n_seeds = len(seeds)
@@ -1022,13 +1054,17 @@ def regret_seed_table(
 
 
 def valley_table(
-    cells: pd.DataFrame, variants: list[str] | None = None, refine: bool = True
+    cells: pd.DataFrame,
+    variants: list[str] | None = None,
+    refine: bool = True,
+    measured: bool = False,
 ) -> pd.DataFrame:
-    """Long table of the valley (best wd per lr) of each variant, with ``in_fit`` marked."""
+    """Long table of the valley (best wd per lr) of each variant, with ``in_fit`` marked
+    (``measured``: each row on its own measured cells, see :func:`valley`)."""
     parts = []
     for v in variants or variants_in_order(cells):
         lrs, wds, E = grid(cells, v)
-        val = valley(lrs, wds, E, refine)
+        val = valley(lrs, wds, E, refine, measured)
         val.insert(0, "variant", v)
         parts.append(val)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

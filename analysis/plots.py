@@ -194,12 +194,15 @@ def draw_panel(
     refine: bool = True,
     theory_slope: float = float("nan"),
     unequilibrated: np.ndarray | None = None,
+    refined: pd.DataFrame | None = None,
 ) -> matplotlib.image.AxesImage:
     """One heatmap panel: x = lr index, y = wd index (square cells), see the module docstring.
 
     ``theory_slope``: the predicted valley slope (:mod:`analysis.theory`), drawn as a line
     through the best cell; ``unequilibrated``: a mask like the grid of the cells to hatch
-    (none of their trials reached the equilibrium angle)."""
+    (none of their trials reached the equilibrium angle). ``refined``: every cell of a valley
+    tracer (``sweep=valley``; ``cells`` is its coarse grid): the points off the grid are drawn
+    as small squares in the colour of their error, and the valley runs through all of them."""
     lrs, wds, E = grid(cells, variant)
     _, _, D = grid(cells, variant, value="diverged")
     D = np.nan_to_num(D)
@@ -253,7 +256,11 @@ def draw_panel(
         i, j = np.unravel_index(order[0], E.shape)
         _theory_line(ax, lrs, wds, i, j, theory_slope)
     if show_valley:
-        v = valley(lrs, wds, E, refine)
+        if refined is not None:  # the valley through every measured point of each row
+            fit_args: tuple = (*grid(refined, variant), refine, True)
+        else:
+            fit_args = (lrs, wds, E, refine)
+        v = valley(*fit_args)
         pos = wds > 0
         if len(v) and pos.any():
             lw_pos, idx_pos = np.log(wds[pos]), np.nonzero(pos)[0].astype(float)
@@ -263,6 +270,15 @@ def draw_panel(
                 out = np.interp(np.log(np.maximum(w, 1e-300)), lw_pos, idx_pos)
                 return np.where(w > 0, out, 0.0)
 
+            if refined is not None:
+                mine = refined[refined["variant"] == variant]
+                extra = mine[~mine["weight_decay"].isin(wds)]
+                ax.scatter(
+                    np.interp(np.log(extra["lr"]), np.log(lrs), np.arange(nl, dtype=float)),
+                    wd_index(extra["weight_decay"]),
+                    c=extra["mean"], cmap=cmap, norm=norm, marker="s", s=7,
+                    edgecolors="white", linewidths=0.4, zorder=4.5,
+                )  # fmt: skip
             v = v[v["informative"]]
             xi = np.searchsorted(lrs, v["lr"].to_numpy())
             ax.plot(xi, wd_index(v["best_wd"]), color=VALLEY_COLOR, lw=1.0, alpha=0.9, zorder=5)
@@ -276,7 +292,7 @@ def draw_panel(
                 color=VALLEY_COLOR,
                 zorder=5,
             )
-            slope, icpt = coupling_fit(lrs, wds, E, refine)
+            slope, icpt = coupling_fit(*fit_args)
             if np.isfinite(slope) and len(fit) >= 2:
                 xs = np.linspace(fit["lr"].min(), fit["lr"].max(), 50)
                 ws = np.exp(icpt + slope * np.log(xs))
@@ -448,6 +464,7 @@ def heatmap_figure(
     title: str | None = None,
     refine: bool = True,
     equilibrium: pd.DataFrame | None = None,
+    refined: pd.DataFrame | None = None,
 ) -> plt.Figure:
     """The Figure-2 grid of heatmaps for every variant in ``cells`` (see the module docstring).
 
@@ -455,6 +472,7 @@ def heatmap_figure(
     and, with its ``predicted_slope`` column, the theory's valley through the best cell.
     ``equilibrium`` (:func:`analysis.theory.cell_equilibrium`) hatches the cells none of whose
     trials reached the equilibrium angle; without it (no measured angles) nothing is hatched.
+    ``refined`` (a valley tracer's cells, :func:`draw_panel`) adds its refined points.
     """
     mixed = [c for c in ("experiment", "model", "data") if c in cells]
     if mixed:
@@ -491,7 +509,7 @@ def heatmap_figure(
             any_hatched |= bool(mask is not None and mask.any())
             im = draw_panel(
                 ax, cells, v, norm, cmap, n_best, annotate, refine=refine,
-                theory_slope=predicted, unequilibrated=mask,
+                theory_slope=predicted, unequilibrated=mask, refined=refined,
             )  # fmt: skip
             numbers = _panel_numbers(mrows.get(v))
             head = variant_title(v) + _theory_text(m) + (f"\n{numbers}" if numbers else "")
@@ -568,6 +586,11 @@ def heatmap_figure(
             handles.append(
                 Patch(facecolor="#777777", edgecolor=UNEQUILIBRATED_COLOR,
                       hatch=UNEQUILIBRATED_HATCH, lw=0, label="not equilibrated")
+            )  # fmt: skip
+        if refined is not None:
+            handles.append(
+                Line2D([], [], ls="none", marker="s", mfc="#555555", mec="white", mew=0.6, ms=4,
+                       label="refined wd (valley tracer)")
             )  # fmt: skip
         _legend_below(fig, handles, fontsize=7)
         if title:

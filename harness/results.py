@@ -80,6 +80,7 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     "weight_decay",
     "seed",
     "state",
+    "round",  # sweep=valley: 0 for the coarse grid, r for refinement round r; empty otherwise
 )
 RESULTS_COLUMNS: tuple[str, ...] = (*TRIAL_COLUMNS, *RESULT_KEYS, "wandb_run_id")
 
@@ -118,6 +119,7 @@ def results_rows(study) -> Iterable[dict[str, Any]]:
             "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
             "seed": t.params.get("seed", fixed.get("seed")),
             "state": t.state.name,
+            "round": ua.get("round"),
         }
         for key in RESULT_KEYS:
             row[key] = ua.get(key)
