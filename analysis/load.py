@@ -186,6 +186,8 @@ def read_optuna(storage: str | Any, studies: Sequence[str] | None = None) -> pd.
     for name in wanted or names:
         study = optuna.load_study(study_name=name, storage=storage)
         attrs = study.user_attrs
+        if attrs.get("valley_gates_of") and not wanted:
+            continue  # a valley tracer's bookkeeping (harness.sweep.valley), not trials
         for t in study.get_trials(deepcopy=False):
             if t.state != TrialState.WAITING:
                 rows.append(_trial_row(name, attrs, t))

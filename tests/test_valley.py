@@ -197,6 +197,16 @@ def test_resume_adds_only_missing_cells(tmp_path, monkeypatch):
     _, (study,) = plan.prepare(cfg)
     sweep_worker.run_worker(cfg, train=synthetic_train)
     _assert_valley_done(study, logs)
+    # the analysis reads the study, not the tracer's gates
+    import warnings
+
+    from analysis.load import load_results
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = load_results(str(Path(cfg.output_dir) / "study.db"))
+    assert set(frame["study"]) == {study.study_name}
+    assert len(frame) == len(study.get_trials(states=(TrialState.COMPLETE,)))
     # the cells that had failed were retried once on the rerun, nothing else ran again
     failed = Counter(t.user_attrs["cell"] for t in study.get_trials() if t.state.name == "FAIL")
     assert len(failed) == 4
