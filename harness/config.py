@@ -100,7 +100,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | float64
     threads: int = 0  # torch CPU threads; 0 = all available cores
-    loss: str = ""  # your loss(logits, targets) -> batch mean, as package.module.fn; "": cross-entropy
+    # your loss(logits, targets) -> the batch mean, as package.module.fn; "": cross-entropy
+    loss: str = ""
     # > 0: evaluate the test split at every report and record steps_to_target, the first report
     # step whose test accuracy is >= this (NaN if never); 0: not recorded (NaN)
     target_accuracy: float = 0.0
@@ -469,7 +470,19 @@ def validate(cfg: Any) -> None:
         )
 
 
-CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+def _conf_dir() -> str:
+    """The Hydra configs: ``harness/conf`` inside an installed wheel, else ``conf/`` beside the
+    package (a checkout, an editable install)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for folder in (here / "conf", here.parent / "conf"):
+        if (folder / "config.yaml").is_file():
+            return str(folder)
+    raise RuntimeError(f"lrwd's configs are missing: no config.yaml in {here.parent / 'conf'}")
+
+
+CONF_DIR = _conf_dir()
 
 
 MAX_SUBDIR = 120  # characters of a multirun job's directory name
@@ -494,7 +507,9 @@ def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="lrwd_schema", node=LrwdConfig)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DICT_WARNING, category=UserWarning)
+        ConfigStore.instance().store(name="lrwd_schema", node=LrwdConfig)
     if not OmegaConf.has_resolver("lrwd_subdir"):
         OmegaConf.register_new_resolver("lrwd_subdir", multirun_subdir)
 

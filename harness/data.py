@@ -233,6 +233,105 @@ def check_data(cfg: Any) -> None:
         registry.resolve(spec.check)(cfg)
 
 
+# --------------------------------------------------------------------------------------------
+# A user's data: ``data._target_=mypkg.data.load``
+
+_RETURNS = (
+    "return a harness.data.Dataset, or a dict with 'train' and 'test' (and optionally 'val' and "
+    "'num_classes'), each an (inputs, labels) pair of tensors or a torch Dataset of such pairs"
+)
+
+
+def load_target(cfg: Any) -> Dataset:
+    """``data._target_``: the user's loader called with the data group's own keys (those that are
+    no field of :class:`harness.config.DataConfig`) plus whichever of the group's fields its
+    signature names (``root``, ``val_size``, ``data_seed`` ...), its return value made a
+    :class:`Dataset`: see :func:`as_dataset`."""
+    from harness.config import user_keys
+
+    target = str(cfg._target_)
+    try:
+        fn = registry.resolve(target)
+    except LookupError as exc:
+        raise DataError(
+            f"data._target_: {exc}; put its module in the working folder you run from (or install "
+            "its package) and spell it as package.module.Name"
+        ) from None
+    extra = user_keys(cfg, "data")
+    own = {k: cfg[k] for k in cfg if k not in extra and k not in ("_target_", "name")}
+    given = registry.signature_arguments(fn, own)
+    try:
+        out = fn(**given, **extra)
+    except TypeError as exc:
+        raise DataError(
+            f"data._target_: {target}(...) rejects its arguments ({exc}); set its arguments as "
+            "data.<name>=<value> (new keys: +data.<name>=<value>)"
+        ) from None
+    return as_dataset(out, cfg, f"data._target_: {target}")
+
+
+def _tensors(part: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of an (x, y) pair or a torch Dataset of (x, y) samples."""
+    from torch.utils.data import Dataset as TorchDataset
+    from torch.utils.data import TensorDataset
+
+    if isinstance(part, TensorDataset) and len(part.tensors) == 2:
+        x, y = part.tensors
+    elif isinstance(part, tuple | list) and len(part) == 2:
+        x, y = part
+    elif isinstance(part, TorchDataset) and hasattr(part, "__len__"):
+        samples = [part[i] for i in range(len(part))]
+        if not samples or not all(isinstance(s, tuple | list) and len(s) == 2 for s in samples):
+            raise DataError(f"{where} has samples that are not (input, label) pairs; {_RETURNS}")
+        x = torch.stack([torch.as_tensor(s[0]) for s in samples])
+        y = torch.as_tensor([int(s[1]) for s in samples])
+    else:
+        raise DataError(f"{where} is a {type(part).__name__}; {_RETURNS}")
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if y.ndim != 1 or x.shape[0] != y.shape[0] or y.is_floating_point():
+        raise DataError(
+            f"{where}: inputs {tuple(x.shape)} and labels {tuple(y.shape)} {y.dtype} are not N "
+            "samples with N integer class ids; return labels of shape [N] (torch.long)"
+        )
+    return (x if x.is_floating_point() else x.float()), y.long()  # ids as floats, exact
+
+
+def as_dataset(out: Any, cfg: Any, where: str) -> Dataset:
+    """A user loader's return value as a :class:`Dataset`: a Dataset is kept; a mapping (or a
+    (train, test) / (train, val, test) tuple) of splits is converted, the validation split carved
+    from the end of the training set (``data.val_size``) when there is none, ``data.n_train``
+    applied, ``num_classes`` taken from the mapping or counted from the labels."""
+    name = str(cfg.get("name") or "data")
+    if isinstance(out, Dataset):
+        return out
+    if isinstance(out, tuple | list) and len(out) in (2, 3) and not torch.is_tensor(out[0]):
+        out = dict(zip(("train", "val", "test") if len(out) == 3 else ("train", "test"), out))
+    if not isinstance(out, dict) or "train" not in out or "test" not in out:
+        raise DataError(f"{where} returned a {type(out).__name__}; {_RETURNS}")
+    x_tr, y_tr = _tensors(out["train"], f"{where} 'train'")
+    x_te, y_te = _tensors(out["test"], f"{where} 'test'")
+    if out.get("val") is not None:
+        x_val, y_val = _tensors(out["val"], f"{where} 'val'")
+        if int(cfg.n_train) > 0:
+            x_tr, y_tr = x_tr[: int(cfg.n_train)], y_tr[: int(cfg.n_train)]
+    else:
+        x_tr, y_tr, x_val, y_val = _split(x_tr, y_tr, cfg)
+    if not (x_tr.shape[1:] == x_val.shape[1:] == x_te.shape[1:]):
+        raise DataError(
+            f"{where}: the splits' samples differ in shape (train {tuple(x_tr.shape[1:])}, "
+            f"val {tuple(x_val.shape[1:])}, test {tuple(x_te.shape[1:])}); give every split the "
+            "same sample shape"
+        )
+    labels = torch.cat([y_tr, y_val, y_te])
+    classes = int(out.get("num_classes") or int(labels.max()) + 1)
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise DataError(
+            f"{where}: labels span {int(labels.min())}..{int(labels.max())}, outside 0.."
+            f"{classes - 1} for num_classes={classes}; return labels in 0..num_classes-1"
+        )
+    return Dataset(x_tr, y_tr, x_val, y_val, x_te, y_te, num_classes=classes, name=name)
+
+
 _CACHE: dict[tuple, Dataset] = {}
 
 
@@ -242,9 +341,15 @@ def load_data(
     """The configured dataset on ``device`` (memoized per process: a worker loads it once)."""
     key = (json.dumps({k: cfg[k] for k in cfg}, sort_keys=True, default=str), str(device), dtype)
     if key not in _CACHE:
-        if cfg.name not in registry.DATASETS:
-            raise DataError(f"data.name: '{cfg.name}' is not one of {', '.join(registry.DATASETS)}")
-        data = registry.resolve(registry.dataset(cfg.name).loader)(cfg)
+        if cfg.get("_target_"):
+            data = load_target(cfg)
+        elif cfg.name not in registry.DATASETS:
+            raise DataError(
+                f"data.name: '{cfg.name}' is not one of {', '.join(registry.DATASETS)}; pass "
+                "data=<one of those> or data._target_=<your loader>"
+            )
+        else:
+            data = registry.resolve(registry.dataset(cfg.name).loader)(cfg)
         if len(_CACHE) > 4:
             _CACHE.clear()
         _CACHE[key] = data.to(device, dtype)

@@ -215,7 +215,8 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
     if not spec.target:
         return spec.build(tuple(input_shape), num_classes, int(cfg.width), int(cfg.depth), **fields)
     try:
-        fields.update({k: cfg[k] for k in _harness_fields(cfg) if k not in ("name", "_target_", "width", "depth")})
+        skip = ("name", "_target_", "width", "depth")
+        fields.update({k: cfg[k] for k in _harness_fields(cfg) if k not in skip})
         model = spec.build(
             tuple(input_shape), num_classes, int(cfg.width), int(cfg.depth), **fields
         )

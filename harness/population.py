@@ -55,8 +55,8 @@ from harness.data import Dataset
 from harness.instruments import Instruments
 from harness.models import build_model, loss_function, model_spec
 from harness.optim.functional import adam_step, sgd_step
-from harness.population_generic import GenericStacked, NotBatchable
 from harness.optim.groups import param_groups
+from harness.population_generic import GenericStacked, NotBatchable
 from harness.results import Preempted, TrialResult
 from harness.schedules import lr_multiplier
 from harness.train import (
@@ -83,10 +83,7 @@ def supports(cfg: Any) -> bool:
     # every model: the hand-written layers where its entry has them (``population=True``),
     # else harness.population_generic (vmap), which falls back to sequential trials itself
     return (
-        family is not None
-        and family.population
-        and not o.relative
-        and o.wd_schedule == "constant"
+        family is not None and family.population and not o.relative and o.wd_schedule == "constant"
     )
 
 

@@ -508,7 +508,9 @@ def resolve(path: str) -> Any:
                     continue
                 raise LookupError(f"'{path}' fails to import: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - the user's module raised on import
-                raise LookupError(f"'{path}' fails to import: {type(exc).__name__}: {exc}") from None
+                raise LookupError(
+                    f"'{path}' fails to import: {type(exc).__name__}: {exc}"
+                ) from None
             for attr in rest:
                 if not hasattr(obj, attr):
                     raise LookupError(f"'{path}': {module} has no attribute '{attr}'")

@@ -1,4 +1,4 @@
-"""``python -m harness.bench {optim,population,driver} [options]``."""
+"""``python -m harness.bench {optim,population,driver,generic} [options]``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ COMMANDS = {
     "optim": "harness.bench.optim",
     "population": "harness.bench.population",
     "driver": "harness.bench.driver",
+    "generic": "harness.bench.generic",
     "instruments": "harness.bench.instruments",
 }
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  optim       step time of harness.optim vs torch.optim (ratio ours/torch)")
         print("  population  trials/hour of population training vs the sequential runner")
         print("  driver      per-trial overhead of the sweep driver per storage")
+        print("  generic     the vmap population path vs the hand-written one and sequential")
         print("  instruments time per step with train.instruments off and on")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]])
