@@ -50,7 +50,8 @@ A trial is *equilibrated* when ``tau``, computed with ``eta = eq_eta``, is at mo
 before the last-quarter window in which the angle is measured, and it can follow the schedule
 within that window. The angle is not predicted (nan, with a reason from :func:`prediction`) for
 Adam + ``l2`` / ``loss``, for families other than SGD and Adam, and for options that break the
-invariance (relative decay, a weight-decay schedule, Nesterov or dampened momentum).
+invariance (relative or normalized decay, a weight-decay schedule, Nesterov or dampened
+momentum).
 Parameters that are not scale-invariant (heads, biases, norm gains) see decay as a plain
 penalty; the angle columns measure the scale-invariant tensors only.
 """
@@ -211,13 +212,23 @@ def has_angles(frame: pd.DataFrame) -> bool:
 
 
 # options of the optimizer config that break the table's invariance, and when they do
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "1.0", "yes")
+    return bool(value)
+
+
 _BREAKERS = {
-    "relative": (lambda v: bool(v), "relative decay: the shrink scales with the weight's RMS"),
+    "relative": (_truthy, "relative decay: the shrink scales with the weight's RMS"),
+    "normalized": (
+        _truthy,
+        "normalized decay: weight_decay holds lam_norm, not the lam each step uses",
+    ),
     "wd_schedule": (
         lambda v: str(v) not in ("", "constant", "nan"),
         "a weight-decay schedule: lam changes over training",
     ),
-    "nesterov": (lambda v: bool(v), "Nesterov momentum"),
+    "nesterov": (_truthy, "Nesterov momentum"),
     "dampening": (lambda v: float(v) != 0.0, "dampened momentum"),
 }
 
@@ -354,9 +365,10 @@ def theory_metrics(theory: pd.DataFrame, variants: list[str] | None = None) -> p
 
 def study_hyperparameters(sources: Any, frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with ``momentum``, ``beta1`` (and the options that break the invariance:
-    ``relative``, ``wd_schedule``, ``nesterov``, ``dampening``) per experiment, read from the
-    ``config.yaml`` the sweep writes next to each ``results.csv`` among ``sources`` (files or
-    directories); rows without one keep the columns they have (the defaults apply later)."""
+    ``relative``, ``normalized``, ``wd_schedule``, ``nesterov``, ``dampening``) per experiment,
+    read from the ``config.yaml`` the sweep writes next to each ``results.csv`` among
+    ``sources`` (files or directories); rows without one keep the columns they have (the
+    defaults apply later)."""
     configs: dict[str, dict] = {}
     for src in sources if isinstance(sources, list | tuple) else [sources]:
         if not isinstance(src, str | Path) or "://" in str(src):
@@ -376,6 +388,7 @@ def study_hyperparameters(sources: Any, frame: pd.DataFrame) -> pd.DataFrame:
         "momentum": lambda o: o.get("momentum"),
         "beta1": lambda o: (o.get("betas") or [None])[0],
         "relative": lambda o: o.get("relative"),
+        "normalized": lambda o: o.get("normalized"),
         "wd_schedule": lambda o: o.get("wd_schedule"),
         "nesterov": lambda o: o.get("nesterov"),
         "dampening": lambda o: o.get("dampening"),

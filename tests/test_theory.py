@@ -211,12 +211,14 @@ def test_options_that_break_the_invariance_have_no_angle():
     frame = pd.DataFrame(
         {"optimizer": "sgd", "decay": "decoupled", "variant": "sgd/decoupled", "lr": 0.1,
          "weight_decay": 1e-2, "steps": 1000, "eq_eta": 1.0, "si_angle": 0.01,
-         "relative": [False, True], "wd_schedule": ["constant", "constant"]}
+         "relative": ["False", True, False], "normalized": [False, False, "True"],
+         "wd_schedule": "constant"}
     )  # fmt: skip
     t = theory.trial_theory(frame)
-    assert np.isfinite(t["predicted_angle"].iloc[0])
-    assert math.isnan(t["predicted_angle"].iloc[1])
+    assert np.isfinite(t["predicted_angle"].iloc[0])  # "False" from a CSV is false
+    assert t["predicted_angle"].iloc[1:].isna().all()
     assert "relative" in t["theory_reason"].iloc[1]
+    assert "normalized" in t["theory_reason"].iloc[2]
 
 
 def test_momentum_from_the_frame_and_from_config_yaml(tmp_path):
