@@ -9,6 +9,7 @@ COMMANDS = {
     "optim": "harness.bench.optim",
     "population": "harness.bench.population",
     "driver": "harness.bench.driver",
+    "valley": "harness.bench.valley",
     "generic": "harness.bench.generic",
     "instruments": "harness.bench.instruments",
 }
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  optim       step time of harness.optim vs torch.optim (ratio ours/torch)")
         print("  population  trials/hour of population training vs the sequential runner")
         print("  driver      per-trial overhead of the sweep driver per storage")
+        print("  valley      the valley tracer's best wd per lr row against a fine grid")
         print("  generic     the vmap population path vs the hand-written one and sequential")
         print("  instruments time per step with train.instruments off and on")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
