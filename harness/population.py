@@ -62,6 +62,7 @@ from harness.schedules import lr_multiplier
 from harness.train import (
     EVAL_BATCH,
     effective_weight_decay,
+    first_at_target,
     instrument_fields,
     instruments_on,
     invariant_names,
@@ -729,6 +730,9 @@ def train_population(
     outcome: list[Any] = [None] * p
     best_val = torch.full((p,), math.inf, device=device, dtype=torch.float64)
     last_val = torch.full((p,), math.inf, device=device, dtype=torch.float64)
+    target = float(base.train.target_accuracy)
+    reached = [math.nan] * p  # steps_to_target per member
+    test_now = [math.nan] * p
     train_loss = torch.full((p,), math.nan, device=device, dtype=dtype)
     loss_sum = torch.zeros(p, device=device, dtype=dtype)
     loss_count = 0
@@ -803,6 +807,10 @@ def train_population(
                 train_loss = loss_sum / loss_count
                 last_val = torch.where(active, pop.errors(data.x_val, data.y_val), last_val)
                 best_val = torch.minimum(best_val, last_val)
+                if target > 0:
+                    test_now = pop.errors(data.x_test, data.y_test).tolist()
+                    for m in live:
+                        reached[m] = first_at_target(reached[m], step, test_now[m], target)
                 norms = pop.weight_norms()
                 measured = inst.report() if inst is not None else [{}] * p
                 for m in torch.nonzero(active).flatten().tolist():
@@ -823,6 +831,8 @@ def train_population(
                         per_epoch,
                     )
                     metrics.update(measured[m])
+                    if target > 0:
+                        metrics["test_error"] = test_now[m]
                     try:
                         reports[m](step, metrics)
                     except Exception as exc:  # noqa: BLE001 - pruned members stop, others go on
@@ -855,6 +865,7 @@ def train_population(
                     steps=steps[m],
                     wall_s=elapsed / p,  # the population's wall time, shared among members
                     diverged=False,
+                    steps_to_target=reached[m],
                     **instrument_fields(summaries[m], False),
                 )
             )

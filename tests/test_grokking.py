@@ -286,3 +286,50 @@ def test_presets_are_6x6_grids_of_three_adam_variants(name):
     ]
     assert float(cfg.train.target_accuracy) == 0.95
     assert plan.total_cells(cfg) == 3 * 36
+
+
+def test_population_members_record_the_sequential_steps_to_target():
+    from harness.population import run_population, supports
+
+    torch.set_num_threads(1)
+    base = [
+        "data=modular",
+        "data.modulus=11",
+        "data.train_fraction=0.5",
+        "data.val_size=10",
+        "data.batch_size=1024",
+        "model=mlp",
+        "model.width=32",
+        "optimizer.decay=decoupled",
+        "train.dtype=float64",
+        "train.max_steps=40",
+        "train.eval_every=5",
+        "tracking=disabled",
+    ]
+    grid = [(1e-2, 1e-2), (3e-2, 1e-1)]
+
+    def cells(target: float):
+        out = []
+        for lr, wd in grid:
+            cfg = compose_config([*base, f"train.target_accuracy={target}"])
+            cfg.optimizer.lr, cfg.optimizer.weight_decay = lr, wd
+            out.append(cfg)
+        return out
+
+    first: list[tuple[int, dict]] = []
+    run_trial(cells(0.95)[0], lambda s, m: first.append((s, m)))
+    best = max(1 - m["test_error"] for _, m in first)
+    assert best > 0
+    cfgs = cells(best)  # member 0 reaches it (at its best report)
+    assert supports(cfgs[0])  # trained as one population
+    seq = [run_trial(c) for c in cfgs]
+    histories: list[list] = [[], []]
+    pop = run_population(cfgs, [lambda s, m, h=h: h.append((s, m)) for h in histories])
+    assert seq[0].steps_to_target == [s for s, m in first if 1 - m["test_error"] >= best][0]
+    for p_, s_, history in zip(pop, seq, histories):
+        assert p_.test_error == s_.test_error
+        assert p_.steps_to_target == s_.steps_to_target or (
+            math.isnan(p_.steps_to_target) and math.isnan(s_.steps_to_target)
+        )
+        assert [s for s, _ in history] == list(range(5, 41, 5))
+        assert all("test_error" in m for _, m in history)
