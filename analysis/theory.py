@@ -251,7 +251,8 @@ def trial_theory(
     ``invariant`` and ``predicted_slope`` of the variant; ``predicted_angle`` (the table's
     formula at the trial's ``lr``, ``weight_decay`` and ``eq_eta``), ``angle_ratio`` =
     ``si_angle / predicted_angle``, ``radial_shrink``, ``relax_steps`` (``tau``) and
-    ``equilibrated`` (``tau <= window * steps``; nan when not predicted or without ``eq_eta``).
+    ``equilibrated`` (``tau <= window * steps``; nan when not predicted, without ``eq_eta`` or
+    for a diverged trial).
     Momentum and beta1 come from the ``momentum`` / ``beta1`` columns when the frame has them
     (:func:`study_hyperparameters` adds them from the sweep's config.yaml), else the arguments,
     else the shipped defaults (0.9, 0.9). ``theory_reason`` says why a trial has no prediction.
@@ -303,6 +304,8 @@ def trial_theory(
         out["angle_ratio"] = measured / cols["predicted_angle"]
     decided = np.isfinite(cols["relax_steps"]) | np.isinf(cols["relax_steps"])
     decided &= np.isfinite(steps) & has_eta & np.isfinite(eta)
+    if "diverged" in out:  # a diverged trial is no equilibrium either way
+        decided &= ~out["diverged"].map(_truthy).to_numpy(bool)
     eq = pd.array([pd.NA] * n, dtype="boolean")
     if decided.any():
         eq[decided] = cols["relax_steps"][decided] <= window * steps[decided]

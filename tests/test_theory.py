@@ -207,6 +207,18 @@ def test_trial_theory_without_angle_columns_predicts_slopes_only():
     assert not theory.has_angles(frame)
 
 
+def test_a_diverged_trial_is_not_counted():
+    frame = pd.DataFrame(
+        {"optimizer": "adam", "decay": "decoupled", "variant": "adam/decoupled", "lr": 1e-2,
+         "weight_decay": 1.0, "steps": 1000, "eq_eta": 1.0, "si_angle": [0.04, np.nan],
+         "diverged": [False, True]}
+    )  # fmt: skip
+    t = theory.trial_theory(frame)
+    assert t["equilibrated"].iloc[0] == True  # noqa: E712 (a pandas boolean)
+    assert pd.isna(t["equilibrated"].iloc[1])
+    assert theory.theory_metrics(t)["equilibrated_fraction"].iloc[0] == 1.0
+
+
 def test_options_that_break_the_invariance_have_no_angle():
     frame = pd.DataFrame(
         {"optimizer": "sgd", "decay": "decoupled", "variant": "sgd/decoupled", "lr": 0.1,
