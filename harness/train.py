@@ -377,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "usage: python -m harness.train [GROUP=OPTION | KEY=VALUE ...]\n"
             "Train one trial with the sweep's Hydra config and print its result.\n"
-            "example: python -m harness.train model=cnn optimizer=adam optimizer.lr=1e-2 "
-            "optimizer.weight_decay=1e-4 train.epochs=40"
+            "Without experiment=<preset> it trains with conf/config.yaml's defaults (MNIST-1D's\n"
+            "standard split), not the sweep's default preset experiment=quick.\n"
+            "example: python -m harness.train model=cnn_bn optimizer=adam optimizer.lr=1e-2 "
+            "optimizer.weight_decay=1e-4 train.epochs=40 train.threads=1"
         )
         return 0
     from harness.config import ConfigError, compose_config, validate
@@ -390,14 +392,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{flags[0]}: python -m harness.train takes key=value overrides only; "
             "to print the config: python -m harness.sweep <overrides> --cfg job"
         )
+    presets = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith("experiment=")]
+    chosen = any(a.lstrip("+~").split("=", 1)[0] == "experiment" for a in argv)
     try:
-        cfg = compose_config(argv)
+        # one trial defaults to the standard task, not the sweep's default preset (quick)
+        cfg = compose_config(argv if chosen else [*argv, "~experiment"])
         validate(cfg)
     except Exception as exc:  # noqa: BLE001 - a config error is one line, anything else raises
         line = error_line(exc)
         if line is None:
             raise
         return fail(line)
+    if presets:
+        print(f"preset: experiment={presets[-1]}", flush=True)
+    elif not chosen:
+        print(
+            "preset: none (conf/config.yaml's defaults; experiment=<preset> picks one, e.g. "
+            "experiment=quick, the sweep's default)",
+            flush=True,
+        )
     try:
         result = run_trial(cfg)
     except ConfigError as exc:
