@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 GROUPS = ("si", "rest")
+FLUSH_STEPS = 64  # steps whose per-tensor numbers are kept before their angles are computed
 SUMMARY_KEYS = ("si_angle", "rest_angle", "si_norm", "rest_norm", "eq_eta", "si_tensors")
 
 
@@ -77,6 +78,8 @@ class Instruments:
         self.eq_count = 0
         self.eta_sum = 0.0
         self.norms: torch.Tensor | None = None  # [K, P] after the last step
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = []
+        self.tiny = torch.finfo(dtype).tiny
 
     @classmethod
     def of_module(cls, model: nn.Module, invariant: Iterable[str], total: int) -> Instruments:
@@ -96,11 +99,12 @@ class Instruments:
         )
 
     def _group_norms(self, norms: torch.Tensor) -> torch.Tensor:
-        """``[G, P]``: each group's norm per member (NaN for an empty group)."""
+        """``[..., G, P]`` from ``[..., K, P]``: each group's norm per member (NaN for an empty
+        group)."""
         g = (self.member @ norms.square()).sqrt()
         for i, empty in enumerate(self.empty):
             if empty:
-                g[i] = math.nan
+                g[..., i, :] = math.nan
         return g
 
     @torch.no_grad()
@@ -114,37 +118,52 @@ class Instruments:
 
     @torch.no_grad()
     def after(self, step: int, eta: float) -> None:
-        """Accumulate the angles of step ``step`` (0-based, the one just taken, whose lr-schedule
-        multiplier was ``eta``)."""
-        if step >= self.eq_start:
+        """Record step ``step`` (0-based, the one just taken, whose lr-schedule multiplier was
+        ``eta``): per tensor ``|w_t|``, ``|w_t+1|`` and ``|u_t - u_t+1|`` (the group arithmetic
+        runs on many steps at once, at the next report)."""
+        eq = step >= self.eq_start
+        if eq:
             self.eta_sum += float(eta)
             self.eq_count += 1
         if not self.params:
             return
-        tiny = torch.finfo(self.angle_sum.dtype).tiny
-        na = self.norms.clamp_min(tiny)  # [K, P]
-        nb_raw = self._tensor_norms(self.params)
-        nb = nb_raw.clamp_min(tiny)
-        ratio = nb / na
+        na = self.norms
+        nb = self._tensor_norms(self.params)
         # e_k = w_t,k * |w_t+1,k| / |w_t,k| - w_t+1,k, so |u_k - v_k| = |e_k| / |w_t+1,k|
+        # a tensor of norm 0 (a zero-initialized shift) has no direction: ratio 0 (in a group,
+        # its share |w_t,k| / |w_t| = 0 takes its direction out)
+        ratio = torch.where(na > 0, nb / na, 0.0)
         if self.p == 1:
             torch._foreach_mul_(self.prev, list(ratio.view(-1).unbind()))
         else:
             for e, r in zip(self.prev, ratio):
                 e.mul_(r.view(-1, *[1] * (e.ndim - 1)))
         torch._foreach_sub_(self.prev, self.params)
-        diff_sq = (self._tensor_norms(self.prev) / nb).square()  # [K, P]: |u_k - v_k|^2
-        ga, gb = self._group_norms(na), self._group_norms(nb)  # [G, P]
-        a = na.unsqueeze(0) / ga.unsqueeze(1)  # [G, K, P]
-        b = nb.unsqueeze(0) / gb.unsqueeze(1)
-        m = self.member.unsqueeze(2)
-        group_sq = (m * ((a - b).square() + a * b * diff_sq.unsqueeze(0))).sum(1)  # [G, P]
-        angles = unit_angle(torch.cat([group_sq, diff_sq[self.layers]]))
-        self.angle_sum += angles
-        self.count += 1
-        if step >= self.eq_start:
-            self.eq_sum += angles[: len(GROUPS)]
-        self.norms = nb_raw
+        self.pending.append((na, nb, self._tensor_norms(self.prev), eq))
+        self.norms = nb
+        if len(self.pending) >= FLUSH_STEPS:
+            self._flush()
+
+    @torch.no_grad()
+    def _flush(self) -> None:
+        """Angles of the recorded steps, added to the interval's and the window's sums."""
+        if not self.pending:
+            return
+        na, nb, dn = (
+            torch.stack(t).clamp_min(self.tiny) for t in zip(*[r[:3] for r in self.pending])
+        )
+        eq = torch.tensor([r[3] for r in self.pending], device=na.device)
+        self.count += len(self.pending)
+        self.pending = []
+        diff_sq = (dn / nb).square()  # [S, K, P]: |u_k - v_k|^2
+        ga, gb = self._group_norms(na), self._group_norms(nb)  # [S, G, P]
+        a = na.unsqueeze(1) / ga.unsqueeze(2)  # [S, G, K, P]
+        b = nb.unsqueeze(1) / gb.unsqueeze(2)
+        m = self.member.view(1, *self.member.shape, 1)
+        group_sq = (m * ((a - b).square() + a * b * diff_sq.unsqueeze(1))).sum(2)  # [S, G, P]
+        angles = unit_angle(torch.cat([group_sq, diff_sq[:, self.layers]], dim=1))  # [S, R, P]
+        self.angle_sum += angles.sum(0)
+        self.eq_sum += angles[eq, : len(GROUPS)].sum(0)
 
     def report(self) -> list[dict[str, float]]:
         """Each member's metrics since the previous report (then reset): ``angle/si``,
@@ -152,6 +171,7 @@ class Instruments:
         ``norm/rest``, ``norm/<layer>`` (now)."""
         if not self.params or self.norms is None:
             return [{} for _ in range(self.p)]
+        self._flush()
         angles = (self.angle_sum / max(self.count, 1)).tolist()
         norms = torch.cat([self._group_norms(self.norms), self.norms[self.layers]]).tolist()
         if self.count == 0:
@@ -177,6 +197,7 @@ class Instruments:
             return [
                 dict.fromkeys(SUMMARY_KEYS, math.nan) | {"si_tensors": 0} for _ in range(self.p)
             ]
+        self._flush()
         norms = self._tensor_norms(self.params)
         groups = self._group_norms(norms).tolist()
         if self.eq_count:

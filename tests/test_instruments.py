@@ -236,6 +236,21 @@ def test_tiny_angles_stay_accurate_in_float32():
     assert inst.report()[0]["angle/si"] == pytest.approx(theta, rel=1e-3)
 
 
+def test_a_tensor_starting_at_zero_takes_no_direction_into_its_group():
+    """A BatchNorm shift starts at 0: its own angle is undefined, the group's stays finite and
+    equals the angle of the concatenated vector."""
+    w = torch.randn(1, 6, 3, dtype=torch.float64)
+    z = torch.zeros(1, 5, dtype=torch.float64)
+    inst = Instruments(["w", "z"], [w, z], [], total=4)
+    before = torch.cat([w[0].flatten(), z[0]])
+    inst.before()
+    w.add_(0.1 * torch.randn_like(w))
+    z.add_(0.01)
+    inst.after(0, 1.0)
+    angle = inst.report()[0]["angle/rest"]
+    assert angle == pytest.approx(_angle(before, torch.cat([w[0].flatten(), z[0]])), rel=1e-12)
+
+
 def test_empty_group_is_nan():
     w = torch.randn(1, 4, 4, dtype=torch.float64)
     inst = Instruments(["w"], [w], [], total=4)
@@ -321,9 +336,11 @@ def test_population_members_equal_sequential_trials_with_switches_and_instrument
     assert all((p.si_tensors > 0) == bn for p in pops)
     assert all(0 < p.eq_eta < 1 for p in pops)  # cosine: the last quarter's multiplier
     assert all(p.si_angle > 0 for p in pops if bn)
+    assert all(p.si_norm > 0 for p in pops if bn)
     # without BatchNorm gains and with a frozen head, every trained tensor is scale-invariant
     everything_invariant = "model.bn_affine=false" in extra and "model.frozen_head=true" in extra
     assert all(math.isnan(p.rest_angle) == everything_invariant for p in pops)
+    assert all(p.rest_angle > 0 and p.rest_norm > 0 for p in pops if not everything_invariant)
 
 
 def test_frozen_head_is_not_trained_on_either_path():
