@@ -147,7 +147,7 @@ def _assert_valley_done(study: optuna.Study, log_dir: Path) -> list:
     assert set(mine) == set(done) | failing
     twice = {c: n for c, n in mine.items() if n > 1 and c not in failing}
     assert not twice, f"cells trained twice: {twice}"
-    cells = {t.user_attrs["cell"]: t.user_attrs[wq.ROUND_KEY] for t in trials}
+    cells = {t.user_attrs["cell"]: t.user_attrs.get(wq.ROUND_KEY, 0) for t in trials}
     assert Counter(cells.values()) == {0: 24, 1: 16, 2: 16}
     # each gate was opened once and every row's best is within the final step of the truth
     gates = valley.gates_study(study).get_trials(deepcopy=False)
@@ -211,6 +211,19 @@ def test_resume_adds_only_missing_cells(tmp_path, monkeypatch):
     failed = Counter(t.user_attrs["cell"] for t in study.get_trials() if t.state.name == "FAIL")
     assert len(failed) == 4
     assert {c for c, n in failed.items() if n == 2} == failed_first and failed_first
+
+
+def test_a_grid_study_rerun_as_a_valley_is_refined(tmp_path, monkeypatch):
+    logs = tmp_path / "log"
+    monkeypatch.setenv(wq.TRAINING_LOG_ENV, str(logs))
+    grid_cfg = _cfg(tmp_path / "out", "sqlite", "sweep.sampler=grid")
+    _, (study,) = plan.prepare(grid_cfg)
+    sweep_worker.run_worker(grid_cfg, train=synthetic_train)
+    assert len(study.get_trials()) == 24
+    cfg = _cfg(tmp_path / "out", "sqlite")
+    _, (study,) = plan.prepare(cfg)
+    sweep_worker.run_worker(cfg, train=synthetic_train)
+    _assert_valley_done(study, logs)
 
 
 def test_a_lost_gate_is_reopened_once(tmp_path):
