@@ -143,6 +143,7 @@ def runs_to_frame(runs: Iterable[Any]):
             "weight_decay": config.get("weight_decay", config.get("optimizer.weight_decay")),
             "seed": config.get("seed", config.get("train.seed")),
             "state": state,
+            "round": config.get("round"),  # sweep=valley
             "wandb_run_id": r["id"],
         }
         for key in RESULT_KEYS:  # as in results.csv: only complete trials have results

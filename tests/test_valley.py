@@ -335,3 +335,25 @@ def test_analysis_draws_the_coarse_grid_and_fits_the_refined_valley(tmp_path):
     assert "heatmaps" in figs and "valley" in figs
     write([a], tmp_path, ("png",))
     assert (tmp_path / "heatmaps.png").stat().st_size > 10_000
+
+
+def test_wandb_runs_keep_the_round():
+    from analysis.wandb_runs import runs_to_frame
+
+    run = {
+        "id": "r1",
+        "name": "n",
+        "group": "quick-adam-independent",
+        "job_type": "adam/independent",
+        "state": "finished",
+        "config": {"study": "quick-adam-independent", "lr": 1e-3, "weight_decay": 2e-4,
+                   "seed": 0, "trial": 7, "round": 2},
+        "summary": {"test_error": 0.2, "val_error": 0.2, "diverged": False},
+    }  # fmt: skip
+    grid_run = {
+        **run,
+        "id": "r2",
+        "config": {k: v for k, v in run["config"].items() if k != "round"},
+    }
+    frame = runs_to_frame([run, grid_run])
+    assert frame["round"].tolist()[0] == 2 and pd.isna(frame["round"].tolist()[1])

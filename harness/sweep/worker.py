@@ -326,6 +326,7 @@ def _run_claims(
                 **claim.params,
                 "trial": claim.number,
                 "study": study.study_name,
+                **_round(claim),
             },
         )
         if run.id:
@@ -368,6 +369,12 @@ def _run_claims(
             run.finish(rec, state="diverged" if rec.get("diverged") else "finished")
         if on_result is not None:
             on_result(study.study_name, claim, result)
+
+
+def _round(claim: Claim) -> dict[str, int]:
+    """``{"round": r}`` for a valley tracer's cell (its W&B run records it), else nothing."""
+    r = claim.trial.user_attrs.get("round")
+    return {} if r is None else {"round": int(r)}
 
 
 def _report_hook(claim: Claim, run, state: _WorkerState, pruning: bool):
