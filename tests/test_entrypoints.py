@@ -153,3 +153,21 @@ def test_failing_sbatch_is_one_line(tmp_path):
     assert_one_line(proc, "sbatch failed", "Invalid partition", code=1)
     # the cells stay queued for a rerun
     assert list(work.rglob("study.journal"))
+
+
+def test_no_slurm_client_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PATH=str(empty))
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", *TINY, "storage=journal", "launcher=slurm"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line(proc, "launcher.name", "no Slurm client", "launcher=local")
+    assert not list(work.iterdir())

@@ -282,7 +282,8 @@ def check_slurm(timeout_s: float = 30.0) -> None:
     if proc is None or proc.returncode != 0:
         why = f"no answer in {timeout_s:g} s" if proc is None else _first_line(proc.stderr)
         raise ConfigError(
-            f"launcher.name: slurm, but the Slurm controller does not answer (sinfo: {why}); "
+            f"launcher.name: slurm, but the Slurm controller does not answer "
+            f"(sinfo: {why.removeprefix('sinfo: ')}); "
             "check that `sinfo` works here, or pass launcher=local"
         )
 
