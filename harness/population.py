@@ -32,7 +32,9 @@ batch norm over P*C channels, with per-member running statistics), the CIFAR Res
 2-D convolutions, ``harness/population_resnet.py``); SGD and Adam with any decay form, any
 parameter-group rule, normalized weight decay, constant weight decay. Anything else (relative or
 scheduled decay) runs through the sequential trial runner, so every config still gets a correct
-result.
+result. Every other model (a user's ``model._target_``, an entry with ``population=False``)
+trains its populations through ``torch.func.vmap`` (:mod:`harness.population_generic`), or
+sequentially, said in one line, when ``vmap`` cannot run it.
 """
 
 from __future__ import annotations

@@ -235,6 +235,30 @@ def test_vmapped_attention_and_a_users_loss_equal_sequential_trials():
     assert_members_equal_sequential(grid_cells(base, [(1e-3, 1e-3), (1e-2, 1e-1)]))
 
 
+def test_the_built_in_transformer_trains_in_vmapped_populations():
+    """A registry entry without hand-written batched layers (``population=False``) takes the
+    generic path too: embedding, attention, LayerNorm on modular addition."""
+    base = compose_config(
+        [
+            "data=modular",
+            "data.modulus=7",
+            "data.train_fraction=0.5",
+            "data.val_size=5",
+            "data.batch_size=64",
+            "model=transformer",
+            "model.width=16",
+            "model.heads=2",
+            "optimizer=adam",
+            "optimizer.decay=independent",
+            "train.dtype=float64",
+            "train.max_steps=6",
+            "train.eval_every=3",
+            "tracking=disabled",
+        ]
+    )
+    assert_members_equal_sequential(grid_cells(base, [(1e-3, 1e-2), (1e-2, 1e-1)]))
+
+
 def test_a_model_vmap_cannot_run_trains_sequentially_and_says_so(caplog):
     base = byo("train.dtype=float64", "train.max_steps=6", model="Branchy")
     cfgs = grid_cells(base, [(1e-3, 1e-4), (1e-2, 1e-2)])
