@@ -156,7 +156,8 @@ def runs_to_frame(runs: Iterable[Any]):
     frame = pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
     for col in ("lr", "weight_decay", *[k for k in RESULT_KEYS if k != "diverged"]):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-    for col in ("trial", "seed", "steps"):  # ints as in results.csv; float where one is missing
+    # ints as in results.csv; float where one is missing
+    for col in ("trial", "seed", "steps", "round"):
         values = pd.to_numeric(frame[col], errors="coerce")
         frame[col] = values.astype("int64") if values.notna().all() else values
     if frame["diverged"].notna().all():
