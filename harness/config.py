@@ -438,6 +438,11 @@ def validate(cfg: Any) -> None:
         _choice(parts[1], "decay", f"sweep.variants ('{v}') decay")
     for key, value in (s.get("ranges") or {}).items():
         _check_ranges(str(key), value)
+    if (model_target or data_target) and list(s.get("models") or []):
+        raise ConfigError(
+            f"sweep.models: {list(s.models)} crosses built-in models, but model._target_ / "
+            "data._target_ is set; pass sweep.models=[] (one study per model: run it per target)"
+        )
     for m in s.get("models") or []:
         _choice(m, "model", f"sweep.models ('{m}')")
         _model_fits_data(m, cfg.data.name, f"sweep.models ('{m}')")

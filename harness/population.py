@@ -887,7 +887,7 @@ def _log_step(
         return
     if resnet:
         log.info(
-            "%s: eager step (train.compile covers the sequential models, not the ResNet)",
+            "%s: eager step (train.compile covers the hand-batched sequential models only)",
             what,
             extra={"step_mode": "eager"},
         )

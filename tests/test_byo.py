@@ -156,6 +156,7 @@ def test_a_targets_name_is_its_own_in_results():
         ([f"data._target_={W}.nope"], "data._target_", "has no attribute"),
         (["train.loss=no_such_pkg.loss"], "train.loss", "cannot be imported"),
         (["model._target_=", "+model.hidden=3"], "model.hidden", "model._target_"),
+        (["experiment=fig2_mnist1d", f"model._target_={W}.BNNet"], "sweep.models", "models=[]"),
     ],
 )
 def test_unimportable_targets_fail_validation_in_one_line(overrides, key, fix):
