@@ -291,7 +291,6 @@ def test_presets_are_6x6_grids_of_three_adam_variants(name):
 def test_population_members_record_the_sequential_steps_to_target():
     from harness.population import run_population, supports
 
-    torch.set_num_threads(1)
     base = [
         "data=modular",
         "data.modulus=11",
@@ -304,6 +303,7 @@ def test_population_members_record_the_sequential_steps_to_target():
         "train.dtype=float64",
         "train.max_steps=40",
         "train.eval_every=5",
+        "train.threads=1",
         "tracking=disabled",
     ]
     grid = [(1e-2, 1e-2), (3e-2, 1e-1)]
