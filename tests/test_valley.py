@@ -246,6 +246,17 @@ def test_a_lost_gate_is_reopened_once(tmp_path):
     states = Counter(g.state for g in gates.get_trials(deepcopy=False))
     assert states == {TrialState.COMPLETE: 4, TrialState.FAIL: 1}
     assert Counter(t.user_attrs["cell"] for t in study.get_trials()).most_common(1)[0][1] == 1
+    # a refined cell that failed in training is retried by the next driver run, as round 1
+    victim = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
+    assert wq.claim_trial(study._storage, victim._trial_id)
+    assert wq.fail_trial(study._storage, victim._trial_id, "RuntimeError: boom")
+    _, status = valley.Tracer.prepare(study, plan.valley_spec(cfg))
+    assert status.requeued == 1
+    again = [t for t in study.get_trials() if t.user_attrs["cell"] == victim.user_attrs["cell"]]
+    assert [(t.state, t.user_attrs[wq.ROUND_KEY]) for t in again] == [
+        (TrialState.FAIL, 1),
+        (TrialState.WAITING, 1),
+    ]
 
 
 def test_refine_cannot_change_on_a_traced_study(tmp_path):
