@@ -4,7 +4,8 @@ A *variant* is an optimizer family with a decay form (``adam/independent``), opt
 with a model (``mlp_bn:adam/l2``). Each variant gets a study named ``<name>-<optimizer>-<decay>``
 (``<name>-<model>-<optimizer>-<decay>`` with ``sweep.models``). Grid sweeps enqueue every
 (lr, weight decay, seed) cell; random and TPE sweeps enqueue their budget as slots
-(:mod:`harness.sweep.queue`).
+(:mod:`harness.sweep.queue`); the valley tracer enqueues its coarse grid, and its workers the
+refinement rounds (:mod:`harness.sweep.valley`).
 """
 
 from __future__ import annotations
