@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # conf group -> (the key naming the option, the registry group); options == registry names
 EXACT = {
     "model": ("name", "model"),
-    "optimizer": ("name", "optimizer"),
     "storage": ("kind", "storage"),
     "data": ("name", "data"),
     "launcher": ("name", "launcher"),
@@ -40,7 +39,9 @@ SUBSET = {"schedule": ("name", "schedule"), "tracking": ("mode", "tracking")}
 def _options(group: str, key: str) -> dict[str, str]:
     """``{file stem: value of key}`` over ``conf/<group>/*.yaml``."""
     return {
-        p.stem: str(OmegaConf.load(p)[key]) for p in sorted((Path(CONF_DIR) / group).glob("*.yaml"))
+        p.stem: str(OmegaConf.load(p)[key])
+        for p in sorted((Path(CONF_DIR) / group).glob("*.yaml"))
+        if key in OmegaConf.load(p)  # an alias takes its key from the option it extends
     }
 
 
@@ -50,6 +51,20 @@ def test_conf_options_are_the_registry_names(group):
     options = _options(group, key)
     assert all(stem == value for stem, value in options.items()), options
     assert sorted(options) == sorted(registry.names(reg_group))
+
+
+def test_optimizer_options_are_the_families_and_their_aliases():
+    stems = sorted(p.stem for p in (Path(CONF_DIR) / "optimizer").glob("*.yaml"))
+    assert stems == sorted([*registry.names("optimizer"), *registry.OPTIMIZER_ALIASES])
+    for family in registry.names("optimizer"):
+        assert _options("optimizer", "name")[family] == family
+    for alias, (family, decay) in registry.OPTIMIZER_ALIASES.items():
+        cfg = compose_config([f"optimizer={alias}"]).optimizer
+        base = compose_config([f"optimizer={family}"]).optimizer
+        assert (cfg.name, cfg.decay) == (family, decay)
+        assert base.decay != decay  # the family's default is another form
+        same = {k: v for k, v in cfg.items() if k != "decay"}
+        assert same == {k: v for k, v in base.items() if k != "decay"}
 
 
 @pytest.mark.parametrize("group", sorted(SUBSET))
