@@ -343,6 +343,43 @@ def test_population_members_equal_sequential_trials_with_switches_and_instrument
     assert all(p.rest_angle > 0 and p.rest_norm > 0 for p in pops if not everything_invariant)
 
 
+@pytest.mark.slow
+def test_resnet_population_with_switches_equals_sequential_trials(tmp_path):
+    """The CIFAR ResNet without BatchNorm gains, with a frozen head, on fake CIFAR: every
+    trained tensor is a convolution feeding a BatchNorm, so all are invariant."""
+    from tests.test_workloads import _fake_cifar
+
+    _fake_cifar(tmp_path, n=24)
+    base = compose_config(
+        [
+            "data=cifar10",
+            "model=resnet_tiny",
+            "model.width=4",
+            "model.bn_affine=false",
+            "model.frozen_head=true",
+            f"data.root={tmp_path}",
+            "data.val_size=20",
+            "data.batch_size=25",
+            "train.dtype=float64",
+            "train.epochs=2",
+            "train.eval_every=1",
+            "train.threads=1",
+            "tracking=disabled",
+            "optimizer=sgd",
+            "optimizer.decay=independent",
+            "optimizer.param_groups=scale_invariant",
+        ]
+    )
+    cfgs = []
+    for lr, wd in GRID:
+        c = copy.deepcopy(base)
+        c.optimizer.lr, c.optimizer.weight_decay = lr, wd
+        cfgs.append(c)
+    pops = assert_instruments_equal(cfgs)
+    convs = 1 + 3 * 2 + 2  # stem, 3 blocks x 2 convs, 2 projection shortcuts
+    assert all(p.si_tensors == convs and math.isnan(p.rest_angle) for p in pops)
+
+
 def test_frozen_head_is_not_trained_on_either_path():
     cfgs = cells("cnn_bn", GRID, ["model.frozen_head=true", "model.head_scale=0.1"])
     states = train_population(cfgs, [None, None], return_states=True)
