@@ -41,7 +41,7 @@ class OptimizerConfig:
     eps: float = 1e-8  # adam
     amsgrad: bool = False  # adam
     relative: bool = False  # scale decay by each tensor's RMS (Adafactor style)
-    param_groups: str = "all"  # timm | names | all   (which tensors decay)
+    param_groups: str = "all"  # timm | names | scale_invariant | all   (which tensors decay)
     no_decay_names: list[str] = field(default_factory=lambda: ["bias", "norm", "bn"])
     wd_schedule: str = "constant"  # constant | linear | cosine | step (multiplies wd)
     normalized: bool = False  # weight_decay is lam_norm: lam = lam_norm*sqrt(b/(B*T))
