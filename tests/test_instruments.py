@@ -396,12 +396,16 @@ def test_frozen_head_is_not_trained_on_either_path():
         assert not torch.equal(state["0.weight"], init[0].weight.detach())
 
 
-def test_instruments_off_measure_nothing_and_a_diverged_trial_is_nan():
+def test_instruments_off_measure_nothing_on_change_nothing_and_divergence_is_nan():
     (cfg,) = cells("mlp_bn", [(1e-2, 1e-4)], ["train.instruments=false"])
     history: list = []
     result = run_trial(cfg, report=recorder(history))
     assert not any(k.startswith(("angle/", "norm/")) for _, m in history for k in m)
     assert all(math.isnan(getattr(result, k)) for k in INSTRUMENT_FIELDS)
+    cfg.train.instruments = True
+    measured = run_trial(cfg)  # measuring changes nothing in the training
+    for key in ("test_error", "val_error", "train_loss", "weight_norm", "steps"):
+        assert getattr(measured, key) == getattr(result, key), key
     (bad,) = cells("mlp_bn", [(1e150, 0.0)], ["optimizer.decay=l2"])
     result = run_trial(bad)
     assert result.diverged
