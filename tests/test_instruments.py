@@ -428,3 +428,15 @@ def test_bad_model_switches_are_refused_in_one_line(override, field):
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert str(err.value).startswith(field) and "\n" not in str(err.value)
+
+
+def test_bench_instruments_tiny_run(capsys):
+    from harness.bench.__main__ import main
+
+    argv = ["instruments", "--models", "mlp_bn", "--steps", "4", "--repeats", "1"]
+    assert main([*argv, "--population", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["model", "path", "ms/step"]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[:2] for r in rows] == [["mlp_bn", "sequential"], ["mlp_bn", "P=2"]]
+    assert all(float(r[5]) > 0 and r[6].endswith("%") for r in rows)  # alone ms, share
