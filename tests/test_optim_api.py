@@ -405,7 +405,9 @@ def test_param_groups_all_rule_and_errors():
     assert report["decay"]["tensors"] == 10  # the frozen tensor is left out
     opt = Adam(groups, lr=1e-3)  # the empty second group is fine
     assert len(opt.param_groups) == 2
-    with pytest.raises(ValueError, match="rule='hf' is invalid; allowed: timm, names, scale_invariant, all"):
+    with pytest.raises(
+        ValueError, match="rule='hf' is invalid; allowed: timm, names, scale_invariant, all"
+    ):
         param_groups(Tiny(), 0.05, rule="hf")
     with pytest.raises(ValueError, match="weight_decay=-1 is invalid"):
         param_groups(Tiny(), -1, rule="timm")
