@@ -269,23 +269,35 @@ def test_empty_group_is_nan():
 # Trials and populations
 
 
+# every setting the tests rely on, whatever the default experiment sets
+PINNED = {
+    "optimizer": "sgd",
+    "optimizer.decay": "decoupled",
+    "optimizer.param_groups": "all",
+    "schedule": "cosine",
+    "train.epochs": "2",
+    "train.max_steps": "0",
+    "train.eval_every": "3",
+    "data.num_samples": "1000",
+    "data.train_fraction": "0.8",
+    "data.n_train": "0",
+    "data.val_size": "200",
+    "data.batch_size": "100",
+    "model.width": "16",
+    "model.depth": "2",
+    "model.bn_affine": "true",
+    "model.bn_eps": "1e-5",
+    "model.frozen_head": "false",
+    "model.head_scale": "1.0",
+    "tracking": "disabled",
+    "train.threads": "1",
+}
+
+
 def cells(model: str, grid, extra=(), dtype="float64"):
-    base = compose_config(
-        [
-            f"model={model}",
-            "optimizer=sgd",
-            "optimizer.decay=decoupled",
-            f"train.dtype={dtype}",
-            "train.epochs=2",
-            "train.eval_every=3",
-            "data.num_samples=1000",
-            "data.val_size=200",
-            "model.width=16",
-            "tracking=disabled",
-            "train.threads=1",
-            *extra,
-        ]
-    )
+    given = dict(e.split("=", 1) for e in extra)
+    pinned = [f"{k}={v}" for k, v in PINNED.items() if k not in given]
+    base = compose_config([f"model={model}", f"train.dtype={dtype}", *pinned, *extra])
     out = []
     for lr, wd in grid:
         c = copy.deepcopy(base)
