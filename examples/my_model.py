@@ -2,7 +2,8 @@
 
 Run from the folder that holds this file's package (the repository root here)::
 
-    python -m harness.sweep model._target_=examples.my_model.TinyNet +model.hidden=32 \
+    python -m harness.sweep experiment=byo \
+        model._target_=examples.my_model.TinyNet +model.hidden=32 \
         data._target_=examples.my_model.make_blobs +data.n_samples=1200 \
         model.name=tinynet data.name=blobs sweep.population=auto tracking=disabled
 
