@@ -72,7 +72,7 @@ def assert_same_history(pop, seq, rtol=RTOL, err_tol=0.0):
     assert pop and [s for s, _ in pop] == [s for s, _ in seq]
     for (step, a), (_, b) in zip(pop, seq):
         assert a.keys() == b.keys(), step
-        for key in ("lr", "eta", "epoch"):
+        for key in ("lr_t", "eta", "epoch"):
             assert a[key] == b[key], (step, key)
         assert a["shrink"] == pytest.approx(b["shrink"], rel=SHRINK_RTOL, abs=0), step
         assert a["val_error"] == pytest.approx(b["val_error"], rel=0, abs=err_tol), step
