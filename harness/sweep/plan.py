@@ -255,8 +255,7 @@ def sampler_seed(cfg: DictConfig, n_trials: int = 0) -> int:
     index = os.environ.get("LRWD_WORKER_INDEX")
     if index is None and os.environ.get("SLURM_ARRAY_TASK_ID") is not None:
         index = (
-            f"slurm{os.environ['SLURM_ARRAY_TASK_ID']}."
-            f"{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+            f"slurm{os.environ['SLURM_ARRAY_TASK_ID']}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
         )
     if index is None:
         index = owner_id()
