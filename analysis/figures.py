@@ -13,6 +13,9 @@ an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or 
 - ``valley.png/.pdf``: best wd against lr with the coupling slopes;
 - ``angles.png/.pdf`` and ``theory.csv`` when the trials carry measured angles (``si_angle``,
   ``eq_eta``): measured against predicted angle per step (:mod:`analysis.theory`);
+- ``layers.png/.pdf`` and ``layers.csv`` when the trials carry per-layer summaries (an Optuna
+  storage, or the ``layers.csv`` beside a results.csv): each layer's angle per step against
+  lr x wd, one facet per layer, with the predicted angle (:func:`analysis.plots.layers_figure`);
 - ``metrics.csv`` (one row per variant, definitions in :mod:`analysis.metrics`), ``regret.csv``
   (variant, k), ``regret_seeds.csv`` (variant, seed, k), ``valley.csv`` (best wd per lr),
   ``identity.csv`` (equivalent decoupled / independent cells and their difference) and
@@ -42,6 +45,7 @@ from analysis.load import (
     coarse,
     is_grid,
     is_valley,
+    load_layers,
     load_results,
     snap_to_grid,
     split_groups,
@@ -86,6 +90,8 @@ class Analysis:
     theory: pd.DataFrame = field(default_factory=pd.DataFrame)
     # sweep=valley: every cell, the refinement rounds' too (``cells`` is the coarse grid)
     refined: pd.DataFrame | None = None
+    # per-layer summaries (analysis.load.load_layers) with the theory's predicted angle
+    layers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def analyze(
@@ -102,6 +108,7 @@ def analyze(
     n_eval: int | None = None,
     chance: float | None = None,
     surface: bool | None = None,
+    layers: pd.DataFrame | None = None,
 ) -> Analysis:
     """Cells, metrics, regret, valley and identity tables of one experiment's tidy frame.
 
@@ -163,7 +170,25 @@ def analyze(
         surfaces,
         trial_theory(frame),
         all_cells if traced else None,
+        layer_theory(layers, frame) if layers is not None else pd.DataFrame(),
     )
+
+
+def layer_theory(layers: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer rows of ``frame``'s trials (matched on study and trial) with the theory's
+    ``predicted_angle`` of each trial (:func:`analysis.theory.trial_theory`, at the trial's lr,
+    weight decay and equilibrium-window multiplier) and ``angle_ratio`` = the layer's angle over
+    it."""
+    if layers.empty or frame.empty:
+        return pd.DataFrame()
+    key = ["study", "trial"]
+    trials = frame.drop(columns=[c for c in frame if c in layers and c not in key])
+    trials = trials.drop(columns=[c for c in ("si_angle", "si_tensors") if c in trials])
+    merged = layers.merge(trials, on=key, how="inner")
+    if merged.empty:
+        return pd.DataFrame()
+    theory = trial_theory(merged.assign(si_angle=merged["angle"]))
+    return theory[[*layers.columns, "predicted_angle", "angle_ratio"]]
 
 
 def _surface_cells(variant: str, s: Surface) -> pd.DataFrame:
@@ -179,6 +204,7 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
     from analysis.plots import (
         angle_figure,
         heatmap_figure,
+        layers_figure,
         regret_figure,
         scatter_figure,
         valley_figure,
@@ -216,6 +242,8 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
         out["valley"] = valley_figure(a.valleys, a.metrics)
     if angles and np.isfinite(a.theory["angle_ratio"].to_numpy(float)).any():
         out["angles"] = angle_figure(a.theory)
+    if len(a.layers) and np.isfinite(a.layers["angle"].to_numpy(float)).any():
+        out["layers"] = layers_figure(a.layers)
     return out
 
 
@@ -251,6 +279,8 @@ def write(
             a.identity.to_csv(d / "identity.csv", index=False)
             if len(a.theory) and has_angles(a.theory):
                 a.theory.to_csv(d / "theory.csv", index=False)
+            if len(a.layers):
+                a.layers.to_csv(d / "layers.csv", index=False)
             for name, fig in render(a, annotate, n_best, cmap).items():
                 for fmt in formats:
                     fig.savefig(d / f"{name}.{fmt}", dpi=dpi)
@@ -581,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{' '.join(args.sources)}: no COMPLETE trials (is the sweep still running?)"
             )
         frame = study_hyperparameters(args.sources, frame)
+        layers = load_layers(args.sources, args.study)
         bins = parse_bins(args.bins)
         if bins and bins != (0, 0):
             frame = snap_to_grid(frame, *bins)
@@ -601,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_eval=args.n_eval,
                 chance=args.chance,
                 surface=False if bins and bins != (0, 0) else None,
+                layers=layers if len(layers) else None,
             )
             for label, part in split_groups(frame)
         ]

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from harness import registry
-from harness.results import RESULT_KEYS, RESULTS_COLUMNS
+from harness.results import LAYER_COLUMNS, RESULT_KEYS, RESULTS_COLUMNS, layer_rows
 
 # The results.csv schema: harness.results defines it, the sweep writes it.
 RESULT_ATTRS = RESULT_KEYS  # trial user_attrs copied into a row
@@ -389,6 +389,102 @@ def load_results(
         if frame.empty:
             raise SourceError(f"experiment={experiment}: not in the results (have: {have})")
     return frame
+
+
+# --------------------------------------------------------------------------------------------
+# Per-layer summaries
+
+
+def _layer_source(source: Any, studies: Sequence[str] | None) -> pd.DataFrame:
+    """One source's per-layer rows: an Optuna storage's trials (user attr ``layers``), the
+    ``layers.csv`` beside a ``results.csv`` (or beside each one below a directory); nothing for
+    W&B sources and DataFrames."""
+    empty = pd.DataFrame(columns=list(LAYER_COLUMNS))
+    if not isinstance(source, str | Path):
+        return empty
+    spec, _, names = str(source).partition("#")
+    if spec.startswith("wandb:"):
+        return empty
+    named = [n for n in names.split(",") if n]
+    path = Path(spec)
+    storage_url = "://" in spec or spec.startswith(":memory:")
+    if not storage_url:
+        if path.is_dir():
+            files = [f.parent / "layers.csv" for f in sorted(path.rglob("results.csv"))]
+            return _layer_csvs([f for f in files if f.is_file()])
+        if not path.is_file() or path.suffix.lower() == ".json":
+            return empty
+        with path.open("rb") as fh:
+            head = fh.read(16)
+        if head != SQLITE_MAGIC and _looks_like_csv(path):
+            beside = path.parent / "layers.csv"
+            return _layer_csvs([beside] if beside.is_file() and beside != path else [])
+        spec = f"sqlite:///{path.resolve()}" if head == SQLITE_MAGIC else spec
+    import optuna
+
+    storage = _open_storage(spec)
+    have = [s.study_name for s in storage.get_all_studies()]
+    wanted = [n for n in named + list(studies or ()) if n in have] or (
+        [] if named or studies else have
+    )
+    rows = [
+        row
+        for name in wanted
+        for row in layer_rows(optuna.load_study(study_name=name, storage=storage))
+    ]
+    return pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
+
+
+def _layer_csvs(files: list[Path]) -> pd.DataFrame:
+    frames = [pd.read_csv(f) for f in files]
+    for f, frame in zip(files, frames):
+        missing = [c for c in ("layer", "angle", "norm", "lr", "weight_decay") if c not in frame]
+        if missing:
+            raise SourceError(
+                f"{f}: not a layers.csv (missing column {', '.join(missing)}); pass the "
+                "layers.csv the sweep writes beside results.csv"
+            )
+    if not frames:
+        return pd.DataFrame(columns=list(LAYER_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_layers(sources: Any, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """The per-layer summaries of the trials of ``sources`` (as :func:`load_results` takes
+    them) in long format: one row per (COMPLETE trial, layer) with :data:`LAYER_COLUMNS`
+    (``study``, ``experiment``, ``optimizer``, ``decay``, ``model``, ``data``, ``trial``,
+    ``lr``, ``weight_decay``, ``seed``, ``layer``, ``scale_invariant``, ``angle``: mean angle
+    per step over the equilibrium window, ``norm``: final norm) plus ``variant``. Empty when no
+    source holds per-layer data (instruments off, a results.csv without a layers.csv beside it,
+    W&B runs)."""
+    if isinstance(sources, str | Path | pd.DataFrame):
+        sources = [sources]
+    frames = [f for f in (_layer_source(s, studies) for s in sources) if len(f)]
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=list(LAYER_COLUMNS))
+    )
+    frame = frame.reindex(columns=[*LAYER_COLUMNS, *(c for c in frame if c not in LAYER_COLUMNS)])
+    for col in ("study", "experiment", "optimizer", "decay", "model", "data", "layer"):
+        frame[col] = _strings(frame[col])
+    for col in ("lr", "weight_decay", "angle", "norm"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    for col in ("lr", "weight_decay"):  # the same cell keys as tidy()
+        frame[col] = frame[col].map(lambda x: float(f"{x:.10g}"))
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(0).astype(int)
+    frame["trial"] = pd.to_numeric(frame["trial"], errors="coerce").astype("Int64")
+    frame["scale_invariant"] = (
+        frame["scale_invariant"]
+        .map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
+        .astype(bool)
+    )
+    if studies:
+        frame = frame[frame["study"].isin(list(studies))]
+    key = ["study", "optimizer", "decay", "trial", "lr", "weight_decay", "seed", "layer"]
+    frame = frame.drop_duplicates(subset=key, keep="first").copy()
+    frame["variant"] = frame["optimizer"] + "/" + frame["decay"]
+    return frame.reset_index(drop=True)
 
 
 def aggregate(frame: pd.DataFrame, metric: str = "test_error") -> pd.DataFrame:

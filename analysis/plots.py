@@ -14,6 +14,8 @@
 - :func:`valley_figure`: best wd against lr on log-log axes, one line per variant, with slopes.
 - :func:`angle_figure`: measured against predicted angle per step of the scale-invariant weights
   (:mod:`analysis.theory`), one point per trial.
+- :func:`layers_figure`: per-layer angle per step against lr x wd, one facet per layer, with the
+  theory's predicted angle on the scale-invariant layers.
 - :func:`scatter_figure`: scattered (random / TPE) trials over log lr x log wd, the fitted
   surface as filled contours, its valley and slope; the non-grid counterpart of the heatmaps.
 
@@ -920,6 +922,72 @@ def angle_figure(theory: pd.DataFrame, title: str | None = None) -> plt.Figure:
             Line2D([], [], color="#555555", lw=0.8, label="measured = predicted"),
             Patch(facecolor="#dddddd", label=f"±{100 * ANGLE_BAND:.0f}%"),
         ]  # fmt: skip
+        _legend_below(fig, handles, fontsize=7)
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def layers_figure(layers: pd.DataFrame, title: str | None = None, wrap: int = 4) -> plt.Figure:
+    """Per-layer angles: one facet per layer (its name, and whether it is scale-invariant, in
+    the title), shared log axes; x = lr x weight decay, y = the layer's measured angle per step
+    over the equilibrium window (``angle`` of :func:`analysis.load.load_layers`), one point per
+    trial coloured by variant; on scale-invariant layers a dashed line per variant: the theory's
+    predicted angle (``predicted_angle``, :func:`analysis.theory.trial_theory`), when known."""
+    lr_wd = layers["lr"].to_numpy(float) * layers["weight_decay"].to_numpy(float)
+    angle = pd.to_numeric(layers["angle"], errors="coerce").to_numpy(float)
+    data = layers[np.isfinite(angle) & (angle > 0) & np.isfinite(lr_wd) & (lr_wd > 0)].copy()
+    if data.empty:
+        raise ValueError("layers: no trial with a measured per-layer angle and lr x wd > 0")
+    data["lr_wd"] = data["lr"].astype(float) * data["weight_decay"].astype(float)
+    data["angle"] = data["angle"].astype(float)
+    order = list(dict.fromkeys(data["layer"]))
+    invariant = data.groupby("layer", sort=False)["scale_invariant"].agg(lambda s: bool(s.any()))
+    variants = list(dict.fromkeys(data["variant"]))
+    palette = {v: _variant_style(v)["color"] for v in variants}
+    if len(set(palette.values())) < len(palette):
+        palette = dict(zip(variants, sns.color_palette("tab10", len(variants))))
+    has_pred = "predicted_angle" in data
+    ncol = min(len(order), wrap)
+    nrow = math.ceil(len(order) / ncol)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            nrow, ncol, figsize=(2.6 * ncol + 0.4, 2.4 * nrow + 0.7), sharex=True, sharey=True,
+            squeeze=False, layout="constrained",
+        )  # fmt: skip
+        for ax, layer in zip(axes.flat, order):
+            part = data[data["layer"] == layer]
+            sns.scatterplot(
+                data=part, x="lr_wd", y="angle", hue="variant", hue_order=variants,
+                palette=palette, s=18, linewidth=0.3, edgecolor="black", ax=ax, legend=False,
+                zorder=3,
+            )  # fmt: skip
+            if has_pred and invariant[layer]:
+                for v in variants:
+                    pred = part[part["variant"] == v]
+                    pred = pred[np.isfinite(pred["predicted_angle"].to_numpy(float))]
+                    line = pred.groupby("lr_wd")["predicted_angle"].median()
+                    if len(line):
+                        ax.plot(line.index, line.to_numpy(float), color=palette[v], ls="--",
+                                lw=1.0, zorder=2)  # fmt: skip
+            kind = "scale-invariant" if invariant[layer] else "not scale-invariant"
+            ax.set_title(f"{layer}\n{kind}", fontsize=8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.25, lw=0.5)
+            ax.set_xlabel("")
+            ax.set_ylabel("")
+        for ax in list(axes.flat)[len(order) :]:
+            ax.set_visible(False)
+        fig.supxlabel("lr × weight decay", fontsize=8)
+        fig.supylabel("angle per step (rad), last quarter", fontsize=8)
+        handles = [
+            Line2D([], [], ls="none", marker="o", mfc=palette[v], mec="black", mew=0.3, ms=5,
+                   label=variant_title(v))
+            for v in variants
+        ]  # fmt: skip
+        if has_pred and bool(invariant.any()):
+            handles.append(Line2D([], [], color="#555555", ls="--", lw=1.0, label="predicted"))
         _legend_below(fig, handles, fontsize=7)
         if title:
             fig.suptitle(title, fontsize=9)

@@ -74,7 +74,8 @@ class Instruments:
         rows = len(self.keys)
         self.angle_sum = torch.zeros(rows, self.p, device=dev, dtype=dtype)
         self.count = 0
-        self.eq_sum = torch.zeros(len(GROUPS), self.p, device=dev, dtype=dtype)
+        self.eq_sum = torch.zeros(rows, self.p, device=dev, dtype=dtype)  # groups, then layers
+        self.invariant = [self.names[k] in inv for k in self.layers]
         self.eq_count = 0
         self.eta_sum = 0.0
         self.norms: torch.Tensor | None = None  # [K, P] after the last step
@@ -163,7 +164,7 @@ class Instruments:
         group_sq = (m * ((a - b).square() + a * b * diff_sq.unsqueeze(1))).sum(2)  # [S, G, P]
         angles = unit_angle(torch.cat([group_sq, diff_sq[:, self.layers]], dim=1))  # [S, R, P]
         self.angle_sum += angles.sum(0)
-        self.eq_sum += angles[eq, : len(GROUPS)].sum(0)
+        self.eq_sum += angles[eq].sum(0)
 
     def report(self) -> list[dict[str, float]]:
         """Each member's metrics since the previous report (then reset): ``angle/si``,
@@ -201,7 +202,7 @@ class Instruments:
         norms = self._tensor_norms(self.params)
         groups = self._group_norms(norms).tolist()
         if self.eq_count:
-            angles = (self.eq_sum / self.eq_count).tolist()
+            angles = (self.eq_sum[: len(GROUPS)] / self.eq_count).tolist()
             for i, empty in enumerate(self.empty):
                 if empty:
                     angles[i] = [math.nan] * self.p
@@ -215,6 +216,32 @@ class Instruments:
                 "rest_norm": groups[1][m],
                 "eq_eta": eq_eta,
                 "si_tensors": self.si_tensors,
+            }
+            for m in range(self.p)
+        ]
+
+    def layer_summary(self) -> list[dict[str, dict[str, float | bool]]]:
+        """Each member's per-layer summary, for every tensor with 2 or more dimensions (the
+        tensors of the ``angle/<name>`` reports): ``{name: {"angle", "norm", "scale_invariant"}}``
+        with ``angle`` the mean angle per step over the equilibrium window (as ``si_angle``),
+        ``norm`` the final norm, ``scale_invariant`` whether the detector found the tensor
+        scale-invariant. NaN angles for a window not reached."""
+        if not self.params:
+            return [{} for _ in range(self.p)]
+        self._flush()
+        norms = self._tensor_norms(self.params)[self.layers].tolist()
+        if self.eq_count:
+            angles = (self.eq_sum[len(GROUPS) :] / self.eq_count).tolist()
+        else:
+            angles = [[math.nan] * self.p for _ in self.layers]
+        return [
+            {
+                self.names[k]: {
+                    "angle": angles[i][m],
+                    "norm": norms[i][m],
+                    "scale_invariant": self.invariant[i],
+                }
+                for i, k in enumerate(self.layers)
             }
             for m in range(self.p)
         ]

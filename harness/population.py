@@ -59,7 +59,7 @@ from harness.models import build_model, loss_function, model_spec
 from harness.optim.functional import adam_step, sgd_step
 from harness.optim.groups import param_groups
 from harness.population_generic import GenericStacked, NotBatchable
-from harness.results import Preempted, TrialResult
+from harness.results import Preempted, TrialResult, with_layers
 from harness.schedules import lr_multiplier
 from harness.train import (
     EVAL_BATCH,
@@ -849,26 +849,32 @@ def train_population(
     test = pop.errors(data.x_test, data.y_test)
     norms = pop.weight_norms()
     summaries = inst.summary() if inst is not None else [None] * p
+    layers = inst.layer_summary() if inst is not None else [None] * p
     results: list[Any] = []
     for m in range(p):
         if isinstance(outcome[m], BaseException):
             results.append(outcome[m])
         elif outcome[m] == "diverged" or not math.isfinite(float(norms[m])):
             result = TrialResult.of_divergence(steps[m], elapsed / p)
-            results.append(dataclasses.replace(result, **instrument_fields(summaries[m], True)))
+            result = dataclasses.replace(result, **instrument_fields(summaries[m], True))
+            results.append(with_layers(result, layers[m], True))
         else:
             results.append(
-                TrialResult(
-                    test_error=float(test[m]),
-                    val_error=float(best_val[m]),
-                    final_val_error=float(last_val[m]),
-                    train_loss=float(train_loss[m]),
-                    weight_norm=float(norms[m]),
-                    steps=steps[m],
-                    wall_s=elapsed / p,  # the population's wall time, shared among members
-                    diverged=False,
-                    steps_to_target=reached[m],
-                    **instrument_fields(summaries[m], False),
+                with_layers(
+                    TrialResult(
+                        test_error=float(test[m]),
+                        val_error=float(best_val[m]),
+                        final_val_error=float(last_val[m]),
+                        train_loss=float(train_loss[m]),
+                        weight_norm=float(norms[m]),
+                        steps=steps[m],
+                        wall_s=elapsed / p,  # the population's wall time, shared among members
+                        diverged=False,
+                        steps_to_target=reached[m],
+                        **instrument_fields(summaries[m], False),
+                    ),
+                    layers[m],
+                    False,
                 )
             )
     if return_states:

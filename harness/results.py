@@ -41,6 +41,11 @@ class TrialResult:
     rest_norm: float = math.nan
     eq_eta: float = math.nan
     si_tensors: float = math.nan
+    # the per-layer summary (Instruments.layer_summary: {name: {"angle", "norm",
+    # "scale_invariant"}}), set by the trainers when the instruments are on; a plain attribute,
+    # not a field, so it is no result key nor a results.csv column (stored as the trial's
+    # user attr "layers")
+    layers = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,36 +102,122 @@ def result_attrs(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+LAYERS_ATTR = "layers"
+
+
+def layer_attrs(result: Any) -> dict[str, Any]:
+    """``{"layers": ...}``: the per-layer summary a trainer set on ``result``, JSON-ready
+    (non-finite numbers as None); nothing when it has none."""
+    layers = getattr(result, "layers", None)
+    if not layers:
+        return {}
+
+    def finite(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return {
+        LAYERS_ATTR: {
+            name: {key: finite(value) for key, value in entry.items()}
+            for name, entry in layers.items()
+        }
+    }
+
+
+def with_layers(result: TrialResult, layers: dict[str, Any] | None, diverged: bool) -> TrialResult:
+    """``result`` carrying the per-layer summary ``layers`` (angles and norms NaN for a trial
+    that diverged)."""
+    if layers is not None:
+        if diverged:
+            layers = {
+                name: {**entry, "angle": math.nan, "norm": math.nan}
+                for name, entry in layers.items()
+            }
+        result.layers = layers
+    return result
+
+
 def results_rows(study) -> Iterable[dict[str, Any]]:
     """One ``results.csv`` row per trial of an Optuna study that is not WAITING."""
     from optuna.trial import TrialState
 
-    attrs = study.user_attrs
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING:
+        if t.state != TrialState.WAITING:
+            yield _row(study, t)
+
+
+def _row(study, t) -> dict[str, Any]:
+    """The results.csv row of trial ``t`` of ``study``."""
+    attrs = study.user_attrs
+    ua = t.user_attrs
+    fixed = t.system_attrs.get("fixed_params") or {}
+    row = {
+        "study": study.study_name,
+        "experiment": attrs.get("experiment", ""),
+        "optimizer": attrs.get("optimizer", ua.get("optimizer", "")),
+        "decay": attrs.get("decay", ua.get("decay", "")),
+        "model": attrs.get("model", ""),
+        "data": attrs.get("data", ""),
+        "trial": t.number,
+        "lr": t.params.get("lr", fixed.get("lr")),
+        "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
+        "seed": t.params.get("seed", fixed.get("seed")),
+        "state": t.state.name,
+        "round": ua.get("round"),
+    }
+    for key in RESULT_KEYS:
+        row[key] = ua.get(key)
+    if row["train_loss"] is None and ua.get("diverged"):
+        row["train_loss"] = float("nan")
+    row["wandb_run_id"] = ua.get("wandb_run_id") or ""
+    return row
+
+
+# The per-layer summary in long format: one row per (COMPLETE trial, layer)
+LAYER_COLUMNS: tuple[str, ...] = (
+    *TRIAL_COLUMNS[:10],
+    "layer",
+    "scale_invariant",
+    "angle",
+    "norm",
+)
+
+
+def layer_rows(study) -> Iterable[dict[str, Any]]:
+    """One :data:`LAYER_COLUMNS` row per layer of each COMPLETE trial of an Optuna study that
+    stored a per-layer summary (its user attr ``layers``)."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        layers = t.user_attrs.get(LAYERS_ATTR)
+        if not layers:
             continue
-        ua = t.user_attrs
-        fixed = t.system_attrs.get("fixed_params") or {}
-        row = {
-            "study": study.study_name,
-            "experiment": attrs.get("experiment", ""),
-            "optimizer": attrs.get("optimizer", ua.get("optimizer", "")),
-            "decay": attrs.get("decay", ua.get("decay", "")),
-            "model": attrs.get("model", ""),
-            "data": attrs.get("data", ""),
-            "trial": t.number,
-            "lr": t.params.get("lr", fixed.get("lr")),
-            "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
-            "seed": t.params.get("seed", fixed.get("seed")),
-            "state": t.state.name,
-            "round": ua.get("round"),
-        }
-        for key in RESULT_KEYS:
-            row[key] = ua.get(key)
-        if row["train_loss"] is None and ua.get("diverged"):
-            row["train_loss"] = float("nan")
-        row["wandb_run_id"] = ua.get("wandb_run_id") or ""
-        yield row
+        row = _row(study, t)
+        ident = {key: row[key] for key in LAYER_COLUMNS[:10]}
+        for name, entry in layers.items():
+            angle, norm = entry.get("angle"), entry.get("norm")
+            yield {
+                **ident,
+                "layer": name,
+                "scale_invariant": bool(entry.get("scale_invariant")),
+                "angle": math.nan if angle is None else float(angle),
+                "norm": math.nan if norm is None else float(norm),
+            }
+
+
+def write_layers(studies: Sequence[Any], path: str | Path) -> Path | None:
+    """Write ``layers.csv`` (:func:`layer_rows` of ``studies``) atomically; None (and nothing
+    written) when no trial stored a per-layer summary."""
+    import pandas as pd
+
+    rows = [row for s in studies for row in layer_rows(s)]
+    if not rows:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pd.DataFrame(rows, columns=list(LAYER_COLUMNS)).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
 
 
 def write_results(studies: Sequence[Any], path: str | Path) -> Path:

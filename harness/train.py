@@ -36,7 +36,7 @@ from harness.optim import (
     param_groups,
 )
 from harness.optim.groups import scale_invariant_names
-from harness.results import TrialResult
+from harness.results import TrialResult, with_layers
 from harness.schedules import lr_multiplier
 
 Report = Callable[[int, dict[str, float]], None]
@@ -355,9 +355,10 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
     if diverged or not math.isfinite(norm):
         result = TrialResult.of_divergence(step, time.perf_counter() - t0)
         summary = inst.summary()[0] if inst is not None else None
-        return dataclasses.replace(result, **instrument_fields(summary, True))
+        result = dataclasses.replace(result, **instrument_fields(summary, True))
+        return with_layers(result, inst.layer_summary()[0] if inst is not None else None, True)
     test = error_rate(model, data.x_test, data.y_test)
-    return TrialResult(
+    result = TrialResult(
         test_error=test,
         val_error=best_val,
         final_val_error=last_val,
@@ -369,6 +370,7 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
         steps_to_target=steps_to_target,
         **instrument_fields(inst.summary()[0] if inst is not None else None, False),
     )
+    return with_layers(result, inst.layer_summary()[0] if inst is not None else None, False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from harness.results import write_results
+from harness.results import write_layers, write_results
 from harness.secrets import mask_secrets
 from harness.storage import describe
 from harness.sweep.plan import cells, study_name, variants
@@ -28,6 +28,9 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     """results.csv, a summary table and figures from the storage alone."""
     out = Path(cfg.output_dir)
     paths = {"results": write_results(studies, out / "results.csv")}
+    layers = write_layers(studies, out / "layers.csv")  # read by analysis.figures beside it
+    if layers is not None:
+        paths["layers"] = layers
     import pandas as pd
 
     frame = pd.read_csv(paths["results"])

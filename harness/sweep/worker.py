@@ -22,7 +22,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError
-from harness.results import Preempted, result_attrs
+from harness.results import Preempted, layer_attrs, result_attrs
 from harness.storage import open_storage
 from harness.sweep.plan import (
     create_study,
@@ -362,7 +362,7 @@ def _run_claims(
             stats.failed += 1
         else:
             rec = result.to_dict()
-            if finish_claim(study, claim, result_attrs(rec)):
+            if finish_claim(study, claim, result_attrs(rec) | layer_attrs(result)):
                 stats.completed += 1
             else:
                 stats.lost += 1
