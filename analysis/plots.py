@@ -977,9 +977,12 @@ def layers_figure(layers: pd.DataFrame, title: str | None = None, wrap: int = 4)
             ax.grid(alpha=0.25, lw=0.5)
             ax.set_xlabel("")
             ax.set_ylabel("")
-        for ax in list(axes.flat)[len(order) :]:
-            ax.set_visible(False)
-        fig.supxlabel("lr × weight decay", fontsize=8)
+        for i, ax in enumerate(axes.flat):
+            if i >= len(order):
+                ax.set_visible(False)
+            elif i + ncol >= len(order):  # nothing visible below: the x axis is labelled here
+                ax.set_xlabel("lr × weight decay", fontsize=8)
+                ax.xaxis.set_tick_params(labelbottom=True)
         fig.supylabel("angle per step (rad), last quarter", fontsize=8)
         handles = [
             Line2D([], [], ls="none", marker="o", mfc=palette[v], mec="black", mew=0.3, ms=5,
