@@ -499,7 +499,7 @@ def heatmap_figure(
             len(decs),
             squeeze=False,
             layout="constrained",
-            figsize=(panel_w * len(decs) + 1.0, panel_h * len(fams) + 0.55),
+            figsize=(panel_w * len(decs) + 1.0, (panel_h + 0.3) * len(fams) + 0.55),  # + titles
         )
         im = None
         any_theory = any_hatched = False
