@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from harness import registry
 
@@ -312,7 +312,7 @@ def name_targets(cfg: Any) -> None:
             node.name = target.replace(":", ".").rsplit(".", 1)[-1]
 
 
-def _check_ranges(key: str, value: Any) -> None:
+def _check_ranges(key: str, value: Any, sweep: Any) -> None:
     parts = key.replace("-", "/").split("/")
     optimizers, decays = registry.names("optimizer"), registry.names("decay")
     ok = (len(parts) == 1 and key in optimizers + decays) or (
@@ -330,13 +330,14 @@ def _check_ranges(key: str, value: Any) -> None:
             f"e.g. sweep.ranges.{key}.lr={{min: 1e-3, max: 1, num: 7}}"
         )
     for axis, r in value.items():
-        for part in ("min", "max", "num"):
-            if part not in r:
-                raise ConfigError(
-                    f"sweep.ranges.{key}.{axis}: needs min, max and num; "
-                    f"pass sweep.ranges.{key}.{axis}={{min: ..., max: ..., num: ...}}"
-                )
-        _range(r, f"sweep.ranges.{key}.{axis}")
+        unknown = set(r.keys()) - {"min", "max", "num"}
+        if unknown:
+            raise ConfigError(
+                f"sweep.ranges.{key}.{axis}: unknown part {sorted(unknown)[0]!r}; "
+                f"set min, max and/or num, e.g. sweep.ranges.{key}.{axis}.min=1e-3"
+            )
+        # a part left out comes from sweep.<axis> (sweep.lr.num=9 applies to every range)
+        _range(OmegaConf.merge(sweep[axis], r), f"sweep.ranges.{key}.{axis}")
 
 
 def validate(cfg: Any) -> None:
@@ -437,7 +438,7 @@ def validate(cfg: Any) -> None:
         _choice(parts[0], "optimizer", f"sweep.variants ('{v}') optimizer")
         _choice(parts[1], "decay", f"sweep.variants ('{v}') decay")
     for key, value in (s.get("ranges") or {}).items():
-        _check_ranges(str(key), value)
+        _check_ranges(str(key), value, s)
     if (model_target or data_target) and list(s.get("models") or []):
         raise ConfigError(
             f"sweep.models: {list(s.models)} crosses built-in models, but model._target_ / "

@@ -295,7 +295,7 @@ def test_bn_twin_keeps_width_and_ranges_apply_per_variant():
             "sweep.models=[mlp,mlp_bn,cnn]",
             "model.width=64",
             "sweep.variants=[adam/l2,sgd/l2,sgd/independent]",
-            "+sweep.ranges.sgd.lr={min: 1e-3, max: 1, num: 4}",
+            "++sweep.ranges.sgd.lr={min: 1e-3, max: 1, num: 4}",
             "+sweep.ranges.sgd-independent.weight_decay={min: 1e-6, max: 1e-3, num: 2}",
         ]
     )
@@ -310,12 +310,32 @@ def test_bn_twin_keeps_width_and_ranges_apply_per_variant():
     assert lrs == [1e-3, 1e-2, 1e-1, 1.0] and wds == [1e-6, 1e-3]
 
 
+def test_a_range_takes_the_parts_it_leaves_out_from_the_sweep_axis():
+    cfg = compose_config(
+        [
+            "sweep.variants=[sgd/independent,adam/independent]",
+            "sweep.lr.num=3",
+            "sweep.weight_decay.num=2",
+            "++sweep.ranges.sgd.lr={min: 1e-3, max: 1e-1}",
+            "++sweep.ranges.sgd-independent.weight_decay={max: 1e-2}",
+        ]
+    )
+    by = {v.key: plan.variant_config(cfg, v) for v in plan.variants(cfg)}
+    lrs, wds, _ = plan.grid_axes(by["sgd/independent"].sweep)
+    assert lrs == [1e-3, 1e-2, 1e-1]  # the range's min and max, sweep.lr's num
+    assert wds == [cfg.sweep.weight_decay.min, 1e-2]  # sweep.weight_decay's min and num
+    lrs, wds, _ = plan.grid_axes(by["adam/independent"].sweep)
+    assert len(lrs) == 3 and lrs[0] == cfg.sweep.lr.min and len(wds) == 2  # no range: the axes
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
         ("+sweep.ranges.rmsprop.lr={min: 1e-3, max: 1, num: 4}", "sweep.ranges: key 'rmsprop'"),
         ("+sweep.ranges.sgd.momentum={min: 0.1, max: 0.9, num: 3}", "sweep.ranges.sgd: only"),
-        ("+sweep.ranges.sgd.lr={min: 1, max: 1e-3, num: 4}", "sweep.ranges.sgd.lr: the range"),
+        ("++sweep.ranges.sgd.lr={min: 1, max: 1e-3, num: 4}", "sweep.ranges.sgd.lr: the range"),
+        ("++sweep.ranges.sgd.lr={min: 1, max: 1e-3}", "sweep.ranges.sgd.lr: the range"),
+        ("++sweep.ranges.sgd.lr={min: 1e-3, max: 1, nm: 4}", "sweep.ranges.sgd.lr: unknown part 'nm'"),
     ],
 )
 def test_bad_ranges_are_one_line(override, message):

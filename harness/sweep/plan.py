@@ -120,7 +120,13 @@ def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
     specific = f"{variant.optimizer}-{variant.decay}"
     for key in (variant.decay, variant.optimizer, variant.key, specific):  # most specific wins
         for axis, r in (ranges.get(key) or {}).items():
-            out.sweep[axis] = {"min": float(r["min"]), "max": float(r["max"]), "num": int(r["num"])}
+            # a part the range leaves out keeps sweep.<axis>'s (sweep.lr.num=9 applies to all)
+            base = out.sweep[axis]
+            out.sweep[axis] = {
+                "min": float(r.get("min", base["min"])),
+                "max": float(r.get("max", base["max"])),
+                "num": int(r.get("num", base["num"])),
+            }
     return out
 
 
