@@ -335,7 +335,10 @@ def test_a_range_takes_the_parts_it_leaves_out_from_the_sweep_axis():
         ("+sweep.ranges.sgd.momentum={min: 0.1, max: 0.9, num: 3}", "sweep.ranges.sgd: only"),
         ("++sweep.ranges.sgd.lr={min: 1, max: 1e-3, num: 4}", "sweep.ranges.sgd.lr: the range"),
         ("++sweep.ranges.sgd.lr={min: 1, max: 1e-3}", "sweep.ranges.sgd.lr: the range"),
-        ("++sweep.ranges.sgd.lr={min: 1e-3, max: 1, nm: 4}", "sweep.ranges.sgd.lr: unknown part 'nm'"),
+        (
+            "++sweep.ranges.sgd.lr={min: 1e-3, max: 1, nm: 4}",
+            "sweep.ranges.sgd.lr: unknown part 'nm'",
+        ),
     ],
 )
 def test_bad_ranges_are_one_line(override, message):
