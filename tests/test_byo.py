@@ -7,7 +7,6 @@ into a scratch folder and run from there, as a user runs from their project.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
 import os
@@ -27,7 +26,7 @@ from harness.data import DataError, load_data
 from harness.models import build_model, check_workload
 from harness.population import run_population, supports
 from harness.train import run_trial
-from tests.test_population import population_log, recorder
+from tests.test_population import grid_cells, population_log, recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOAD = Path(__file__).with_name("byo_workload.py")
@@ -51,15 +50,6 @@ def byo(*extra: str, model: str = "BNNet", data: str = "blobs") -> object:
             *extra,
         ]
     )
-
-
-def grid_cells(base, grid):
-    out = []
-    for lr, wd in grid:
-        c = copy.deepcopy(base)
-        c.optimizer.lr, c.optimizer.weight_decay = lr, wd
-        out.append(c)
-    return out
 
 
 def assert_same(pop, seq, rtol=RTOL):

@@ -17,6 +17,7 @@ from harness.optim.groups import param_groups, scale_invariant_names
 from harness.population import run_population, train_population
 from harness.results import RESULT_KEYS, TrialResult
 from harness.train import run_trial
+from tests.test_population import grid_cells
 
 INSTRUMENT_FIELDS = ("si_angle", "rest_angle", "si_norm", "rest_norm", "eq_eta", "si_tensors")
 
@@ -298,12 +299,7 @@ def cells(model: str, grid, extra=(), dtype="float64"):
     given = dict(e.split("=", 1) for e in extra)
     pinned = [f"{k}={v}" for k, v in PINNED.items() if k not in given]
     base = compose_config([f"model={model}", f"train.dtype={dtype}", *pinned, *extra])
-    out = []
-    for lr, wd in grid:
-        c = copy.deepcopy(base)
-        c.optimizer.lr, c.optimizer.weight_decay = lr, wd
-        out.append(c)
-    return out
+    return grid_cells(base, grid)
 
 
 GRID = [(1e-2, 1e-4), (1e-1, 1e-2)]

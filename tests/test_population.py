@@ -44,6 +44,11 @@ def cells(model: str, opt: str, decay: str, grid, extra=(), groups="timm", dtype
             *extra,
         ]
     )
+    return grid_cells(base, grid)
+
+
+def grid_cells(base, grid):
+    """One copy of the config ``base`` per ``(lr, wd)`` of ``grid``."""
     out = []
     for lr, wd in grid:
         c = copy.deepcopy(base)

@@ -313,18 +313,18 @@ def test_bn_twin_keeps_width_and_ranges_apply_per_variant():
 def test_a_range_takes_the_parts_it_leaves_out_from_the_sweep_axis():
     cfg = compose_config(
         [
-            "sweep.variants=[sgd/independent,adam/independent]",
+            "sweep.variants=[adam/independent,adam/decoupled]",
             "sweep.lr.num=3",
             "sweep.weight_decay.num=2",
-            "++sweep.ranges.sgd.lr={min: 1e-3, max: 1e-1}",
-            "++sweep.ranges.sgd-independent.weight_decay={max: 1e-2}",
+            "++sweep.ranges.adam-independent.lr={min: 1e-3, max: 1e-1}",
+            "++sweep.ranges.adam-independent.weight_decay={max: 1e-2}",
         ]
     )
     by = {v.key: plan.variant_config(cfg, v) for v in plan.variants(cfg)}
-    lrs, wds, _ = plan.grid_axes(by["sgd/independent"].sweep)
+    lrs, wds, _ = plan.grid_axes(by["adam/independent"].sweep)
     assert lrs == [1e-3, 1e-2, 1e-1]  # the range's min and max, sweep.lr's num
     assert wds == [cfg.sweep.weight_decay.min, 1e-2]  # sweep.weight_decay's min and num
-    lrs, wds, _ = plan.grid_axes(by["adam/independent"].sweep)
+    lrs, wds, _ = plan.grid_axes(by["adam/decoupled"].sweep)
     assert len(lrs) == 3 and lrs[0] == cfg.sweep.lr.min and len(wds) == 2  # no range: the axes
 
 
