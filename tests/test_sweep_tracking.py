@@ -13,7 +13,10 @@ from tests.test_sweep import TINY, load, run_sweep
 from tests.wandb_reader import read_offline_runs
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACKED = [o for o in TINY if not o.startswith("tracking=")] + ["tracking.mode=offline"]
+TRACKED = [o for o in TINY if not o.startswith("tracking=")] + [
+    "tracking.mode=offline",
+    "schedule=cosine",
+]
 
 
 @pytest.mark.parametrize("population", ["1", "4"])

@@ -15,6 +15,7 @@ from harness.schedules import lr_multiplier
 from harness.train import run_trial
 
 SMALL = [
+    "schedule=cosine",
     "data.num_samples=1000",
     "data.val_size=200",
     "train.epochs=2",
@@ -118,7 +119,7 @@ def test_model_forward_shapes(name, shape):
 
 
 def test_schedule_values_at_known_steps():
-    cfg = compose_config([])
+    cfg = compose_config(["schedule=cosine"])
     s = cfg.schedule
     assert lr_multiplier(s, 0, 100) == 1.0 and lr_multiplier(s, 50, 100) == pytest.approx(0.5)
     assert lr_multiplier(s, 100, 100) == pytest.approx(0.0)
