@@ -58,7 +58,7 @@ from harness.instruments import Instruments
 from harness.models import build_model, loss_function, model_spec
 from harness.optim.functional import adam_step, sgd_step
 from harness.optim.groups import param_groups
-from harness.population_generic import GenericStacked, NotBatchable
+from harness.population_generic import GenericStacked, Members, NotBatchable
 from harness.results import Preempted, TrialResult, with_layers
 from harness.schedules import lr_multiplier
 from harness.train import (
@@ -165,7 +165,7 @@ def auto_population_size(cfg: Any) -> int:
 # The batched model
 
 
-class Stacked:
+class Stacked(Members):
     """P copies of a sequential model, stacked ``[P, ...]``, with a batched forward."""
 
     def __init__(
@@ -213,14 +213,6 @@ class Stacked:
         finally:
             self.training = True
         return wrong.to(torch.float64) / max(int(x.shape[0]), 1)
-
-    @torch.no_grad()
-    def weight_norms(self) -> torch.Tensor:
-        sq = sum(q.detach().flatten(1).square().sum(1) for q in self.params)
-        return sq.sqrt()
-
-    def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        return {n: q.detach()[m].clone() for n, q in zip(self.names, self.params)}
 
 
 def layer_spec(model: nn.Sequential) -> tuple[tuple[Any, ...], ...]:

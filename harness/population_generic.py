@@ -57,7 +57,25 @@ def _vmappable_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fast)
 
 
-class GenericStacked:
+class Members:
+    """What every stacked population (hand-batched or generic) reads off its ``[P, ...]``
+    parameters ``params`` (named ``names``)."""
+
+    names: list[str]
+    params: list[torch.Tensor]
+
+    @torch.no_grad()
+    def weight_norms(self) -> torch.Tensor:
+        """``[P]``: each member's global L2 norm of all parameters."""
+        sq = sum(q.detach().flatten(1).square().sum(1) for q in self.params)
+        return sq.sqrt()
+
+    def member_state(self, m: int) -> dict[str, torch.Tensor]:
+        """Member ``m``'s parameters, by name (copies)."""
+        return {n: q.detach()[m].clone() for n, q in zip(self.names, self.params)}
+
+
+class GenericStacked(Members):
     """P copies of any module, stacked ``[P, ...]``, with a ``vmap``-ed forward and loss: the
     interface of :class:`harness.population.Stacked` (``params``, ``buffers``, ``forward``,
     ``errors``, ``weight_norms``, ``member_state``)."""
@@ -155,11 +173,3 @@ class GenericStacked:
         finally:
             self._mode(True)
         return wrong.to(torch.float64) / max(int(x.shape[0]), 1)
-
-    @torch.no_grad()
-    def weight_norms(self) -> torch.Tensor:
-        sq = sum(q.detach().flatten(1).square().sum(1) for q in self.params)
-        return sq.sqrt()
-
-    def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        return {n: q.detach()[m].clone() for n, q in zip(self.names, self.params)}
