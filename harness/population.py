@@ -171,14 +171,7 @@ class Stacked(Members):
     def __init__(
         self, model: nn.Module, p: int, forward: Callable[[Any, torch.Tensor], Any] | None = None
     ) -> None:
-        self.model = model
-        self.p = p
-        self.names = [n for n, _ in model.named_parameters()]
-        # a frozen parameter (``requires_grad=False``, e.g. a frozen head) is stacked, not trained
-        self.params = [
-            q.detach().unsqueeze(0).repeat(p, *[1] * q.ndim).clone().requires_grad_(q.requires_grad)
-            for q in model.parameters()
-        ]
+        self._stack(model, p)
         self._by_name = dict(zip(self.names, self.params))
         # BatchNorm running statistics, per member: [P, C] (F.batch_norm updates them in place)
         self.buffers = {

@@ -64,6 +64,17 @@ class Members:
     names: list[str]
     params: list[torch.Tensor]
 
+    def _stack(self, model: nn.Module, p: int) -> None:
+        """``model``'s parameters repeated ``p`` times along a new leading dimension; a frozen
+        parameter (``requires_grad=False``, e.g. a frozen head) is stacked, not trained."""
+        self.model = model
+        self.p = p
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = [
+            q.detach().unsqueeze(0).repeat(p, *[1] * q.ndim).clone().requires_grad_(q.requires_grad)
+            for q in model.parameters()
+        ]
+
     @torch.no_grad()
     def weight_norms(self) -> torch.Tensor:
         """``[P]``: each member's global L2 norm of all parameters."""
@@ -83,13 +94,7 @@ class GenericStacked(Members):
     def __init__(
         self, model: nn.Module, p: int, loss: Callable[..., torch.Tensor] | None = None
     ) -> None:
-        self.model = model
-        self.p = p
-        self.names = [n for n, _ in model.named_parameters()]
-        self.params = [
-            q.detach().unsqueeze(0).repeat(p, *[1] * q.ndim).clone().requires_grad_(q.requires_grad)
-            for q in model.parameters()  # a frozen parameter is stacked, not trained
-        ]
+        self._stack(model, p)
         self._by_name = dict(zip(self.names, self.params))
         self.buffers = {
             n: b.detach().unsqueeze(0).repeat(p, *[1] * b.ndim).clone()

@@ -17,12 +17,12 @@ baseline is the median of ``--sequential`` trials timed before and after each si
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
 
+from harness.bench.population import spread
 from harness.config import compose_config
 from harness.population import train_population
 from harness.train import run_trial
@@ -47,13 +47,7 @@ def _cfgs(model: str, p: int, epochs: int, threads: int, path: str) -> list:
             *bn,
         ]
     )
-    out = []
-    for i in range(p):
-        c = copy.deepcopy(base)
-        c.optimizer.lr = 1e-4 * (1e3 ** ((i % 8) / 7))
-        c.optimizer.weight_decay = 1e-5 * (1e4 ** ((i // 8 % 8) / 7))
-        out.append(c)
-    return out
+    return spread(base, p)
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -56,6 +56,12 @@ def _cfgs(
             *(["train.compile=true"] if compiled else []),
         ]
     )
+    return spread(base, p)
+
+
+def spread(base, p: int) -> list:
+    """``p`` copies of the config ``base`` on an 8 x 8 log grid (lr 1e-4..1e-1, wd 1e-5..1e-1,
+    member ``i`` at row ``i // 8 % 8``, column ``i % 8``): a population's members."""
     out = []
     for i in range(p):
         c = copy.deepcopy(base)
