@@ -31,10 +31,9 @@ import numpy as np
 import pandas as pd
 
 from harness import registry
-from harness.results import LAYER_COLUMNS, RESULT_KEYS, RESULTS_COLUMNS, layer_rows
+from harness.results import LAYER_COLUMNS, RESULTS_COLUMNS, layer_rows, trial_row
 
 # The results.csv schema: harness.results defines it, the sweep writes it.
-RESULT_ATTRS = RESULT_KEYS  # trial user_attrs copied into a row
 ERROR_COLUMNS = ("test_error", "val_error", "final_val_error")
 FLOAT_COLUMNS = ("lr", "weight_decay", *ERROR_COLUMNS, "train_loss", "weight_norm", "wall_s")
 STRING_COLUMNS = ("study", "experiment", "optimizer", "decay", "model", "data", "state")
@@ -130,33 +129,19 @@ def _config_name(cfg: Any, group: str) -> str:
 
 
 def _trial_row(study_name: str, study_attrs: dict, t: Any) -> dict:
-    ua = t.user_attrs
-    fixed = t.system_attrs.get("fixed_params") or {}
-    cfg = ua.get("config")
-    experiment = study_attrs.get("experiment")
-    if experiment is None and isinstance(cfg, str):
+    cfg = t.user_attrs.get("config")
+
+    def from_config(key: str) -> str:  # the trial's stored config names what the study does not
+        if key != "experiment":
+            return _config_name(cfg, key)
+        if not isinstance(cfg, str):
+            return ""
         try:
-            experiment = json.loads(cfg).get("name", "")
+            return json.loads(cfg).get("name", "")
         except (ValueError, AttributeError):
-            experiment = ""
-    row = {
-        "study": study_name,
-        "experiment": experiment or "",
-        "optimizer": study_attrs.get("optimizer", ua.get("optimizer", "")),
-        "decay": study_attrs.get("decay", ua.get("decay", "")),
-        "model": study_attrs.get("model") or _config_name(cfg, "model"),
-        "data": study_attrs.get("data") or _config_name(cfg, "data"),
-        "trial": t.number,
-        "lr": t.params.get("lr", fixed.get("lr")),
-        "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
-        "seed": t.params.get("seed", fixed.get("seed")),
-        "state": t.state.name,
-        "round": ua.get("round"),
-        "wandb_run_id": ua.get("wandb_run_id") or "",
-    }
-    for key in RESULT_ATTRS:
-        row[key] = ua.get(key)
-    return row
+            return ""
+
+    return trial_row(study_name, study_attrs, t, from_config)
 
 
 def read_optuna(storage: str | Any, studies: Sequence[str] | None = None) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -147,16 +147,37 @@ def results_rows(study) -> Iterable[dict[str, Any]]:
 
 def _row(study, t) -> dict[str, Any]:
     """The results.csv row of trial ``t`` of ``study``."""
-    attrs = study.user_attrs
+    row = trial_row(study.study_name, study.user_attrs, t)
+    if row["train_loss"] is None and t.user_attrs.get("diverged"):
+        row["train_loss"] = float("nan")
+    return row
+
+
+def trial_row(
+    study_name: str,
+    study_attrs: dict[str, Any],
+    t: Any,
+    fallback: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """The results row of trial ``t``: who it was (from the study's attrs and the trial's
+    params) and its stored result keys. ``fallback(key)`` names the experiment, model or data
+    when the study's attrs do not (e.g. from the trial's stored config)."""
     ua = t.user_attrs
     fixed = t.system_attrs.get("fixed_params") or {}
+
+    def who(key: str, missing: Callable[[Any], bool]) -> str:
+        value = study_attrs.get(key)
+        if missing(value) and fallback is not None:
+            value = fallback(key)
+        return value or ""
+
     row = {
-        "study": study.study_name,
-        "experiment": attrs.get("experiment", ""),
-        "optimizer": attrs.get("optimizer", ua.get("optimizer", "")),
-        "decay": attrs.get("decay", ua.get("decay", "")),
-        "model": attrs.get("model", ""),
-        "data": attrs.get("data", ""),
+        "study": study_name,
+        "experiment": who("experiment", lambda v: v is None),
+        "optimizer": study_attrs.get("optimizer", ua.get("optimizer", "")),
+        "decay": study_attrs.get("decay", ua.get("decay", "")),
+        "model": who("model", lambda v: not v),
+        "data": who("data", lambda v: not v),
         "trial": t.number,
         "lr": t.params.get("lr", fixed.get("lr")),
         "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
@@ -166,8 +187,6 @@ def _row(study, t) -> dict[str, Any]:
     }
     for key in RESULT_KEYS:
         row[key] = ua.get(key)
-    if row["train_loss"] is None and ua.get("diverged"):
-        row["train_loss"] = float("nan")
     row["wandb_run_id"] = ua.get("wandb_run_id") or ""
     return row
 
