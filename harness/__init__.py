@@ -1,3 +1,3 @@
 """lrwd: how weight decay interacts with the learning rate, measured."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
