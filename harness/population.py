@@ -72,6 +72,7 @@ from harness.train import (
     resolve_device,
     run_trial,
     set_up,
+    training_starts,
 )
 
 EVAL_CHUNK = 4096  # member-samples per evaluation batch on a CPU (see Stacked.errors)
@@ -736,6 +737,7 @@ def train_population(
                 q[m].nan_to_num_(0.0, 0.0, 0.0)
 
     step = 0
+    training_starts(reports)
     while step < total and live:
         perm = torch.randperm(data.n_train, generator=gen).to(device)
         for i in range(per_epoch):

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,6 +265,16 @@ def first_at_target(reached: float, step: int, test_error: float, target: float)
     return float(step) if 1.0 - test_error >= target else math.nan
 
 
+def training_starts(reports: Iterable[Report | None]) -> None:
+    """Tell each report hook with a ``started`` method that its training starts now (the sweep's
+    worker writes its training log there; a population split after running out of memory starts
+    its members again)."""
+    for report in reports:
+        started = getattr(report, "started", None)
+        if started is not None:
+            started()
+
+
 def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = None) -> TrialResult:
     """Train one (optimizer, decay, lr, wd, seed) cell and evaluate it.
 
@@ -297,6 +307,7 @@ def run_trial(cfg: Any, report: Report | None = None, data: Dataset | None = Non
     diverged = False
     step = 0
     model.train()
+    training_starts([report])
     while step < total and not diverged:
         perm = torch.randperm(data.n_train, generator=gen).to(device)
         for i in range(per_epoch):

@@ -184,6 +184,44 @@ class _Result:
         return {"test_error": 0.5, "val_error": 0.5, "diverged": False, "steps": 1}
 
 
+def test_training_log_records_each_start_of_an_out_of_memory_split(tmp_path, monkeypatch):
+    """A population of 4 that runs out of memory at its first step is trained again as two
+    halves: the training log shows every cell started twice, each finished once."""
+    import torch
+
+    from harness import population
+
+    monkeypatch.setenv(wq.TRAINING_LOG_ENV, str(tmp_path / "log"))
+    cfg = plan.variant_config(
+        compose_config(
+            [*POP, "sweep.lr.num=1", "sweep.lr.min=3e-3", "sweep.lr.max=3e-3", "storage=journal"]
+        ),
+        plan.Variant("adam", "independent"),
+    )
+    cfg.output_dir = str(tmp_path)
+    study = plan.create_study(cfg, open_storage(cfg, tmp_path), plan.variants(cfg)[0])
+    plan.enqueue_grid(study, cfg)
+    real_loss, real_train = population._population_loss, population.train_population
+    sizes: list[int] = []
+
+    def loss_out_of_memory_above_two(layers, params, buffers, x, y, p, penalty_wd):
+        if p > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (planted)")
+        return real_loss(layers, params, buffers, x, y, p, penalty_wd)
+
+    def train_population(cfgs, reports, *args, **kwargs):
+        sizes.append(len(cfgs))
+        return real_train(cfgs, reports, *args, **kwargs)
+
+    monkeypatch.setattr(population, "_population_loss", loss_out_of_memory_above_two)
+    monkeypatch.setattr(population, "train_population", train_population)
+    sweep_worker.run_worker(cfg)
+    assert sizes == [4, 2, 2]
+    cells = assert_complete_once(study, 4)
+    counts = {cell: n for (s, cell), n in wq.read_training_log(tmp_path / "log").items()}
+    assert counts == dict.fromkeys(cells, 2)
+
+
 # --------------------------------------------------------------------------------------------
 # Several workers, populations
 

@@ -20,6 +20,7 @@ from harness.storage import open_storage
 from harness.sweep import plan, valley
 from harness.sweep import queue as wq
 from harness.sweep import worker as sweep_worker
+from harness.train import training_starts
 from tests.test_sweep import TINY, load, run_sweep
 
 # --------------------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ N_SYN = 4 * 6 + 4 * 2 * 4  # coarse + 2 rounds x 4 points per row
 
 
 def synthetic_train(cfgs, reports):
+    training_starts(reports)  # the training log, as the real trainers write it
     time.sleep(0.02 * len(cfgs))  # long enough for two workers to interleave
     out = []
     for c in cfgs:

@@ -334,10 +334,9 @@ def _run_claims(
         started.append(claim)
         cfgs.append(tcfg)
         runs.append(run)
-        reports.append(_report_hook(claim, run, state, pruning))
+        reports.append(_report_hook(study.study_name, claim, run, state, pruning))
     if not started:
         return
-    log_training(study.study_name, started)
     try:
         results = train(cfgs, reports)
     except Preempted:
@@ -377,7 +376,10 @@ def _round(claim: Claim) -> dict[str, int]:
     return {} if r is None else {"round": int(r)}
 
 
-def _report_hook(claim: Claim, run, state: _WorkerState, pruning: bool):
+def _report_hook(study_name: str, claim: Claim, run, state: _WorkerState, pruning: bool):
+    """The trial's report hook; the trainer calls its ``started()`` where training starts, each
+    time it does (the training log, :func:`harness.sweep.queue.log_training`)."""
+
     def report(step: int, metrics: dict) -> None:
         if state.stop.is_set():
             raise Preempted()
@@ -387,4 +389,5 @@ def _report_hook(claim: Claim, run, state: _WorkerState, pruning: bool):
             if claim.trial.should_prune():
                 raise optuna.TrialPruned()
 
+    report.started = lambda: log_training(study_name, [claim])  # type: ignore[attr-defined]
     return report
