@@ -13,5 +13,5 @@ setup(
         "harness.conf",
     ],
     package_dir={"harness.conf": "conf"},
-    package_data={"harness.conf": ["*.yaml", "**/*.yaml"]},
+    package_data={"harness.conf": ["*.yaml", "**/*.yaml"], "analysis": ["*.j2"]},
 )
