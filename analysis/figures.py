@@ -52,15 +52,17 @@ from analysis.load import (
     variants_in_order,
 )
 from analysis.metrics import (
+    BOOTSTRAP_REPS,
     MIN_SURFACE_TRIALS,
     NEAR_OPTIMAL_TOL,
+    Options,
     Surface,
     identity_table,
-    metrics_table,
+    options,
     regret_seed_table,
     regret_table,
     surface_valley_table,
-    valley_table,
+    tables,
     variant_surface,
 )
 from analysis.theory import cell_equilibrium, has_angles, study_hyperparameters, trial_theory
@@ -92,29 +94,32 @@ class Analysis:
     refined: pd.DataFrame | None = None
     # per-layer summaries (analysis.load.load_layers) with the theory's predicted angle
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # budget.csv: the expected test error at the validation-best of k cells of a search box
+    budget: pd.DataFrame = field(default_factory=pd.DataFrame)
+    options: Options = field(default_factory=Options)
 
 
 def analyze(
     frame: pd.DataFrame,
-    metric: str = "test_error",
-    tol: float = NEAR_OPTIMAL_TOL,
-    reps: int = 200,
-    seed: int = 0,
-    refine: bool = True,
-    separability_log: bool = False,
+    metric: str | None = None,
+    opts: Options | None = None,
+    *,
     label: str = "",
-    rel_tol: float | None = None,
-    abs_tol: float = 0.0,
-    n_eval: int | None = None,
-    chance: float | None = None,
     surface: bool | None = None,
     layers: pd.DataFrame | None = None,
+    **overrides,
 ) -> Analysis:
-    """Cells, metrics, regret, valley and identity tables of one experiment's tidy frame.
+    """Cells, metrics, regret, valley, budget and identity tables of one experiment's tidy frame.
 
-    ``surface=None`` fits surfaces when the trials do not fill a grid (:func:`is_grid`)."""
+    ``opts`` (:class:`analysis.metrics.Options`) holds every choice of the analysis; ``metric``
+    and ``overrides`` (Options fields) change some of them. ``surface=None`` fits surfaces when
+    the trials do not fill a grid (:func:`is_grid`)."""
     if frame.empty:
         raise ValueError("frame: no COMPLETE trials to analyze")
+    o = options(opts, **overrides)
+    if metric is not None:
+        o = o.with_(metric=metric)
+    metric = o.metric
     traced = is_valley(frame)  # sweep=valley: the grid is the coarse one, the valley uses all
     all_cells = aggregate(frame, metric)
     cells = aggregate(coarse(frame), metric) if traced else all_cells
@@ -126,34 +131,21 @@ def analyze(
             n = int((frame["variant"] == v).sum())
             if n >= MIN_SURFACE_TRIALS:
                 surfaces[v] = variant_surface(frame, v, metric)
-    metrics = metrics_table(
-        frame,
-        metric,
-        variants,
-        surfaces=surfaces if surface else None,
-        tol=tol,
-        reps=reps,
-        seed=seed,
-        refine=refine,
-        separability_log=separability_log,
-        rel_tol=rel_tol,
-        abs_tol=abs_tol,
-        n_eval=n_eval,
-        chance=chance,
-    )
+    t = tables(frame, o, variants, surfaces=surfaces if surface else None)
+    metrics = t.metrics
     for col in ("experiment", "model", "data"):
         metrics.insert(0, col, "/".join(sorted(set(frame[col].astype(str)))))
     if surface:
         regret = pd.concat(
-            [regret_table(_surface_cells(v, s), [v], tol) for v, s in surfaces.items()]
-            or [regret_table(cells.iloc[:0], [], tol)],
+            [regret_table(_surface_cells(v, s), [v], o.tol) for v, s in surfaces.items()]
+            or [regret_table(cells.iloc[:0], [], o.tol)],
             ignore_index=True,
         )
-        valleys = surface_valley_table(surfaces, refine)
+        valleys = surface_valley_table(surfaces, o.refine)
         seeds = regret_seed_table(frame.iloc[:0], [], metric)
     else:
-        regret = regret_table(cells, variants, tol)
-        valleys = valley_table(all_cells, variants, refine, measured=traced)
+        regret = regret_table(cells, variants, o.tol)
+        valleys = t.valleys
         seeds = regret_seed_table(coarse(frame), variants, metric)
     return Analysis(
         label,
@@ -163,7 +155,7 @@ def analyze(
         regret,
         valleys,
         metric,
-        tol,
+        o.tol,
         "surface" if surface else "grid",
         seeds,
         identity_table(frame, metric),
@@ -171,7 +163,38 @@ def analyze(
         trial_theory(frame),
         all_cells if traced else None,
         layer_theory(layers, frame) if layers is not None else pd.DataFrame(),
+        t.budget,
+        o,
     )
+
+
+def config_boxes(sources) -> dict[str, dict]:
+    """``{experiment: boxes}``: the search boxes (``analysis.boxes``) of the ``config.yaml`` the
+    sweep writes next to each results.csv among ``sources`` (files or directories)."""
+    import yaml
+
+    found: dict[str, dict] = {}
+    for src in sources:
+        if not isinstance(src, str | Path) or "://" in str(src):
+            continue
+        path = Path(str(src).partition("#")[0])
+        configs = (
+            sorted(path.rglob("config.yaml")) if path.is_dir() else [path.parent / "config.yaml"]
+        )
+        for cfg_path in configs:
+            try:
+                cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+            except (OSError, yaml.YAMLError):
+                cfg = None
+            if isinstance(cfg, dict) and cfg.get("name") is not None:
+                boxes = (cfg.get("analysis") or {}).get("boxes") or {}
+                found.setdefault(str(cfg["name"]), dict(boxes))
+    return found
+
+
+def _part_boxes(part: pd.DataFrame, boxes: dict[str, dict]) -> dict:
+    names = sorted(set(part["experiment"].astype(str))) if "experiment" in part else []
+    return dict(boxes.get(names[0], {})) if len(names) == 1 else {}
 
 
 def layer_theory(layers: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
@@ -277,6 +300,8 @@ def write(
             a.regret_seeds.to_csv(d / "regret_seeds.csv", index=False)
             a.valleys.to_csv(d / "valley.csv", index=False)
             a.identity.to_csv(d / "identity.csv", index=False)
+            if len(a.budget):
+                a.budget.to_csv(d / "budget.csv", index=False)
             if len(a.theory) and has_angles(a.theory):
                 a.theory.to_csv(d / "theory.csv", index=False)
             if len(a.layers):
@@ -508,6 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="error to analyze (default: test_error)",
     )
     ap.add_argument(
+        "--selection",
+        default="val_error",
+        choices=METRICS,
+        help="error every choice (best cell, best wd per lr, transfer source) is made on; the "
+        "reported error is --metric (default: val_error; test_error when the trials lack it)",
+    )
+    ap.add_argument(
         "--tol",
         type=float,
         default=NEAR_OPTIMAL_TOL,
@@ -557,9 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--bootstrap",
         type=int,
-        default=200,
+        default=BOOTSTRAP_REPS,
         metavar="B",
-        help="seed resamples for the slope's 95%% CI (default: 200; 0 = none)",
+        help="seed resamples of every 95%% interval (default: %(default)s; 0 = none)",
     )
     ap.add_argument(
         "--no-refine",
@@ -618,19 +650,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trials binned onto a {bins[0]} x {bins[1]} log grid (--bins)")
         elif not is_grid(frame):
             print("trials do not fill a grid: metrics on a fitted surface (--bins N to bin them)")
+        base = Options(
+            metric=args.metric,
+            selection=args.selection,
+            tol=args.tol,
+            reps=args.bootstrap,
+            refine=not args.no_refine,
+            separability_log=args.separability_log,
+            rel_tol=args.rel_tol,
+            abs_tol=args.abs_tol,
+            n_eval=args.n_eval,
+            chance=args.chance,
+        )
+        boxes = config_boxes(args.sources)
         analyses = [
             analyze(
                 part,
-                args.metric,
-                args.tol,
-                args.bootstrap,
-                refine=not args.no_refine,
-                separability_log=args.separability_log,
+                opts=base.with_(boxes=_part_boxes(part, boxes)),
                 label=label,
-                rel_tol=args.rel_tol,
-                abs_tol=args.abs_tol,
-                n_eval=args.n_eval,
-                chance=args.chance,
                 surface=False if bins and bins != (0, 0) else None,
                 layers=layers if len(layers) else None,
             )
