@@ -82,6 +82,13 @@ def _open_storage(spec: str):
             path = spec[len("sqlite:///") :]
             if path and path != ":memory:" and not Path(path).is_file():
                 raise SourceError(f"{spec}: no such SQLite file; check the path after sqlite:///")
+        from harness.config import ConfigError
+        from harness.storage import with_driver
+
+        try:
+            spec = with_driver(spec)  # postgresql://: the PostgreSQL driver installed here
+        except ConfigError as exc:
+            raise SourceError(str(exc)) from None
         try:
             return optuna.storages.RDBStorage(spec, skip_table_creation=True)
         except Exception as exc:  # noqa: BLE001 - any driver error becomes one line

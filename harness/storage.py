@@ -9,6 +9,12 @@
 
 Errors opening a storage are one :class:`~harness.config.ConfigError` line with the password
 masked. Two processes creating a fresh database's tables at once is retried, not an error.
+
+A URL without a driver (``postgresql://``) means SQLAlchemy's default driver for the database,
+which depends on the SQLAlchemy version (psycopg2 up to 2.0, psycopg 3 from 2.1). The storage
+opens it with whichever PostgreSQL driver is installed (:func:`with_driver`; the ``postgres``
+extra installs psycopg2), and a URL whose driver is not installed fails in one line naming the
+package to install.
 """
 
 from __future__ import annotations
@@ -60,8 +66,73 @@ def storage_url(cfg: DictConfig, output_dir: str | Path) -> str:
             Path(cfg.storage.path or Path(output_dir) / "study.journal").expanduser().resolve()
         )
     if kind == "url":
-        return cfg.storage.url
+        return with_driver(cfg.storage.url, strict=False)
     return "memory"
+
+
+# The package to install for each driver module SQLAlchemy imports (SQLAlchemy's driver names).
+DRIVER_PACKAGES = {
+    "psycopg2": "'lrwd[postgres]' (psycopg2-binary)",
+    "psycopg": "'psycopg[binary]'",
+    "pg8000": "pg8000",
+    "mysqldb": "mysqlclient",
+    "pymysql": "PyMySQL",
+}
+# The drivers a bare postgresql:// URL may use, in order, when SQLAlchemy's default is missing.
+POSTGRES_DRIVERS = ("psycopg2", "psycopg", "pg8000")
+
+
+def _dialect(url: str) -> Any:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).get_dialect()
+
+
+def _installed(dialect: Any) -> bool:
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        return False
+    return True
+
+
+def with_driver(url: str, *, strict: bool = True) -> str:
+    """``url`` as the storage opens it: a bare ``postgresql://`` names an installed driver.
+
+    SQLAlchemy's default PostgreSQL driver is kept when it is installed; otherwise the first
+    installed one of :data:`POSTGRES_DRIVERS` is written into the URL
+    (``postgresql://u@h/db`` -> ``postgresql+psycopg2://u@h/db``). A URL whose driver is not
+    installed raises :class:`ConfigError` naming the package (with ``strict``; else it is
+    returned unchanged). A URL SQLAlchemy cannot parse is returned unchanged: opening it says why.
+    """
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = _dialect(url)
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        return url
+    if _installed(dialect):
+        return url
+    scheme = url.split("://", 1)[0]
+    if scheme == "postgresql":
+        for driver in POSTGRES_DRIVERS:
+            candidate = f"postgresql+{driver}://" + url.split("://", 1)[1]
+            if _installed(_dialect(candidate)):
+                return candidate
+        if strict:
+            raise ConfigError(
+                f"{mask_secrets(url)} needs a PostgreSQL driver and none is installed; "
+                f"pip install {DRIVER_PACKAGES['psycopg2']}"
+            )
+        return url
+    if strict:
+        driver = str(dialect.driver)
+        package = DRIVER_PACKAGES.get(driver, driver)
+        raise ConfigError(
+            f"{mask_secrets(url)} needs the {driver} driver, which is not installed; "
+            f"pip install {package}"
+        )
+    return url
 
 
 _MEMORY: dict[str, optuna.storages.BaseStorage] = {}
@@ -90,11 +161,16 @@ def open_storage(cfg: DictConfig, output_dir: str | Path, *, create: bool = True
 
 
 def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
+    try:
+        url = with_driver(url)
+    except ConfigError as exc:
+        raise ConfigError(f"storage.url: {exc}") from None
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        if _dialect(url).driver in ("psycopg2", "psycopg"):  # libpq's connect_timeout
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
     try:
         storage = _rdb_retrying(url, engine_kwargs)

@@ -15,6 +15,9 @@ limit, or preemption) the worker hands the trials it holds back to the study (FA
 ``scontrol requeue`` (at most ``launcher.max_requeue`` times, counted by
 ``SLURM_RESTART_COUNT``) and exits 3. On ``SIGTERM`` (``scancel``, the hard limit) it hands the
 trials back and exits 143 without requeueing. Ctrl-C: the same, through ``KeyboardInterrupt``.
+
+Threads: ``train.threads=0`` (the default) runs on the cores this process may use, capped by
+``SLURM_CPUS_PER_TASK`` when set, so array tasks that share a node divide it.
 """
 
 from __future__ import annotations
@@ -150,16 +153,19 @@ def main(argv: list[str] | None = None) -> int:
             prepare(cfg)
             return 0
         from harness.secrets import real_url
+        from harness.sweep.launch import set_worker_threads
         from harness.sweep.worker import run_worker
 
         real = real_url(cfg)
+        threads = set_worker_threads(real, 1)
         _Signals(int(cfg.launcher.max_requeue)).install()
         log.info(
-            "lrwd worker: job %s, array task %s, restart %s, output %s",
+            "lrwd worker: job %s, array task %s, restart %s, output %s, %d thread(s)",
             os.environ.get("SLURM_JOB_ID", "-"),
             os.environ.get("SLURM_ARRAY_TASK_ID", "-"),
             os.environ.get("SLURM_RESTART_COUNT", "0"),
             cfg.output_dir,
+            threads,
         )
         return int(run_worker(real) or 0)
     except KeyboardInterrupt:

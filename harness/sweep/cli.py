@@ -178,7 +178,11 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
                 plain(int(progress.tasks[0].completed), last)
 
             os.environ.setdefault("LRWD_WORKER_INDEX", "0")
-            worker.run_worker(real_url(cfg), on_result=on_result)
+            from harness.sweep.launch import set_worker_threads
+
+            own = real_url(cfg)
+            set_worker_threads(own, 1)
+            worker.run_worker(own, on_result=on_result)
             progress.update(task, completed=count_done(studies))
             plain(count_done(studies), force=True)
             return 0
@@ -230,9 +234,18 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
         storage, studies = prepare(cfg)
         save_config(cfg, out / "config.yaml")
     if action in ("run", "extend"):
+        where = ""
+        if cfg.launcher.name != "slurm":
+            from harness.sweep.launch import threads_note
+
+            note, warning = threads_note(cfg, int(cfg.sweep.workers))
+            where = f"; {note}"
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         print(
             f"lrwd: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, "
-            f"{total_cells(cfg)} cells in all, in {url}; output {out}"
+            f"{total_cells(cfg)} cells in all, in {url}; output {out}{where}",
+            flush=True,
         )
         if cfg.launcher.name == "slurm":
             from harness.sweep.launch import submit_slurm

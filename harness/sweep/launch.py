@@ -20,6 +20,12 @@ failure) leaves RUNNING trials without a heartbeat; any worker re-runs them afte
 Passwords in ``storage.url`` never reach the submitted pickle or the sbatch script: the URL
 travels in the ``LRWD_STORAGE_URL`` environment variable (sbatch exports the submitting
 environment to the job) and the config holds ``env:LRWD_STORAGE_URL``.
+
+Threads: with ``train.threads=0`` (the default) the workers divide the cores they run on. Each of
+N local workers gets ``max(1, cores // N)`` torch threads, cores being the driver's CPU affinity;
+a Slurm task (submitit or ``python -m harness.worker``) takes the cores of its task
+(``SLURM_CPUS_PER_TASK`` when set). :func:`worker_threads` computes it, :func:`threads_note` says
+it in the sweep's start-up line and warns when the workers outnumber the cores.
 """
 
 from __future__ import annotations
@@ -57,11 +63,81 @@ Target = Callable[[dict], Any]
 
 
 def run_worker_from_dict(cfg_dict: dict) -> int:
-    """The default worker target: ``harness.sweep.worker.run_worker(cfg)`` on a plain config dict."""
+    """The default worker target: ``harness.sweep.worker.run_worker(cfg)`` on a plain config dict.
+
+    ``train.threads=0`` becomes this process's cores (:func:`available_cores`: on a Slurm node,
+    the task's CPUs); the local pool has already set each worker's share."""
     from harness.sweep.worker import run_worker  # lazily: submitting needs no torch
 
     cfg = real_url(OmegaConf.create(cfg_dict))
+    set_worker_threads(cfg, 1)
     return int(run_worker(cfg) or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Cores and threads
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``os.sched_getaffinity``), capped by
+    Slurm's ``SLURM_CPUS_PER_TASK`` when that is set (tasks that share a node without binding)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        cores = min(cores, int(slurm))
+    return max(cores, 1)
+
+
+def worker_threads(threads: int, workers: int, cores: int | None = None) -> int:
+    """Torch threads of each of ``workers`` processes sharing ``cores`` (default: this process's):
+    ``threads`` when the user set it (not 0), else ``max(1, cores // workers)``."""
+    if int(threads) > 0:
+        return int(threads)
+    cores = available_cores() if cores is None else int(cores)
+    return max(1, cores // max(int(workers), 1))
+
+
+def set_worker_threads(cfg: DictConfig, workers: int) -> int:
+    """Resolve ``cfg.train.threads`` for one of ``workers`` processes on this machine, in place,
+    and set torch's thread count to it (before the first training, so the worker's first record
+    already runs with it). Returns the thread count."""
+    from harness.train import setup_threads
+
+    threads = worker_threads(int(cfg.train.threads), workers)
+    cfg.train.threads = threads
+    setup_threads(threads)
+    return threads
+
+
+def threads_note(cfg: DictConfig, workers: int, cores: int | None = None) -> tuple[str, str]:
+    """(what the start-up line says about workers and threads, a warning line or ``""``) for
+    ``workers`` local processes on ``cores`` (default: this process's) cores."""
+    cores = available_cores() if cores is None else int(cores)
+    asked = int(cfg.train.threads)
+    threads = worker_threads(asked, workers, cores)
+    note = (
+        f"{workers} local worker{'s' if workers != 1 else ''} x {threads} "
+        f"thread{'s' if threads != 1 else ''} on {cores} core{'s' if cores != 1 else ''}"
+    )
+    warning = ""
+    if asked > 0 and workers * asked > cores:
+        share = worker_threads(0, workers, cores)
+        warning = (
+            f"sweep.workers={workers} x train.threads={asked} = {workers * asked} threads on "
+            f"{cores} cores: threads wait for each other and cells can take many times longer; "
+            f"pass train.threads=0 to divide the cores ({share} per worker)"
+        )
+    elif workers > cores:
+        warning = (
+            f"sweep.workers={workers} is more than the {cores} cores here: the workers take turns "
+            f"on the cores (1 thread each), so the sweep is no faster than with "
+            f"sweep.workers={cores} and holds {workers} workers' memory; pass "
+            f"sweep.workers={cores} or fewer"
+        )
+    return note, warning
 
 
 def handback(timeout_s: float = HANDBACK_TIMEOUT_S) -> int | None:
@@ -451,7 +527,8 @@ def run_local_workers(
     """Start ``n`` (default ``sweep.workers``) worker processes on one study; wait; exit codes.
 
     Processes are spawned (a fresh interpreter each, no forked torch state) and inherit the
-    environment (``LRWD_STORAGE_URL`` included); each gets ``LRWD_WORKER_INDEX`` = its index.
+    environment (``LRWD_STORAGE_URL`` included); each gets ``LRWD_WORKER_INDEX`` = its index and,
+    unless ``train.threads`` is set, ``max(1, cores // n)`` threads (:func:`worker_threads`).
     ``poll()`` (progress) is called every ``poll_s`` seconds while they run. Ctrl-C reaches the
     workers too (same process group): each hands its trials back and exits, and this waits for
     them. After ``timeout_s`` the remaining workers are terminated (SIGTERM; exit code -15).
@@ -460,6 +537,7 @@ def run_local_workers(
     if n < 1:
         raise ConfigError(f"sweep.workers: {n}; pass sweep.workers=<1 or more>")
     cfg_dict = OmegaConf.to_container(hide_url(cfg), resolve=True)
+    cfg_dict["train"]["threads"] = worker_threads(int(cfg.train.threads), n)
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_local_entry, args=(cfg_dict, target, i), name=f"lrwd-worker-{i}")

@@ -31,7 +31,8 @@ This is the only module that uses Optuna's private storage API.
 Training log
 ------------
 With ``LRWD_TRAINING_LOG=<folder>`` set, every worker process appends one JSON line per trial it
-starts to train to ``<folder>/<host>-<pid>.jsonl`` (study, trial number, cell, owner, time).
+starts to train to ``<folder>/<host>-<pid>.jsonl`` (study, trial number, cell, owner, time, and
+the torch thread count the worker trains with).
 :func:`read_training_log` counts trainings per cell: the evidence that a cell was trained once,
 independent of the trial states the storage keeps.
 """
@@ -539,6 +540,8 @@ def log_training(study_name: str, claims: Iterable[Claim]) -> None:
     folder = os.environ.get(TRAINING_LOG_ENV)
     if not folder:
         return
+    import torch
+
     path = Path(folder) / f"{socket.gethostname()}-{os.getpid()}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -549,6 +552,7 @@ def log_training(study_name: str, claims: Iterable[Claim]) -> None:
                 "cell": c.cell,
                 "owner": owner_id(),
                 "time": time.time(),
+                "threads": torch.get_num_threads(),
             }
         )
         for c in claims
