@@ -2,15 +2,19 @@
 
 - :func:`heatmap_figure`: Loshchilov & Hutter (ICLR 2019) Figure 2. One panel per variant, rows =
   optimizer family (SGD, Adam), columns = decay form (l2, loss, decoupled, independent); x =
-  initial lr, y = weight decay, both on their (log-spaced) grid labelled in powers of 2 or 10;
-  one shared colour scale; the ten best cells circled (the best in red); cells where every seed
-  diverged hatched grey, cells where some seed diverged marked with a small x; the valley
-  (best wd per lr) drawn with its least-squares fit; the numbers of :mod:`analysis.metrics` above
-  each panel; the theory's valley through the best cell and the predicted slope in the title,
-  cells that never equilibrated hatched (:mod:`analysis.theory`); optional per-cell error
-  annotations.
+  initial lr, y = weight decay, both on their (log-spaced) grid labelled in powers of 2 or 10,
+  every panel showing the same number of lr and of wd decades. The colour is each cell's regret
+  from its variant's best in points, clipped at a stated number of points (or the error on one
+  shared scale). The ten best cells circled (the best in red); cells where every seed diverged
+  hatched grey, cells where some seed diverged marked with a small x; the valley (best wd per lr)
+  with its least-squares fit over the rows of the fit (rows left out hollow); the numbers of
+  :mod:`analysis.metrics` above each panel; the theory's valley through the best cell over the
+  fitted rows and the predicted slope in the title, cells that never equilibrated hatched
+  (:mod:`analysis.theory`); optional per-cell error annotations.
 - :func:`regret_figure`: expected random-search regret against k trials, in error points and
   normalized by what decay buys, with the seeds as bands (seaborn), and P(near-optimal).
+- :func:`budget_figure`: tuning cost per trial budget (budget.csv), the expected test error at
+  the validation-best of k random cells of each variant's search box, with seed bands (seaborn).
 - :func:`valley_figure`: best wd against lr on log-log axes, one line per variant, with slopes.
 - :func:`angle_figure`: measured against predicted angle per step of the scale-invariant weights
   (:mod:`analysis.theory`), one point per trial.
@@ -33,7 +37,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
-from matplotlib.patches import Circle, Patch, Rectangle
+from matplotlib.patches import Ellipse, Patch, Rectangle
 
 from analysis.load import grid
 from analysis.metrics import MIN_SURFACE_TRIALS, Surface, coupling_fit, valley, valley_fit_rows
@@ -46,6 +50,7 @@ VALLEY_COLOR = "#ff3b30"
 THEORY_COLOR = "#00e5ff"  # the predicted valley through the best cell
 UNEQUILIBRATED_COLOR = (1.0, 1.0, 1.0, 0.55)  # hatch lines: light, the colour stays readable
 UNEQUILIBRATED_HATCH = "\\"
+REGRET_CLIP = 3.0  # points: the top of the regret colour scale
 STYLE = {
     "font.size": 8,
     "axes.titlesize": 8.5,
@@ -184,6 +189,42 @@ def color_range(cells: pd.DataFrame) -> tuple[float, float, bool]:
     return vmin, vmax, clipped
 
 
+def regret_colors(E: np.ndarray, all_diverged: np.ndarray) -> np.ndarray:
+    """``100 * (E - best)``: each cell's regret from the panel's best cell in points of error
+    (nan where E is nan or every seed diverged)."""
+    alive = np.where(all_diverged, np.nan, np.asarray(E, float))
+    if not np.isfinite(alive).any():
+        return alive
+    return 100 * (alive - np.nanmin(alive))
+
+
+def log_step(values: np.ndarray) -> float:
+    """Decades per cell of a log-spaced axis (the mean step over its positive values; 1 when
+    fewer than two)."""
+    pos = np.log10(np.asarray(values, float)[np.asarray(values, float) > 0])
+    return float((pos[-1] - pos[0]) / (len(pos) - 1)) if len(pos) >= 2 and pos[-1] > pos[0] else 1.0
+
+
+def axis_decades(values: np.ndarray) -> float:
+    """Decades an axis of cells spans, edge to edge (cells times the step)."""
+    return len(values) * log_step(values)
+
+
+def panel_box(span: tuple[float, float]) -> float:
+    """Height over width of a heatmap panel showing ``span`` = (lr decades, wd decades): their
+    ratio, kept within 0.75..1.6 so that no panel turns into a strip."""
+    return float(np.clip(span[1] / span[0], 0.75, 1.6)) if span[0] > 0 else 1.0
+
+
+def _span_limits(values: np.ndarray, decades: float) -> tuple[float, float]:
+    """Index limits that show ``decades`` of a log axis (at least the whole grid), centred on
+    the grid."""
+    n = len(values)
+    half = max(decades / log_step(values), n) / 2
+    centre = (n - 1) / 2
+    return centre - half, centre + half
+
+
 def draw_panel(
     ax: plt.Axes,
     cells: pd.DataFrame,
@@ -197,25 +238,47 @@ def draw_panel(
     theory_slope: float = float("nan"),
     unequilibrated: np.ndarray | None = None,
     refined: pd.DataFrame | None = None,
+    *,
+    regret: bool = False,
+    span: tuple[float, float] | None = None,
+    valley_rows: pd.DataFrame | None = None,
+    gain_resolved: bool | None = None,
 ) -> matplotlib.image.AxesImage:
-    """One heatmap panel: x = lr index, y = wd index (square cells), see the module docstring.
+    """One heatmap panel: x = lr index, y = wd index, see the module docstring.
 
     ``theory_slope``: the predicted valley slope (:mod:`analysis.theory`), drawn as a line
-    through the best cell; ``unequilibrated``: a mask like the grid of the cells to hatch
-    (none of their trials reached the equilibrium angle). ``refined``: every cell of a valley
-    tracer (``sweep=valley``; ``cells`` is its coarse grid): the points off the grid are drawn
-    as small squares in the colour of their error, and the valley runs through all of them."""
+    through the best cell over the lr rows of the slope fit (none when ``gain_resolved`` is
+    False or no row is in the fit); ``unequilibrated``: a mask like the grid of the cells to
+    hatch (none of their trials reached the equilibrium angle). ``refined``: every cell of a
+    valley tracer (``sweep=valley``; ``cells`` is its coarse grid): the points off the grid are
+    drawn as small squares in the colour of their error, and the valley runs through all of
+    them. ``regret``: the colour is each cell's regret from the panel's best cell in points
+    (:func:`regret_colors`; ``norm`` in points), else the error itself. ``span``: ``(lr
+    decades, wd decades)`` the axes show, so that every panel of a figure has the same scale
+    per decade (the grid centred in it). ``valley_rows``: the variant's rows of valley.csv
+    (:func:`analysis.metrics.valley` with ``in_fit``); without it the valley is computed here.
+    Rows of the valley left out of the fit are drawn as hollow circles."""
     lrs, wds, E = grid(cells, variant)
     _, _, D = grid(cells, variant, value="diverged")
     D = np.nan_to_num(D)
     all_div = D >= 1
-    shown = np.ma.masked_invalid(np.where(all_div, np.nan, E))
+    C = regret_colors(E, all_div) if regret else np.where(all_div, np.nan, E)
+    shown = np.ma.masked_invalid(C)
     im = ax.imshow(
         shown.T, origin="lower", cmap=cmap, norm=norm, interpolation="nearest", aspect="equal"
     )
     nl, nw = E.shape
     ax.set_xlim(-0.5, nl - 0.5)
     ax.set_ylim(-0.5, nw - 0.5)
+    q = 1.0  # display length of one y cell over one x cell
+    if span is not None:
+        ax.set_aspect("auto")
+        xlim, ylim = _span_limits(lrs, span[0]), _span_limits(wds, span[1])
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        box = panel_box(span)
+        ax.set_box_aspect(box)
+        q = box * (xlim[1] - xlim[0]) / (ylim[1] - ylim[0])
     for i, j in zip(*np.nonzero(all_div)):
         ax.add_patch(
             Rectangle(
@@ -244,25 +307,43 @@ def draw_panel(
     order = np.argsort(flat, kind="stable")[: n_circled(n_ok, n_best)]
     for rank, idx in enumerate(order):
         i, j = np.unravel_index(idx, E.shape)
+        rx = 0.36 * min(1.0, q)  # a circle on screen, inside the cell
         ax.add_patch(
-            Circle(
+            Ellipse(
                 (i, j),
-                0.36,
+                2 * rx,
+                2 * rx / q,
                 fill=False,
                 lw=1.5 if rank == 0 else 0.9,
                 edgecolor=VALLEY_COLOR if rank == 0 else "white",
                 zorder=4,
             )
         )
-    if len(order) and np.isfinite(theory_slope):
-        i, j = np.unravel_index(order[0], E.shape)
-        _theory_line(ax, lrs, wds, i, j, theory_slope)
-    if show_valley:
+    need_valley = show_valley or np.isfinite(theory_slope)
+    v = fit = None
+    if need_valley:
         if refined is not None:  # the valley through every measured point of each row
             fit_args: tuple = (*grid(refined, variant), refine, True)
         else:
             fit_args = (lrs, wds, E, refine)
-        v = valley(*fit_args)
+        if valley_rows is not None:
+            v = valley_rows[valley_rows["variant"] == variant] if "variant" in valley_rows else (
+                valley_rows
+            )  # fmt: skip
+        else:
+            v = valley(*fit_args)
+        fit = valley_fit_rows(v) if len(v) else v
+    if len(order) and np.isfinite(theory_slope) and gain_resolved is not False and len(fit):
+        i, j = np.unravel_index(order[0], E.shape)
+        fit_lrs = fit["lr"].to_numpy(float)
+        if not np.any(np.isclose(fit_lrs, lrs[i])):  # anchor on the fit's best row instead
+            k = int(np.argmin(fit["best_error"].to_numpy(float)))
+            i = int(np.argmin(np.abs(np.log(lrs) - np.log(fit_lrs[k]))))
+            j = int(
+                np.argmin(np.abs(np.log(np.maximum(wds, 1e-300)) - np.log(fit["best_wd"].iloc[k])))
+            )
+        _theory_line(ax, lrs, wds, i, j, theory_slope, lr_range=(fit_lrs.min(), fit_lrs.max()))
+    if show_valley and v is not None:
         pos = wds > 0
         if len(v) and pos.any():
             lw_pos, idx_pos = np.log(wds[pos]), np.nonzero(pos)[0].astype(float)
@@ -272,36 +353,42 @@ def draw_panel(
                 out = np.interp(np.log(np.maximum(w, 1e-300)), lw_pos, idx_pos)
                 return np.where(w > 0, out, 0.0)
 
+            def lr_index(x: np.ndarray) -> np.ndarray:
+                return np.interp(
+                    np.log(np.asarray(x, float)), np.log(lrs), np.arange(nl, dtype=float)
+                )
+
             if refined is not None:
                 mine = refined[refined["variant"] == variant]
                 extra = mine[~mine["weight_decay"].isin(wds)]
+                colours = extra["mean"].to_numpy(float)
+                if regret and len(extra):
+                    alive = np.where(all_div, np.nan, E)
+                    base = np.nanmin(alive) if np.isfinite(alive).any() else 0.0
+                    colours = 100 * (colours - base)
                 ax.scatter(
-                    np.interp(np.log(extra["lr"]), np.log(lrs), np.arange(nl, dtype=float)),
-                    wd_index(extra["weight_decay"]),
-                    c=extra["mean"], cmap=cmap, norm=norm, marker="s", s=7,
+                    lr_index(extra["lr"]), wd_index(extra["weight_decay"]),
+                    c=colours, cmap=cmap, norm=norm, marker="s", s=7,
                     edgecolors="white", linewidths=0.4, zorder=4.5,
                 )  # fmt: skip
             v = v[v["informative"]]
-            xi = np.searchsorted(lrs, v["lr"].to_numpy())
-            ax.plot(xi, wd_index(v["best_wd"]), color=VALLEY_COLOR, lw=1.0, alpha=0.9, zorder=5)
+            ax.plot(lr_index(v["lr"]), wd_index(v["best_wd"]), color=VALLEY_COLOR, lw=1.0,
+                    alpha=0.9, zorder=5)  # fmt: skip
             fit = valley_fit_rows(v)
-            ax.plot(
-                np.searchsorted(lrs, fit["lr"].to_numpy()),
-                wd_index(fit["best_wd"]),
-                ls="none",
-                marker="o",
-                ms=2.2,
-                color=VALLEY_COLOR,
-                zorder=5,
-            )
-            slope, icpt = coupling_fit(*fit_args)
+            ax.plot(lr_index(fit["lr"]), wd_index(fit["best_wd"]), ls="none", marker="o", ms=2.2,
+                    color=VALLEY_COLOR, zorder=5)  # fmt: skip
+            out_rows = v[~v["in_fit"].astype(bool)] if "in_fit" in v else v.iloc[:0]
+            if len(out_rows):  # rows left out of the fit: hollow
+                ax.plot(lr_index(out_rows["lr"]), wd_index(out_rows["best_wd"]), ls="none",
+                        marker="o", ms=3.2, mfc="none", mec=VALLEY_COLOR, mew=0.8,
+                        zorder=5)  # fmt: skip
+            slope, icpt = _fit_line(fit) if valley_rows is not None else coupling_fit(*fit_args)
             if np.isfinite(slope) and len(fit) >= 2:
                 xs = np.linspace(fit["lr"].min(), fit["lr"].max(), 50)
                 ws = np.exp(icpt + slope * np.log(xs))
                 keep = (ws >= wds[pos].min()) & (ws <= wds[pos].max())
-                xidx = np.interp(np.log(xs), np.log(lrs), np.arange(nl, dtype=float))
                 ax.plot(
-                    xidx[keep],
+                    lr_index(xs)[keep],
                     wd_index(ws[keep]),
                     color="white",
                     lw=0.9,
@@ -312,7 +399,7 @@ def draw_panel(
         size = max(3.5, min(6.5, 60 / max(nl, nw)))
         for (i, j), e in np.ndenumerate(E):
             if np.isfinite(e) and not all_div[i, j]:
-                r, g, b, _ = plt.get_cmap(cmap)(norm(e))
+                r, g, b, _ = plt.get_cmap(cmap)(norm(C[i, j]))
                 light = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
                 ax.text(
                     i,
@@ -335,6 +422,20 @@ def draw_panel(
     return im
 
 
+def _fit_line(fit: pd.DataFrame) -> tuple[float, float]:
+    """``(slope, intercept)`` of log best wd on log lr over a valley table's fit rows,
+    weighted by their ``weight`` column when there is one."""
+    fit = fit[fit["best_wd"] > 0]
+    if fit["lr"].nunique() < 2:
+        return float("nan"), float("nan")
+    w = fit["weight"].to_numpy(float) if "weight" in fit else None
+    if w is not None and not (np.isfinite(w).all() and (w > 0).any()):
+        w = None
+    s, c = np.polyfit(np.log(fit["lr"].to_numpy(float)), np.log(fit["best_wd"].to_numpy(float)),
+                      1, w=None if w is None else np.sqrt(w))  # fmt: skip
+    return float(s), float(c)
+
+
 def _log_index(values: np.ndarray):
     """``log value -> fractional cell index`` of a log-spaced axis (positive values only),
     extrapolated linearly beyond its ends; None when fewer than two positive values."""
@@ -355,14 +456,25 @@ def _log_index(values: np.ndarray):
 
 
 def _theory_line(
-    ax: plt.Axes, lrs: np.ndarray, wds: np.ndarray, i: int, j: int, slope: float
+    ax: plt.Axes,
+    lrs: np.ndarray,
+    wds: np.ndarray,
+    i: int,
+    j: int,
+    slope: float,
+    lr_range: tuple[float, float] | None = None,
 ) -> None:
     """The theory's valley ``log wd = log wd* + slope (log lr - log lr*)`` through cell (i, j)
-    across the panel (clipped to it; never into a zero-wd column)."""
+    across the panel, or over ``lr_range`` (the fitted rows) and half a cell beyond (clipped to
+    the panel; never into a zero-wd column)."""
     x_of, y_of = _log_index(lrs), _log_index(wds)
     if x_of is None or y_of is None or wds[j] <= 0:
         return
-    logs = np.linspace(np.log(lrs[0]) - 1.0, np.log(lrs[-1]) + 1.0, 200)
+    lo, hi = np.log(lrs[0]) - 1.0, np.log(lrs[-1]) + 1.0
+    if lr_range is not None:
+        half = 0.5 * np.log(10) * log_step(lrs)
+        lo, hi = np.log(lr_range[0]) - half, np.log(lr_range[1]) + half
+    logs = np.linspace(lo, hi, 200)
     x = x_of(logs)
     y = y_of(np.log(wds[j]) + slope * (logs - np.log(lrs[i])))
     first = np.nonzero(wds > 0)[0][0] - 0.5
@@ -467,8 +579,22 @@ def heatmap_figure(
     refine: bool = True,
     equilibrium: pd.DataFrame | None = None,
     refined: pd.DataFrame | None = None,
+    colour: str = "regret",
+    regret_clip: float = REGRET_CLIP,
+    valleys: pd.DataFrame | None = None,
+    same_span: bool = True,
 ) -> plt.Figure:
     """The Figure-2 grid of heatmaps for every variant in ``cells`` (see the module docstring).
+
+    ``colour="regret"`` colours each cell by its regret from its variant's best cell, in points
+    of error, clipped at ``regret_clip`` points (the colour bar says so), so that a valley one or
+    two points deep is visible; ``colour="error"`` colours by the error on one scale shared by
+    all panels. ``same_span``: every panel shows the same number of lr decades and of wd decades
+    (the widest grid's), so slopes read by eye compare across panels. ``valleys`` (valley.csv:
+    the best wd per lr row with ``in_fit``) draws each panel's valley and fit from the analysis'
+    own rows; without it they are recomputed from the cells. The fit and the theory's line run
+    over the rows of the fit only, the theory's line not at all when the variant's wd gain is
+    not resolved (``wd_gain_lo`` <= 0, else ``wd_gain_resolved`` false in ``metrics``).
 
     ``metrics`` (from :func:`analysis.metrics.metrics_table`) adds the numbers above each panel
     and, with its ``predicted_slope`` column, the theory's valley through the best cell.
@@ -482,17 +608,38 @@ def heatmap_figure(
             f"cells: mix several {'/'.join(mixed)} values; draw each part of "
             "analysis.load.split_groups(trials) on its own"
         )
+    if colour not in ("regret", "error"):
+        raise ValueError(f"colour: {colour!r} is not one of regret, error")
+    if colour == "regret" and not (np.isfinite(regret_clip) and regret_clip > 0):
+        raise ValueError(f"regret_clip: {regret_clip} must be a positive number of points")
     variants = variants or list(dict.fromkeys(cells["variant"]))
     fams, decs = _layout(variants)
-    vmin, vmax, clipped = color_range(cells[cells["variant"].isin(variants)])
-    norm = Normalize(vmin=vmin, vmax=vmax)
+    regret = colour == "regret"
+    if regret:
+        worst = 0.0
+        for v in variants:
+            _, _, E = grid(cells, v)
+            _, _, D = grid(cells, v, value="diverged")
+            R = regret_colors(E, np.nan_to_num(D) >= 1)
+            worst = max(worst, float(np.nanmax(R)) if np.isfinite(R).any() else 0.0)
+        norm = Normalize(vmin=0.0, vmax=regret_clip)
+        clipped = worst > regret_clip
+    else:
+        vmin, vmax, clipped = color_range(cells[cells["variant"].isin(variants)])
+        norm = Normalize(vmin=vmin, vmax=vmax)
     mrows = {} if metrics is None else {r.variant: r for _, r in metrics.iterrows()}
     counts = set(cells.loc[cells["variant"].isin(variants), "count"])
-    shapes = [grid(cells, v)[2].shape for v in variants]
-    nl = max(s[0] for s in shapes)
-    nw = max(s[1] for s in shapes)
+    grids = [grid(cells, v) for v in variants]
+    nl = max(E.shape[0] for _, _, E in grids)
+    nw = max(E.shape[1] for _, _, E in grids)
+    span = None
+    box = nw / nl
+    if same_span:
+        span = (max(axis_decades(lr) for lr, _, _ in grids),
+                max(axis_decades(wd) for _, wd, _ in grids))  # fmt: skip
+        box = panel_box(span)
     panel_w = 2.3
-    panel_h = (panel_w - 0.45) * nw / nl + 1.0
+    panel_h = (panel_w - 0.45) * box + 1.0
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
             len(fams),
@@ -511,7 +658,8 @@ def heatmap_figure(
             any_hatched |= bool(mask is not None and mask.any())
             im = draw_panel(
                 ax, cells, v, norm, cmap, n_best, annotate, refine=refine,
-                theory_slope=predicted, unequilibrated=mask, refined=refined,
+                theory_slope=predicted, unequilibrated=mask, refined=refined, regret=regret,
+                span=span, valley_rows=valleys, gain_resolved=_gain_resolved(m),
             )  # fmt: skip
             numbers = _panel_numbers(mrows.get(v))
             head = variant_title(v) + _theory_text(m) + (f"\n{numbers}" if numbers else "")
@@ -531,13 +679,19 @@ def heatmap_figure(
             cb.ax.yaxis.set_major_locator(
                 matplotlib.ticker.MaxNLocator(nbins=7, steps=[1, 2, 5, 10])
             )
-            cb.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
             if len(counts) == 1:
                 n = counts.pop()
                 seeds = f"mean of {n} seeds" if n > 1 else "one seed"
             else:
                 seeds = "mean of each cell's trials"
-            cb.set_label(f"{metric_label} ({seeds})")
+            if regret:
+                cb.set_label(
+                    f"{metric_label} − the variant's best, points\n"
+                    f"({seeds}; clipped at {regret_clip:g})"
+                )
+            else:
+                cb.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+                cb.set_label(f"{metric_label} ({seeds})")
             cb.ax.tick_params(labelsize=7, length=2)
         counts = {n_circled(int(np.isfinite(grid(cells, v)[2]).sum()), n_best) for v in variants}
         best_label = (
@@ -575,14 +729,32 @@ def heatmap_figure(
                 lw=1.0,
                 label="best wd per lr (valley)",
             ),
-            Line2D([], [], color="#555555", lw=1.0, ls=(0, (3, 2)), label="log-log fit (slope)"),
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="o",
+                mfc="none",
+                mec=VALLEY_COLOR,
+                mew=0.8,
+                ms=3.2,
+                label="row left out of the fit",
+            ),
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                lw=1.0,
+                ls=(0, (3, 2)),
+                label="log-log fit (slope), over the fitted rows",
+            ),
             Patch(facecolor="#e3e3e3", edgecolor="#8a8a8a", hatch="////", lw=0, label="diverged"),
             Line2D([], [], ls="none", marker="x", color="black", ms=4, label="some seeds diverged"),
         ]
         if any_theory:
             handles.append(
                 Line2D([], [], color=THEORY_COLOR, lw=1.2, ls=(0, (1, 1.2)),
-                       label="theory valley (predicted slope) through the best")
+                       label="theory valley (predicted slope) through the best, fitted rows")
             )  # fmt: skip
         if any_hatched:
             handles.append(
@@ -598,6 +770,20 @@ def heatmap_figure(
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _gain_resolved(m: pd.Series | None) -> bool | None:
+    """Whether the variant's wd gain is resolved: its interval's low end above 0
+    (``wd_gain_lo``), else ``wd_gain_resolved``; None when ``metrics`` says neither."""
+    if m is None:
+        return None
+    lo = pd.to_numeric(pd.Series([m.get("wd_gain_lo", np.nan)]), errors="coerce").iloc[0]
+    if np.isfinite(lo):
+        return bool(lo > 0)
+    flag = m.get("wd_gain_resolved", None)
+    if flag is None or (isinstance(flag, float) and not np.isfinite(flag)):
+        return None
+    return str(flag).strip().lower() in ("true", "1", "1.0")
 
 
 def _unequilibrated_mask(
@@ -667,7 +853,9 @@ def regret_figure(
                 )  # fmt: skip
             ax.set_ylabel(ylabel)
             ax.set_ylim(bottom=0)
-        axes[0].set_title("E[best of k] − best" + (" (band: seeds)" if use_seeds else ""))
+        axes[0].set_title(
+            "E[best of k] − best" + (" (band: range of the seeds)" if use_seeds else "")
+        )
         axes[1].set_title("normalized by what decay buys")
         axes[1].axhline(tol, color="#888888", lw=0.6, ls=":")
         near = regret[np.isfinite(regret["p_near_optimal"])]
@@ -694,6 +882,100 @@ def regret_figure(
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
+
+
+BOX_LABELS = {"box": "search box", "half": "box halved"}
+
+
+def budget_figure(
+    budget: pd.DataFrame,
+    metric_label: str = "test error",
+    title: str | None = None,
+    metrics: pd.DataFrame | None = None,
+) -> plt.Figure:
+    """Tuning cost per trial budget (``budget.csv``): the expected test error at the
+    validation-best of k cells drawn at random from each variant's search box, against k; one
+    panel per optimizer family, one seaborn line per variant (colour: decay form), the search
+    box solid and the box halved dashed, the seed-bootstrap interval (``expected_error_lo/hi``)
+    as a band. With ``metrics``, each variant's best error is a thin dotted line and
+    ``trials_to_within_1pt`` is in the legend."""
+    need = {"variant", "box", "k", "expected_error"}
+    if not need <= set(budget.columns):
+        missing = ", ".join(sorted(need - set(budget.columns)))
+        raise ValueError(f"budget: missing column(s) {missing}; pass analysis' budget.csv")
+    data = budget[np.isfinite(pd.to_numeric(budget["expected_error"], errors="coerce"))].copy()
+    if data.empty:
+        raise ValueError("budget: no finite expected_error to draw")
+    data["y"] = 100 * data["expected_error"].astype(float)
+    boxes = list(dict.fromkeys(data["box"].astype(str)))
+    data["box"] = data["box"].astype(str)
+    variants = list(dict.fromkeys(data["variant"]))
+    fams, _ = _layout(variants)
+    palette = {v: _variant_style(v)["color"] for v in variants}
+    dashes = {b: "" if i == 0 else (4, 2) for i, b in enumerate(boxes)}
+    mrows = {} if metrics is None else {r.variant: r for _, r in metrics.iterrows()}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            1, len(fams), figsize=(3.4 * len(fams), 3.2), squeeze=False, layout="constrained",
+            sharey=True,
+        )  # fmt: skip
+        for ax, fam in zip(axes[0], fams):
+            part = data[data["variant"].str.split("/").str[0] == fam]
+            mine = [v for v in variants if v in set(part["variant"])]
+            sns.lineplot(
+                data=part, x="k", y="y", hue="variant", hue_order=mine, palette=palette,
+                style="box", style_order=boxes, dashes=dashes, lw=1.3, errorbar=None, ax=ax,
+                legend=False,
+            )  # fmt: skip
+            if {"expected_error_lo", "expected_error_hi"} <= set(part.columns):
+                for (v, _box), g in part.groupby(["variant", "box"], sort=False):
+                    lo = 100 * pd.to_numeric(g["expected_error_lo"], errors="coerce")
+                    hi = 100 * pd.to_numeric(g["expected_error_hi"], errors="coerce")
+                    ok = np.isfinite(lo.to_numpy(float)) & np.isfinite(hi.to_numpy(float))
+                    if ok.any():
+                        ax.fill_between(
+                            g["k"].to_numpy(float)[ok], lo.to_numpy(float)[ok],
+                            hi.to_numpy(float)[ok], color=palette[v], alpha=0.15, lw=0,
+                        )  # fmt: skip
+            for v in mine:
+                m = mrows.get(v)
+                best = np.nan if m is None else float(m.get("best_error", np.nan))
+                if np.isfinite(best):
+                    ax.axhline(100 * best, color=palette[v], lw=0.6, ls=":", alpha=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("random cells tried (k)")
+            ax.set_ylabel(f"expected {metric_label} at the validation choice (%)")
+            ax.set_title(_family_label(fam))
+            ax.grid(alpha=0.25, lw=0.5)
+            ax.spines[["top", "right"]].set_visible(False)
+        handles = []
+        for v in variants:
+            label = variant_title(v)
+            m = mrows.get(v)
+            k1 = np.nan if m is None else float(m.get("trials_to_within_1pt", np.nan))
+            if m is not None and "trials_to_within_1pt" in m:
+                label += (
+                    f": within 1 pt at k = {int(k1)}" if np.isfinite(k1) else ": never within 1 pt"
+                )
+            handles.append(Line2D([], [], color=palette[v], lw=1.4, label=label))
+        handles += [
+            Line2D([], [], color="#555555", lw=1.2, ls=_dash_style(dashes[b]),
+                   label=BOX_LABELS.get(b, b))
+            for b in boxes
+        ]  # fmt: skip
+        if {"expected_error_lo", "expected_error_hi"} <= set(data.columns):
+            handles.append(Patch(facecolor="#999999", alpha=0.3, label="seed-bootstrap interval"))
+        if mrows:
+            handles.append(Line2D([], [], color="#555555", lw=0.6, ls=":", label="best error"))
+        _legend_below(fig, handles, handlelength=2.2)
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _dash_style(dash: tuple | str) -> tuple | str:
+    """A seaborn dash spec as a matplotlib line style."""
+    return "-" if dash == "" else (0, dash)
 
 
 def _dash(ls: str) -> tuple | str:
