@@ -41,7 +41,9 @@ class OptimizerConfig:
     eps: float = 1e-8  # adam
     amsgrad: bool = False  # adam
     relative: bool = False  # scale decay by each tensor's RMS (Adafactor style)
-    param_groups: str = "all"  # timm | names | scale_invariant | all   (which tensors decay)
+    # which tensors decay: timm | names | scale_invariant | scale_invariant_head |
+    # scale_invariant_head_norm | all
+    param_groups: str = "all"
     no_decay_names: list[str] = field(default_factory=lambda: ["bias", "norm", "bn"])
     wd_schedule: str = "constant"  # constant | linear | cosine | step (multiplies wd)
     normalized: bool = False  # weight_decay is lam_norm: lam = lam_norm*sqrt(b/(B*T))
@@ -149,6 +151,11 @@ class SweepConfig:
     # finer in log wd than the one before (the best wd is resolved to the coarse step^(1/refine^rounds))
     rounds: int = 2
     refine: int = 3
+    # named settings crossed with the variants, each its own studies <study_name>-<arm>-... and
+    # its own experiment <name>-<arm> in results.csv: overrides of the optimizer (not its name
+    # or decay), model, data, schedule and train groups, e.g.
+    # {n2000: {data: {n_train: 2000}}, e80: {train: {epochs: 80}}}. Empty: one setting.
+    arms: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -340,6 +347,48 @@ def _check_ranges(key: str, value: Any, sweep: Any) -> None:
         _range(OmegaConf.merge(sweep[axis], r), f"sweep.ranges.{key}.{axis}")
 
 
+ARM_GROUPS = ("optimizer", "model", "data", "schedule", "train")  # what sweep.arms may set
+
+
+def _check_arms(cfg: Any) -> None:
+    """Each arm of ``sweep.arms``: a plain name, overrides of :data:`ARM_GROUPS` only (not the
+    variant's optimizer.name / decay), and a config that is valid with them applied."""
+    import re
+
+    arms = cfg.sweep.get("arms") or {}
+    for name, over in arms.items():
+        key = f"sweep.arms.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9_.]+", str(name)):
+            raise ConfigError(
+                f"{key}: an arm's name is letters, digits, '_' or '.'; e.g. sweep.arms.n2000"
+            )
+        if not hasattr(over, "keys") or not over.keys():
+            raise ConfigError(f"{key}: give the arm's overrides, e.g. {{data: {{n_train: 2000}}}}")
+        bad = [str(g) for g in over.keys() if g not in ARM_GROUPS]
+        if bad:
+            raise ConfigError(
+                f"{key}.{bad[0]}: an arm sets {', '.join(ARM_GROUPS)} only; "
+                f"move {bad[0]} out of the arm"
+            )
+        opt = over.get("optimizer") or {}
+        for fixed in ("name", "decay"):
+            if fixed in opt:
+                raise ConfigError(
+                    f"{key}.optimizer.{fixed}: the variants set it; list them in sweep.variants"
+                )
+        base = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+        try:
+            merged = OmegaConf.merge(base, {g: over[g] for g in over.keys()})
+        except Exception as exc:  # noqa: BLE001 - an unknown key or wrong type: one line
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{key}: {first}; fix the arm's overrides") from None
+        merged.sweep.arms = {}
+        try:
+            validate(merged)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks that types cannot express. Raises ConfigError (one line) on the first."""
     o = cfg.optimizer
@@ -439,6 +488,7 @@ def validate(cfg: Any) -> None:
         _choice(parts[1], "decay", f"sweep.variants ('{v}') decay")
     for key, value in (s.get("ranges") or {}).items():
         _check_ranges(str(key), value, s)
+    _check_arms(cfg)
     if (model_target or data_target) and list(s.get("models") or []):
         raise ConfigError(
             f"sweep.models: {list(s.models)} crosses built-in models, but model._target_ / "

@@ -10,7 +10,23 @@ from typing import Any
 
 import torch
 
-RULES = ("timm", "names", "scale_invariant", "all")
+RULES = (
+    "timm",
+    "names",
+    "scale_invariant",
+    "scale_invariant_head",
+    "scale_invariant_head_norm",
+    "all",
+)
+# the rules that decay the scale-invariant tensors (and the probe must find them)
+INVARIANT_RULES = ("scale_invariant", "scale_invariant_head", "scale_invariant_head_norm")
+# normalization layers: their gains and shifts are the "norm" tensors
+NORM_TYPES = (
+    torch.nn.modules.batchnorm._NormBase,
+    torch.nn.LayerNorm,
+    torch.nn.GroupNorm,
+    *((torch.nn.RMSNorm,) if hasattr(torch.nn, "RMSNorm") else ()),
+)
 NO_DECAY_NAMES = ("bias", "norm", "bn")  # config default: optimizer.no_decay_names
 SCALE = 2.0  # the factor each tensor is scaled by to test its scale invariance
 INVARIANCE_RTOL = 1e-2  # scaling may change the outputs by this share of a same-size random move
@@ -43,6 +59,37 @@ def _owner_types(model: torch.nn.Module) -> dict[str, str]:
         for p_name, _ in module.named_parameters(recurse=False):
             out[f"{mod_name}.{p_name}" if mod_name else p_name] = type(module).__name__
     return out
+
+
+def norm_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters held by normalization layers (BatchNorm, LayerNorm,
+    GroupNorm, RMSNorm): their gains and shifts."""
+    out = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            for p_name, p in module.named_parameters(recurse=False):
+                if p.requires_grad:
+                    out.append(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return out
+
+
+def head_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters of the model's head: the last module (in registration
+    order, which is the order of the forward pass in the built-in models) that holds trainable
+    parameters of its own and is not a normalization layer, e.g. the classifier ``Linear``.
+    Empty when that module is frozen."""
+    last: list[str] = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            continue
+        own = list(module.named_parameters(recurse=False))
+        if own:
+            last = [
+                f"{mod_name}.{p_name}" if mod_name else p_name
+                for p_name, p in own
+                if p.requires_grad
+            ]
+    return last
 
 
 def _outputs(out: Any) -> torch.Tensor:
@@ -142,6 +189,10 @@ def param_groups(
     - ``rule="scale_invariant"``: it is not scale-invariant (:func:`scale_invariant_names` on
       the input batch ``sample``, or the names ``invariant`` when already known): exactly the
       invariant tensors decay;
+    - ``rule="scale_invariant_head"``: it is neither scale-invariant nor in the head
+      (:func:`head_names`): the invariant tensors and the classifier decay;
+    - ``rule="scale_invariant_head_norm"``: it is neither scale-invariant, nor in the head, nor
+      a normalization layer's gain or shift (:func:`norm_names`);
     - ``rule="all"``: never (everything decays, as in Loshchilov & Hutter's code).
 
     Frozen parameters (``requires_grad=False``) are left out. ``report`` =
@@ -158,11 +209,15 @@ def param_groups(
     skips = _explicit_skips(model) if rule in ("timm", "names") else []
     owners = _owner_types(model) if rule == "names" else {}
     si: set[str] = set()
-    if rule == "scale_invariant":
+    if rule in INVARIANT_RULES:
         if invariant is None and sample is None:
-            raise ValueError("rule='scale_invariant' needs sample=<an input batch of the model>")
+            raise ValueError(f"rule={rule!r} needs sample=<an input batch of the model>")
         found = scale_invariant_names(model, sample) if invariant is None else invariant
         si = set(found)
+        if rule != "scale_invariant":
+            si |= set(head_names(model))
+        if rule == "scale_invariant_head_norm":
+            si |= set(norm_names(model))
     split: dict[str, tuple[list[torch.nn.Parameter], list[str]]] = {
         "decay": ([], []),
         "no_decay": ([], []),
@@ -175,7 +230,7 @@ def param_groups(
             exempt = p.ndim <= 1 or name.endswith(".bias") or explicit
         elif rule == "names":
             exempt = _matches(name, patterns) or _matches(owners[name], patterns) or explicit
-        elif rule == "scale_invariant":
+        elif rule in INVARIANT_RULES:
             exempt = name not in si
         else:
             exempt = False

@@ -1,8 +1,10 @@
 """What a sweep runs: its variants, their grids, one Optuna study each, samplers and pruners.
 
 A *variant* is an optimizer family with a decay form (``adam/independent``), optionally crossed
-with a model (``mlp_bn:adam/l2``). Each variant gets a study named ``<name>-<optimizer>-<decay>``
-(``<name>-<model>-<optimizer>-<decay>`` with ``sweep.models``). Grid sweeps enqueue every
+with a model (``mlp_bn:adam/l2``) and with an arm of ``sweep.arms`` (``n2000:adam/l2``: named
+overrides such as another training-set size). Each variant gets a study named
+``<name>-<optimizer>-<decay>`` (``<name>[-<arm>][-<model>]-<optimizer>-<decay>`` with arms and
+``sweep.models``); an arm's studies record the experiment ``<name>-<arm>``. Grid sweeps enqueue every
 (lr, weight decay, seed) cell; random and TPE sweeps enqueue their budget as slots
 (:mod:`harness.sweep.queue`); the valley tracer enqueues its coarse grid, and its workers the
 refinement rounds (:mod:`harness.sweep.valley`).
@@ -54,6 +56,7 @@ class Variant:
     optimizer: str
     decay: str
     model: str = ""  # set when the run crosses sweep.models with the variants
+    arm: str = ""  # set when the run crosses sweep.arms with the variants
 
     @property
     def key(self) -> str:
@@ -61,8 +64,10 @@ class Variant:
 
     @property
     def label(self) -> str:
-        """``mlp_bn:adam/l2`` when a model is part of the variant, else ``adam/l2``."""
-        return f"{self.model}:{self.key}" if self.model else self.key
+        """``mlp_bn:adam/l2`` when a model is part of the variant, else ``adam/l2``; an arm
+        comes first (``n2000:mlp_bn:adam/l2``)."""
+        label = f"{self.model}:{self.key}" if self.model else self.key
+        return f"{self.arm}:{label}" if self.arm else label
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -79,16 +84,26 @@ def variants(cfg: DictConfig) -> list[Variant]:
     listed = list(cfg.sweep.get("variants") or [])
     base = [Variant.parse(v) for v in listed] or [Variant(cfg.optimizer.name, cfg.optimizer.decay)]
     models = list(cfg.sweep.get("models") or [])
-    if not models:
+    if models:
+        base = [Variant(v.optimizer, v.decay, str(m)) for m in models for v in base]
+    arms = [str(a) for a in (cfg.sweep.get("arms") or {})]
+    if not arms:
         return base
-    return [Variant(v.optimizer, v.decay, str(m)) for m in models for v in base]
+    return [Variant(v.optimizer, v.decay, v.model, a) for a in arms for v in base]
 
 
 def study_name(cfg: DictConfig, variant: Variant) -> str:
     base = cfg.sweep.study_name or cfg.name
+    if variant.arm:
+        base = f"{base}-{variant.arm}"
     if variant.model:
         return f"{base}-{variant.model}-{variant.optimizer}-{variant.decay}"
     return f"{base}-{variant.optimizer}-{variant.decay}"
+
+
+def experiment_name(cfg: DictConfig, variant: Variant) -> str:
+    """The experiment a variant's study records: ``name``, or ``<name>-<arm>`` for an arm."""
+    return f"{cfg.name}-{variant.arm}" if variant.arm else str(cfg.name)
 
 
 def model_group(name: str) -> dict[str, Any]:
@@ -105,7 +120,8 @@ def model_group(name: str) -> dict[str, Any]:
 def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
     """A copy of ``cfg`` for one variant: its optimizer family and decay (family defaults kept
     from cfg); when the variant names a model, that option of ``conf/model/`` (width and depth
-    kept from cfg for the model's BatchNorm twin); ``sweep.ranges`` applied to the grid."""
+    kept from cfg for the model's BatchNorm twin); the variant's arm of ``sweep.arms`` merged
+    over it; ``sweep.ranges`` applied to the grid."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     out.optimizer.name = variant.optimizer
     out.optimizer.decay = variant.decay
@@ -116,6 +132,8 @@ def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
             # mlp <-> mlp_bn, cnn <-> cnn_bn: the same network with and without BatchNorm, so
             # the configured width/depth carry over (model.width=128 applies to both).
             out.model.width, out.model.depth = current["width"], current["depth"]
+    if variant.arm:
+        out = OmegaConf.merge(out, OmegaConf.to_container(out.sweep.arms[variant.arm]))
     ranges = out.sweep.get("ranges") or {}
     specific = f"{variant.optimizer}-{variant.decay}"
     for key in (variant.decay, variant.optimizer, variant.key, specific):  # most specific wins
@@ -233,7 +251,7 @@ def create_study(
             study.set_metric_names([OBJECTIVE])
     grid = merge_grid(name, recorded_grid(study), grid_record(cfg.sweep), extend=extend)
     attrs = {
-        "experiment": cfg.name,
+        "experiment": experiment_name(cfg, variant),
         "optimizer": variant.optimizer,
         "decay": variant.decay,
         "grid": grid,
