@@ -42,6 +42,12 @@ OUT = HERE / "RESULTS.md"
 TEMPLATE = "results_page.md.j2"
 NA = "n/a"
 INDEPENDENT = "independent"  # the paper's form, whose claims the page tests
+SELECTION = {  # metrics.csv's `selection` in words
+    "val": "chosen on validation error, reported on test error",
+    "val+crossfit": "chosen on validation error, reported on test error; the wd gain and "
+    "transfer regret cross-fit (chosen on all seeds but one, scored on the held-out seed)",
+    "test": "chosen and reported on test error",
+}
 
 
 @dataclass(frozen=True)
@@ -233,9 +239,11 @@ def slope_findings(m: pd.DataFrame) -> Findings:
     """The valley slopes against the theory's predictions (module docstring for the rules)."""
     out = Findings()
     models = m["model"].nunique() if "model" in m else 1
-    inside, outside, no_gain, no_gain_iv, unjudged = [], [], [], [], []
+    inside, outside, no_gain, no_gain_iv, unjudged, no_slope = [], [], [], [], [], []
     for _, r in m.iterrows():
         sl = slope_of(r)
+        if finite(sl.predicted) and sl.text == NA and "valley_rows_left_out" in r:
+            no_slope.append(_variant(r, models))
         if not finite(sl.predicted) or sl.text == NA:
             continue
         item = f"{_variant(r, models)} {sl.text} (predicted {signed(sl.predicted)})"
@@ -271,6 +279,12 @@ def slope_findings(m: pd.DataFrame) -> Findings:
         out.open.append(
             "slopes not judged, because the wd gain has no interval here (whether decay buys "
             "more than noise is not known): " + "; ".join(no_gain_iv) + "."
+        )
+    if no_slope:
+        out.open.append(
+            "no slope (fewer than two lr rows whose wd gain is resolved): "
+            + ", ".join(no_slope)
+            + "."
         )
     if unjudged:
         out.open.append("slopes without an interval or a seed range: " + "; ".join(unjudged) + ".")
@@ -394,6 +408,27 @@ def transfer_findings(m: pd.DataFrame) -> Findings:
         out.open.append(
             "transfer regret does not single out the independent form (between the others, or "
             "its interval overlaps theirs): " + "; ".join(_ranking_text(r) for r in middle) + "."
+        )
+    return out
+
+
+def budget_findings(m: pd.DataFrame) -> Findings:
+    """Trials to within one point of the best, per (model, optimizer): a reading without an
+    interval, so it is reported, not judged."""
+    out = Findings()
+    if "trials_to_within_1pt" not in m:
+        return out
+    parts = []
+    for label, g in _groups(m):
+        items = []
+        for _, r in g.iterrows():
+            k = num(r, "trials_to_within_1pt")
+            items.append(f"{r['decay']} {int(k) if finite(k) else 'never'}")
+        parts.append(f"{label}: " + ", ".join(items))
+    if parts:
+        out.open.append(
+            "random cells of the search box needed to expect the validation choice within one "
+            "point of the best (no interval, so not ranked): " + "; ".join(parts) + "."
         )
     return out
 
@@ -645,7 +680,6 @@ class Section:
 def _metric_row(r: Any) -> dict:
     sl = slope_of(r)
     state = gain_state(r)
-    within = num(r, "trials_to_within_1pt")
     return {
         "variant": r["variant"],
         "best": with_interval(r, "best_error", pct)
@@ -661,15 +695,25 @@ def _metric_row(r: Any) -> dict:
         "slope": sl.text,
         "predicted": signed(sl.predicted),
         "transfer": regret_text(r),
-        "within": (f"{int(within)}" if finite(within) else NA) if "trials_to_within_1pt" in r
-        else NA,
+        "within": _trials(r),
     }  # fmt: skip
+
+
+def _trials(r: Any) -> str:
+    """``trials_to_within_1pt`` (``never`` when nan), and ``/ half box`` when known."""
+    if "trials_to_within_1pt" not in r:
+        return NA
+    k, h = num(r, "trials_to_within_1pt"), num(r, "trials_to_within_1pt_half")
+    text = f"{int(k)}" if finite(k) else "never"
+    if "trials_to_within_1pt_half" in r:
+        text += f" / {int(h) if finite(h) else 'never'}"
+    return text
 
 
 def _selection(m: pd.DataFrame) -> str:
     if "selection" in m and m["selection"].notna().any():
         values = sorted(set(m["selection"].dropna().astype(str)))
-        return f"`selection` = {', '.join(values)} (metrics.csv)"
+        return "; ".join(SELECTION.get(v, f"`selection` = {v}") for v in values)
     metric = sorted(set(m["metric"].astype(str))) if "metric" in m else []
     return (
         f"chosen and reported on {', '.join(metric) or 'one metric'} "
@@ -772,6 +816,16 @@ def load_section(gallery: Path, regime: Regime, band: float) -> Section:
         run.get("command") or f"python -m harness.sweep experiment={regime.experiment}"
     )
     sec.selection = _selection(metrics)
+    for col, what in (
+        ("noise_model", "Noise floor"),
+        ("interval", "Intervals"),
+        ("budget_box", "Search box of the tuning cost"),
+    ):
+        if col in metrics and metrics[col].notna().any():
+            values = list(dict.fromkeys(metrics[col].dropna().astype(str)))
+            if col == "budget_box" and len(values) > 1:
+                values = [f"{v}: {b}" for v, b in zip(metrics["variant"], metrics[col])]
+            sec.facts.append(f"{what}: {'; '.join(values)}.")
     seeds = pd.to_numeric(metrics.get("n_seeds"), errors="coerce")
     sec.seeds = int(seeds.max()) if seeds is not None and seeds.notna().any() else 0
     sec.seeds_text = plural(sec.seeds, "seed")
@@ -802,6 +856,7 @@ def load_section(gallery: Path, regime: Regime, band: float) -> Section:
         slope_findings(metrics),
         gain_findings(metrics),
         transfer_findings(metrics),
+        budget_findings(metrics),
         best_error_findings(metrics),
     ):
         findings.extend(part_findings)
