@@ -117,35 +117,20 @@ class Prediction:
 
 
 def prediction(optimizer: str, decay: str) -> Prediction:
-    """The theory of ``optimizer/decay`` (table in the module docstring).
-
-    The decay form's update mode comes from the registry, so ``loss`` is read as ``l2``.
-    """
-    form = registry.decay_forms().get(decay)
-    mode = form.mode if form is not None else ""
-    nan = float("nan")
-    if optimizer not in ("sgd", "adam") or not mode:
-        what = f"optimizer={optimizer}" if mode else f"decay={decay}"
-        return Prediction(optimizer, decay, "", nan, mode, f"{what}: no scale-invariance theory")
-    if mode == "independent":
-        return Prediction(optimizer, decay, "lam", 0.0, mode)
-    if mode == "decoupled":
-        return Prediction(optimizer, decay, "a*lam", -1.0, mode)
-    if optimizer == "sgd":
-        return Prediction(optimizer, decay, "a*lam", -1.0, mode)
-    return Prediction(
-        optimizer,
-        decay,
-        "a^2*lam",
-        -2.0,
-        mode,
-        "Adam with coupled decay: lam*w is divided by sqrt(v), so the shrink depends on the "
-        "gradient's size",
-    )
+    """The theory of ``optimizer/decay`` (table in the module docstring), as the decay form's
+    registry entry states it. An unknown decay form raises ``KeyError`` (one line naming the
+    forms); an optimizer the form has no theory for gets none (``reason`` says so)."""
+    form = registry.decay(decay)
+    valley = form.valley(optimizer)
+    if valley is None:
+        reason = f"optimizer={optimizer}: no scale-invariance theory"
+        return Prediction(optimizer, decay, "", float("nan"), form.mode, reason)
+    return Prediction(optimizer, decay, valley.invariant, valley.slope, form.mode, valley.reason)
 
 
 def _damping(optimizer: str, momentum: Any, beta1: Any) -> Any:
-    return np.asarray(momentum if optimizer == "sgd" else beta1, float)
+    family = registry.OPTIMIZERS.get(optimizer)
+    return np.asarray(momentum if family is None else family.damping_of(momentum, beta1), float)
 
 
 def radial_shrink(
@@ -158,16 +143,13 @@ def radial_shrink(
     beta1: Any = DEFAULT_BETA1,
 ) -> np.ndarray:
     """``s_r``: the fraction the weight norm shrinks per step far from equilibrium
-    (module docstring); nan where the angle is not predicted. Arrays broadcast."""
+    (module docstring; the decay form's ``radial_shrink``); nan where the angle is not
+    predicted. Arrays broadcast."""
     p = prediction(optimizer, decay)
     a, lam, eta = (np.asarray(x, float) for x in (lr, weight_decay, eta))
     if not p.predicts_angle:
         return np.full(np.broadcast(a, lam, eta).shape, np.nan)
-    if p.mode == "independent":
-        return eta * lam + 0.0 * a
-    if p.mode == "decoupled":
-        return a * eta * lam
-    return a * eta * lam / (1.0 - _damping(optimizer, momentum, beta1))
+    return registry.decay(decay).radial_shrink(a, eta, lam, _damping(optimizer, momentum, beta1))
 
 
 def equilibrium_angle(
@@ -184,7 +166,7 @@ def equilibrium_angle(
     (the table of the module docstring); nan where not predicted."""
     m = _damping(optimizer, momentum, beta1)
     s = radial_shrink(optimizer, decay, lr, weight_decay, eta, momentum, beta1)
-    return np.sqrt(2.0 * s * (1.0 - m) / (1.0 + m))
+    return registry.DecayForm.equilibrium_angle(s, m)
 
 
 def relaxation_steps(

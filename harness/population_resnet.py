@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import BasicBlock, ResNet
-from harness.population import member_batch_norm
+from harness.population_kernels import member_batch_norm
 
 
 def _conv(pop: Any, name: str, module: nn.Conv2d, h: torch.Tensor, shared: bool) -> torch.Tensor:

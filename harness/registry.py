@@ -34,8 +34,30 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Valley:
+    """What scale invariance predicts for one (family, decay form): the combination of base lr
+    ``a`` and weight decay ``lam`` the error depends on, the valley's slope
+    ``d log lam* / d log a``, and why the equilibrium angle is not predicted ("" when it is)."""
+
+    invariant: str  # "a*lam", "lam", "a^2*lam"
+    slope: float
+    reason: str = ""
+
+
+_ADAM_COUPLED = (
+    "Adam with coupled decay: lam*w is divided by sqrt(v), so the shrink depends on the "
+    "gradient's size"
+)
+_SLOPE_LR = {"sgd": Valley("a*lam", -1.0), "adam": Valley("a*lam", -1.0)}
+_SLOPE_COUPLED = {"sgd": Valley("a*lam", -1.0), "adam": Valley("a^2*lam", -2.0, _ADAM_COUPLED)}
+_SLOPE_ETA = {"sgd": Valley("lam", 0.0), "adam": Valley("lam", 0.0)}
+
+
+@dataclass(frozen=True)
 class DecayForm:
-    """One value of ``optimizer.decay``."""
+    """One value of ``optimizer.decay``: where the decay enters, the update rule it runs, its
+    per-step shrink and what scale invariance predicts for it (its valley per optimizer family
+    and the radial shrink that sets the equilibrium angle)."""
 
     name: str
     label: str  # figure titles and legends
@@ -43,27 +65,82 @@ class DecayForm:
     update: str  # the formula
     mode: str  # the harness.optim decay mode its update rule runs (one of DECAY_MODES)
     penalty: bool = False  # wd/2*||w||^2 is added to the loss; the optimizer runs with no decay
-    shrink: str = "lr"  # per-step shrink of the weights: "lr" (lr_t*wd) or "eta" (eta_t*wd)
+    # the theory per optimizer family (a family missing here has no scale-invariance theory)
+    valleys: Mapping[str, Valley] = field(default_factory=dict)
 
     @property
     def decoupled(self) -> bool:
         """The decay acts on the weights, apart from the gradient (SGDW / AdamW)."""
         return self.enters == "weights"
 
+    @property
+    def shrink(self) -> str:
+        """What the per-step shrink scales with: ``"lr"`` (lr_t*wd) or ``"eta"`` (eta_t*wd), as
+        the update rule of :attr:`mode` records it."""
+        from harness.optim.functional import SHRINK_BY
+
+        return SHRINK_BY[self.mode]
+
+    def step_shrink(self, lr_t: Any, eta: Any, weight_decay: Any) -> Any:
+        """The per-step shrink ``harness.optim`` records for this form: ``eta_t*wd`` or
+        ``lr_t*wd`` (a loss penalty's gradient ``wd*w`` shrinks like the mode it runs)."""
+        return (eta if self.shrink == "eta" else lr_t) * weight_decay
+
+    def valley(self, family: str) -> Valley | None:
+        """The prediction for this form under the optimizer ``family`` (None: no theory)."""
+        return self.valleys.get(family)
+
+    def radial_shrink(self, lr: Any, eta: Any, weight_decay: Any, damping: Any) -> Any:
+        """``s_r``, the fraction the norm of scale-invariant weights shrinks per step far from
+        equilibrium, at base lr ``a``, schedule multiplier ``eta`` and ``lam``: the per-step
+        shrink, divided by ``1 - damping`` (momentum or beta1) where the decay passes through
+        the optimizer's momentum (coupled forms). Numbers or arrays."""
+        s = self.step_shrink(lr * eta, eta, weight_decay)
+        if self.shrink == "eta":
+            s = s + 0.0 * lr  # the shape of every argument
+        return s if self.decoupled else s / (1.0 - damping)
+
+    @staticmethod
+    def equilibrium_angle(radial: Any, damping: Any) -> Any:
+        """The angular update per step at equilibrium, ``sqrt(2 s_r (1 - m) / (1 + m))``."""
+        import numpy as np
+
+        return np.sqrt(2.0 * radial * (1.0 - damping) / (1.0 + damping))
+
 
 _DECAY_FORMS = (
     DecayForm(
-        "l2", "coupled L2", "gradient", "g += wd*w before momentum / Adam moments", mode="l2"
+        "l2",
+        "coupled L2",
+        "gradient",
+        "g += wd*w before momentum / Adam moments",
+        mode="l2",
+        valleys=_SLOPE_COUPLED,
     ),
-    DecayForm("loss", "L2 in the loss", "loss", "loss += wd/2*||w||^2", mode="l2", penalty=True),
-    DecayForm("decoupled", "decoupled, lr·wd", "weights", "w *= 1 - lr_t*wd", mode="decoupled"),
+    DecayForm(
+        "loss",
+        "L2 in the loss",
+        "loss",
+        "loss += wd/2*||w||^2",
+        mode="l2",
+        penalty=True,
+        valleys=_SLOPE_COUPLED,
+    ),
+    DecayForm(
+        "decoupled",
+        "decoupled, lr·wd",
+        "weights",
+        "w *= 1 - lr_t*wd",
+        mode="decoupled",
+        valleys=_SLOPE_LR,
+    ),
     DecayForm(
         "independent",
         "independent, η·wd",
         "weights",
         "w *= 1 - eta_t*wd, eta_t = lr_t/lr_0",
         mode="independent",
-        shrink="eta",
+        valleys=_SLOPE_ETA,
     ),
 )
 
@@ -87,22 +164,62 @@ def decay_forms() -> Mapping[str, DecayForm]:
     return MappingProxyType({f.name: f for f in ordered})
 
 
+def _floats(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
 @dataclass(frozen=True)
 class OptimizerFamily:
-    """One value of ``optimizer.name``: the update rule of ``harness.optim`` it runs."""
+    """One value of ``optimizer.name``: the ``torch.optim.Optimizer`` of ``harness.optim`` it
+    builds, the ``optimizer.*`` fields only it reads (with their types), and its batched update
+    for population training."""
 
     name: str
     label: str  # figure titles; a decoupled decay form appends "W" (SGDW, AdamW)
     optimizer: str  # "module:attribute" of its torch.optim.Optimizer class
-    options: tuple[str, ...]  # the optimizer.* fields only this family reads
-    population: bool = True  # population training has its update (harness.population)
+    options: Mapping[str, Callable[[Any], Any]]  # optimizer.* field -> its type
+    damping: str  # the option that damps the update: the theory's "momentum" or "beta1"
+    # "module:attribute" of its batched update for population training (None: populations
+    # train it sequentially), a class like harness.population_step.SGDUpdate
+    batched: str | None = None
+
+    @property
+    def population(self) -> bool:
+        """Population training has its update."""
+        return self.batched is not None
+
+    def build(self, groups: Any, o: Any, decay: str) -> Any:
+        """The optimizer over param ``groups`` for the ``optimizer`` config ``o``, running the
+        ``harness.optim`` decay mode ``decay``."""
+        kwargs = {k: convert(o[k]) for k, convert in self.options.items()}
+        return resolve(self.optimizer)(
+            groups, lr=float(o.lr), decay=decay, relative=bool(o.relative), **kwargs
+        )
+
+    def damping_of(self, momentum: Any, beta1: Any) -> Any:
+        """Momentum for a family damped by momentum, beta1 for one damped by beta1."""
+        return momentum if self.damping == "momentum" else beta1
 
 
 OPTIMIZERS: dict[str, OptimizerFamily] = {
     f.name: f
     for f in (
-        OptimizerFamily("sgd", "SGD", "harness.optim:SGD", ("momentum", "dampening", "nesterov")),
-        OptimizerFamily("adam", "Adam", "harness.optim:Adam", ("betas", "eps", "amsgrad")),
+        OptimizerFamily(
+            "sgd",
+            "SGD",
+            "harness.optim:SGD",
+            {"momentum": float, "dampening": float, "nesterov": bool},
+            damping="momentum",
+            batched="harness.population_step:SGDUpdate",
+        ),
+        OptimizerFamily(
+            "adam",
+            "Adam",
+            "harness.optim:Adam",
+            {"betas": _floats, "eps": float, "amsgrad": bool},
+            damping="beta1",
+            batched="harness.population_step:AdamUpdate",
+        ),
     )
 }
 

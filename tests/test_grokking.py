@@ -12,10 +12,11 @@ from torch.func import functional_call, stack_module_state, vmap
 from harness import registry
 from harness.config import ConfigError, compose_config, validate
 from harness.data import DataError, load_data
+from harness.loop import first_at_target
 from harness.models import build_model
 from harness.optim import param_groups
 from harness.sweep import plan
-from harness.train import build_optimizer, error_rate, first_at_target, run_trial
+from harness.train import build_optimizer, error_rate, run_trial
 from harness.workloads.modular import load_modular, pairs
 from harness.workloads.transformer import build_transformer
 

@@ -326,7 +326,7 @@ def test_compiled_step_equals_sequential_trials():
 def test_failed_compilation_runs_eagerly_and_says_so(monkeypatch):
     """When torch.compile fails the step runs eagerly (same results), with a RuntimeWarning
     and a log line naming the failure; later populations in the process run eagerly too."""
-    import harness.population as hp
+    import harness.population_step as hp
 
     def broken(fn, **kwargs):
         def call(*args):
@@ -485,7 +485,7 @@ def test_bench_population_tiny_run_uses_the_model_groups_sizes(capsys):
 )
 def test_bench_population_refuses_bad_options_in_one_line(argv, option, capsys):
     """A bad option is one line naming it and what it takes, exit 2, before anything runs
-    (an unknown variant used to run silently as eager)."""
+    (an unknown variant is refused, not run as eager)."""
     from harness.bench.population import main
 
     with pytest.raises(SystemExit) as exc:
@@ -499,7 +499,7 @@ def test_bench_population_refuses_bad_options_in_one_line(argv, option, capsys):
 def test_auto_population_size_is_capped_by_free_memory(monkeypatch):
     """``sweep.population=auto``: 32 on a CPU while memory is plentiful; capped at
     MEMORY_FRACTION of the free memory over the estimated bytes per member; never below 1."""
-    import harness.population as hp
+    import harness.population_plan as hp
 
     cfg = compose_config(["model=cnn", "model.width=32", "tracking=disabled", "train.device=cpu"])
     per = hp.member_bytes(cfg)

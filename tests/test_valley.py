@@ -15,12 +15,12 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.config import ConfigError, compose_config
+from harness.loop import training_starts
 from harness.results import TrialResult
 from harness.storage import open_storage
 from harness.sweep import plan, valley
 from harness.sweep import queue as wq
 from harness.sweep import worker as sweep_worker
-from harness.train import training_starts
 from tests.test_sweep import TINY, load, run_sweep
 
 # --------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ import torch
 from harness.bench.population import model_overrides
 from harness.config import compose_config
 from harness.instruments import Instruments
+from harness.loop import probe_batch, set_up
 from harness.optim.groups import scale_invariant_names
 from harness.population import train_population
-from harness.train import probe_batch, run_trial, set_up
+from harness.train import run_trial
 
 
 def _cfg(model: str, steps: int, instruments: bool, threads: int) -> object:

@@ -30,9 +30,10 @@ import torch
 
 from harness import registry
 from harness.config import compose_config
+from harness.loop import resolve_device
 from harness.population import train_population
 from harness.sweep.plan import model_group
-from harness.train import resolve_device, run_trial
+from harness.train import run_trial
 
 
 def model_overrides(model: str) -> list[str]:

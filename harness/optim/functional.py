@@ -41,6 +41,7 @@ Step = Union[int, float, Sequence[float]]  # noqa: UP007
 __all__ = [
     "DECAY_MODES",
     "RELATIVE_EPS",
+    "SHRINK_BY",
     "FlatList",
     "Hyper",
     "adam_step",
@@ -48,6 +49,7 @@ __all__ = [
     "decay_factor",
     "relative_scale",
     "sgd_step",
+    "step_shrink",
 ]
 
 
@@ -128,16 +130,28 @@ def _mul(a: Hyper, b: Hyper) -> Hyper:
     return torch._foreach_mul(a, b)
 
 
+# per decay mode, what its per-step shrink scales with: "lr" (lr_t * wd) or "eta" (eta_t * wd)
+SHRINK_BY = {"l2": "lr", "decoupled": "lr", "independent": "eta"}
+
+
+def step_shrink(lr: Hyper, weight_decay: Hyper, eta: Hyper, decay: str) -> Hyper:
+    """The per-step shrink a mode records (``group["shrink"]``): ``eta * wd`` for
+    ``"independent"``, ``lr * wd`` for the others (``"l2"``: the size of the gradient term
+    ``lr * wd * w`` before the optimizer's own scaling)."""
+    _check_decay(decay)
+    return _mul(eta if SHRINK_BY[decay] == "eta" else lr, weight_decay)
+
+
 def decay_factor(lr: Hyper, weight_decay: Hyper, eta: Hyper, decay: str) -> Hyper | None:
-    """The base shrink ``s`` of ``w <- w * (1 - s)``: ``lr * wd`` for ``"decoupled"``,
-    ``eta * wd`` for ``"independent"``; None for ``"l2"`` (it acts on the gradient).
+    """The base shrink ``s`` of ``w <- w * (1 - s)``: :func:`step_shrink` for ``"decoupled"``
+    and ``"independent"``; None for ``"l2"`` (it acts on the gradient).
 
     With relative decay each tensor's shrink is ``s * max(rms(w), 1e-3)``.
     """
     _check_decay(decay)
     if decay == "l2":
         return None
-    return _mul(eta if decay == "independent" else lr, weight_decay)
+    return step_shrink(lr, weight_decay, eta, decay)
 
 
 def _check_decay(decay: str) -> None:

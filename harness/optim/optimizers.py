@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness.optim.functional import DECAY_MODES, FlatList, adam_step, sgd_step
+from harness.optim.functional import DECAY_MODES, FlatList, adam_step, sgd_step, step_shrink
 
 _ALLOWED_DECAY = ", ".join(DECAY_MODES)
 
@@ -235,7 +235,7 @@ class _DecayOptimizer(torch.optim.Optimizer):
                 else:
                     present = None
                 self._update(group, b, grads, present, hyper)
-            group["shrink"] = (eta if decay == "independent" else lr) * wd
+            group["shrink"] = step_shrink(lr, wd, eta, decay)
         return loss
 
     def _update(self, group, b, grads, present, hyper) -> None:

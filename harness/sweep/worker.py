@@ -178,27 +178,11 @@ def population_size(cfg: DictConfig) -> int:
 
 
 def _train_fn(p: int):
-    if p > 1:
-        from harness.population import run_population
+    """How claimed cells train: as populations (``p > 1``) or one trial at a time; each
+    returns one result or exception per cell."""
+    from harness.population import run_population, run_sequential
 
-        def population(cfgs, reports):
-            return run_population(cfgs, reports)
-
-        return population
-    from harness.train import run_trial
-
-    def sequential(cfgs, reports):
-        out = []
-        for c, r in zip(cfgs, reports):
-            try:
-                out.append(run_trial(c, report=r))
-            except (Preempted, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # noqa: BLE001 - recorded on the trial
-                out.append(exc)
-        return out
-
-    return sequential
+    return run_population if p > 1 else run_sequential
 
 
 def run_worker(
