@@ -107,7 +107,7 @@ def signed(x: float, digits: int = 2) -> str:
 
 
 def sci(x: float) -> str:
-    """A grid value: ``0.1``, ``3.6e-3``, ``1e+05``."""
+    """A grid value: ``0.1``, ``3.6e-3``, ``1e5``."""
     if not finite(x):
         return NA
     if x == 0:
@@ -932,6 +932,64 @@ def load_grokking(gallery: Path, sec: Section) -> None:
     sec.findings.extend(f)
 
 
+def true_slope(variant: str, lrs: np.ndarray, wd_range: tuple[float, float]) -> float:
+    """The valley slope of :mod:`analysis.synthetic`'s noise-free surface over ``lrs`` and
+    ``wd_range``: the best wd of each lr on a fine log grid, fitted log-log over the rows whose
+    best lies inside the range and did not diverge."""
+    from analysis.synthetic import surface
+
+    opt, _, dec = variant.partition("/")
+    wds = np.geomspace(wd_range[0], wd_range[1], 4001)
+    pts_ = []
+    for lr in lrs:
+        err, div = surface(opt, dec, np.full_like(wds, lr), wds)
+        err = np.where(div, np.inf, err)
+        j = int(np.argmin(err))
+        if np.isfinite(err[j]) and 0 < j < len(wds) - 1:
+            pts_.append((np.log(lr), np.log(wds[j])))
+    if len(pts_) < 2:
+        return float("nan")
+    x, y = np.array(pts_).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+@dataclass
+class SyntheticRow:
+    variant: str
+    slope: str
+    true: str
+    verdict: str
+    inside: bool
+
+
+def load_synthetic(gallery: Path) -> list[SyntheticRow]:
+    """The synthetic gallery: each variant's measured slope against the generator's."""
+    root = gallery / "synthetic"
+    m, cells = _read(root / "metrics.csv"), _read(root / "cells.csv")
+    if m is None or cells is None:
+        return []
+    out = []
+    for _, r in m.iterrows():
+        g = cells[cells["variant"] == r["variant"]]
+        if g.empty:
+            continue
+        truth = true_slope(
+            str(r["variant"]),
+            np.sort(g["lr"].unique()),
+            (float(g["weight_decay"].min()), float(g["weight_decay"].max())),
+        )
+        sl = slope_of({**r.to_dict(), "predicted_slope": truth})
+        if sl.agrees is None:
+            verdict = "no interval"
+        else:
+            where = "inside" if sl.agrees else "outside"
+            verdict = f"{where} the {sl.basis}"
+        out.append(
+            SyntheticRow(str(r["variant"]), sl.text, signed(truth), verdict, sl.agrees is True)
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The page
 
@@ -966,6 +1024,7 @@ def build(gallery: Path = GALLERY) -> dict:
             load_grokking(gallery, sec)
         sections.append(sec)
     return {
+        "synthetic": load_synthetic(gallery),
         "sections": sections,
         "by_key": {s.regime.key: s for s in sections},
         "theory": theory_table(),
