@@ -46,7 +46,9 @@ class SourceError(ValueError):
 
 def _mask(url: str) -> str:
     """``scheme://user:password@host`` -> ``scheme://user:***@host`` (errors never leak it)."""
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
+    from harness.secrets import mask_secrets
+
+    return mask_secrets(url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +84,7 @@ def _open_storage(spec: str):
             path = spec[len("sqlite:///") :]
             if path and path != ":memory:" and not Path(path).is_file():
                 raise SourceError(f"{spec}: no such SQLite file; check the path after sqlite:///")
-        from harness.config import ConfigError
+        from harness.errors import ConfigError
         from harness.storage import with_driver
 
         try:

@@ -1,6 +1,6 @@
 """W&B runs -> a results frame with the ``results.csv`` columns (for W&B exports).
 
-``runs_to_frame`` reads the runs that :class:`harness.tracking.Tracker` writes: their config
+``runs_to_frame`` reads the runs that the harness's W&B tracker writes: their config
 (flattened, dotted keys), job type, group, state and summary.
 """
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.results import RESULT_KEYS, RESULTS_COLUMNS
-from harness.tracking import ANALYSIS_JOB_TYPE, flatten_config
+from harness.results import ANALYSIS_JOB_TYPE, RESULT_KEYS, RESULTS_COLUMNS, flatten_config
 
 _INTERNAL = ("_wandb", "wandb_version")
 

@@ -17,15 +17,12 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 
 from harness import registry
+from harness.errors import ConfigError
 
 # ModelConfig and DataConfig subclass dict so that a user's ``_target_`` can take its own keys;
 # OmegaConf supports that but warns about it on every structured merge
 _DICT_WARNING = r"Class `(ModelConfig|DataConfig)` subclasses `Dict`"
 warnings.filterwarnings("ignore", message=_DICT_WARNING, category=UserWarning)
-
-
-class ConfigError(ValueError):
-    """A bad config value. The message is one line: ``field: problem; fix``."""
 
 
 @dataclass

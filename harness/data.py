@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from harness import registry
-from harness.config import ConfigError
+from harness.errors import ConfigError
 
 
 class DataError(ConfigError):

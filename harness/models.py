@@ -180,7 +180,8 @@ def model_spec(cfg: Any) -> registry.ModelSpec:
     :data:`harness.registry.MODELS`, or for ``model._target_=mypkg.nets.Net`` an entry made from
     the target, whose constructor arguments are the model group's own keys (those that are no
     field of :class:`harness.config.ModelConfig`). Raises ConfigError naming the key."""
-    from harness.config import ConfigError, user_keys
+    from harness.config import user_keys
+    from harness.errors import ConfigError
 
     target = str(cfg.get("_target_") or "")
     if not target:
@@ -204,7 +205,7 @@ def model_spec(cfg: Any) -> registry.ModelSpec:
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The configured model (:func:`model_spec`: a name of :data:`harness.registry.MODELS` or a
     ``model._target_``) for inputs of ``input_shape`` (without the batch dimension)."""
-    from harness.config import ConfigError
+    from harness.errors import ConfigError
 
     spec = model_spec(cfg)
     name = spec.name
@@ -251,7 +252,7 @@ def _harness_fields(cfg: Any) -> list[str]:
 def loss_function(cfg: Any) -> Any:
     """``train.loss``: a user's ``loss(logits, targets) -> scalar`` (the batch mean) named by
     its dotted path, or None for the default cross-entropy. Raises ConfigError naming the key."""
-    from harness.config import ConfigError
+    from harness.errors import ConfigError
 
     path = str(cfg.train.get("loss", "") or "")
     if not path:
@@ -272,8 +273,8 @@ def check_workload(cfg: Any) -> None:
     (model or data) or ``train.loss``, the model builds from the data's input shape and class
     count, maps the first training batch to ``[batch, classes]`` logits and the loss takes them.
     Raises ConfigError (one line naming the key and the fix)."""
-    from harness.config import ConfigError
     from harness.data import check_data, load_data
+    from harness.errors import ConfigError
 
     check_data(cfg.data)
     user = bool(cfg.model.get("_target_") or cfg.data.get("_target_") or cfg.train.get("loss"))

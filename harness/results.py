@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,42 @@ def layer_attrs(result: Any) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------------
+# How a trial's config is stored beside its result (W&B run configs, read back by the analysis)
+
+ANALYSIS_JOB_TYPE = "analysis"  # the W&B job type of a sweep's analysis run (figures, tables)
+
+
+def plain_value(value: Any) -> Any:
+    """JSON-friendly: OmegaConf containers -> dict/list, tensors/numpy scalars -> Python."""
+    if hasattr(value, "_metadata") and hasattr(value, "_get_node"):  # DictConfig / ListConfig
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    if hasattr(value, "item") and tuple(getattr(value, "shape", (0,))) == ():
+        return value.item()  # 0-d tensor / numpy scalar
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def flatten_config(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> one level with dotted keys (``{"optimizer": {"lr": 1}}`` ->
+    ``{"optimizer.lr": 1}``); lists and tuples become lists; DictConfigs are resolved first."""
+    config = plain_value(config)
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        value = plain_value(value)
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_config(value, name + "."))
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+        else:
+            out[name] = value
+    return out
+
+
 def with_layers(result: TrialResult, layers: dict[str, Any] | None, diverged: bool) -> TrialResult:
     """``result`` carrying the per-layer summary ``layers`` (angles and norms NaN for a trial
     that diverged)."""
@@ -163,7 +199,6 @@ def trial_row(
     params) and its stored result keys. ``fallback(key)`` names the experiment, model or data
     when the study's attrs do not (e.g. from the trial's stored config)."""
     ua = t.user_attrs
-    fixed = t.system_attrs.get("fixed_params") or {}
 
     def who(key: str, missing: Callable[[Any], bool]) -> str:
         value = study_attrs.get(key)
@@ -179,9 +214,9 @@ def trial_row(
         "model": who("model", lambda v: not v),
         "data": who("data", lambda v: not v),
         "trial": t.number,
-        "lr": t.params.get("lr", fixed.get("lr")),
-        "weight_decay": t.params.get("weight_decay", fixed.get("weight_decay")),
-        "seed": t.params.get("seed", fixed.get("seed")),
+        "lr": t.params.get("lr"),
+        "weight_decay": t.params.get("weight_decay"),
+        "seed": t.params.get("seed"),
         "state": t.state.name,
         "round": ua.get("round"),
     }

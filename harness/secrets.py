@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 
 STORAGE_URL_ENV = "LRWD_STORAGE_URL"
 ENV_PREFIX = "env:"

@@ -27,7 +27,7 @@ import optuna
 from omegaconf import DictConfig
 
 from harness import registry
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.secrets import mask_secrets, real_url
 
 

@@ -60,6 +60,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harness import registry
+from harness.results import (  # noqa: F401 - flatten_config is part of this module's API
+    ANALYSIS_JOB_TYPE,
+    flatten_config,
+)
+from harness.results import plain_value as _plain
 from harness.secrets import (  # noqa: F401 - wandb_host is part of this module's API
     _netrc_password,
     mask_config,
@@ -70,7 +75,6 @@ from harness.secrets import (  # noqa: F401 - wandb_host is part of this module'
 log = logging.getLogger(__name__)
 
 MODES = tuple(registry.TRACKING_MODES)
-ANALYSIS_JOB_TYPE = "analysis"  # the job type of a sweep's analysis run (figures and tables)
 OUTCOMES = ("finished", "diverged", "pruned", "failed", "preempted")
 _EXIT_CODE = {"finished": 0, "diverged": 0, "pruned": 0, "failed": 1, "preempted": 1}
 # ------------------------------------------------------------------------------------------------
@@ -133,36 +137,6 @@ def run_name(variant: str, lr: float, weight_decay: float, seed: int) -> str:
     """``adam/independent lr=1e-3 wd=1e-4 s0``: 3 significant digits, values below 0.1 as
     short exponents (``3.16e-4``, ``5e-2``), others plain (``0.316``, ``1``)."""
     return f"{variant} lr={_short(lr)} wd={_short(weight_decay)} s{int(seed)}"
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly: OmegaConf containers -> dict/list, tensors/numpy scalars -> Python."""
-    if hasattr(value, "_metadata") and hasattr(value, "_get_node"):  # DictConfig / ListConfig
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
-    if hasattr(value, "item") and tuple(getattr(value, "shape", (0,))) == ():
-        return value.item()  # 0-d tensor / numpy scalar
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def flatten_config(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> one level with dotted keys (``{"optimizer": {"lr": 1}}`` ->
-    ``{"optimizer.lr": 1}``); lists and tuples become lists; DictConfigs are resolved first."""
-    config = _plain(config)
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        value = _plain(value)
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, name + "."))
-        elif isinstance(value, tuple):
-            out[name] = list(value)
-        else:
-            out[name] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +263,7 @@ class Tracker:
     with ``mode, project, entity, tags, dir``)."""
 
     def __init__(self, cfg: Any, output_dir: str | Path, study_name: str) -> None:
-        from harness.config import ConfigError
+        from harness.errors import ConfigError
 
         self.requested = str(cfg.mode)
         self.mode = resolve_mode(self.requested)

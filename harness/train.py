@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             "optimizer.weight_decay=1e-4 train.epochs=40 train.threads=1"
         )
         return 0
-    from harness.config import ConfigError, compose_config, validate
-    from harness.errors import error_line, fail
+    from harness.config import compose_config, validate
+    from harness.errors import ConfigError
+    from harness.usage import error_line, fail
 
     flags = [a for a in argv if a.startswith("-")]
     if flags:

@@ -122,9 +122,9 @@ class _Signals:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.config import ConfigError
-    from harness.errors import error_line, fail
+    from harness.errors import ConfigError
     from harness.storage import shared_by_hosts
+    from harness.usage import error_line, fail
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):

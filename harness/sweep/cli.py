@@ -21,13 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import (
     CONF_DIR,
-    ConfigError,
     compose_config,
     name_targets,
     register_schema,
     validate,
 )
-from harness.errors import error_line, fail
+from harness.errors import ConfigError
 from harness.secrets import hide_url, mask_config, real_url
 from harness.storage import describe, open_storage
 from harness.storage import exists as storage_exists
@@ -36,6 +35,7 @@ from harness.sweep.launch import LaunchError
 from harness.sweep.plan import prepare, total_cells
 from harness.sweep.queue import Claim, cell_counts
 from harness.sweep.report import count_done, next_commands, report
+from harness.usage import error_line, fail
 
 log = logging.getLogger("lrwd.sweep")
 

@@ -47,7 +47,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.secrets import hide_url, real_url
 from harness.storage import describe
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from harness import registry
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.secrets import real_url
 from harness.storage import open_storage
 from harness.sweep import valley

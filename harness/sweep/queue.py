@@ -141,6 +141,66 @@ class Heartbeat:
 
 
 # --------------------------------------------------------------------------------------------
+# What the rest of the sweep reads of a trial and a study (Optuna's private API stays here)
+
+FIXED_KEY = "fixed_params"  # system attr: the params a WAITING trial was enqueued with
+
+
+def trial_id(trial: FrozenTrial | optuna.Trial) -> int:
+    """The storage's id of a trial (what the heartbeat and the compare-and-set take)."""
+    return trial._trial_id
+
+
+def cell_params(trial: FrozenTrial) -> dict[str, Any]:
+    """A cell's ``lr``, ``weight_decay`` and ``seed``: the trial's params, or the params it was
+    enqueued with (empty for a sampled study's slot that no worker has drawn yet)."""
+    return trial.params or trial.system_attrs.get(FIXED_KEY) or {}
+
+
+def companion_study(study: optuna.Study, name: str, *, create: bool = False) -> optuna.Study:
+    """The study ``name`` in ``study``'s storage (created with ``create``)."""
+    if create:
+        return optuna.create_study(study_name=name, storage=study._storage, load_if_exists=True)
+    return optuna.load_study(study_name=name, storage=study._storage)
+
+
+def fresh_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    """The study's trials in ``states``, read from the storage now (not this thread's cache)."""
+    study._thread_local.cached_all_trials = None
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def fail_stale(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Fail a stale RUNNING trial (reason ``stale``); True for the one caller that won."""
+    return fail_trial(study._storage, trial._trial_id, reason="stale")
+
+
+def claim_leased(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Claim a WAITING trial (the compare-and-set) and take its lease; True if ours."""
+    storage = study._storage
+    if not claim_trial(storage, trial._trial_id):
+        return False
+    storage.set_trial_system_attr(trial._trial_id, LEASE_KEY, [owner_id(), time.time()])
+    return True
+
+
+def complete_held(
+    study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any], value: float
+) -> bool:
+    """Write ``attrs`` (user attrs) on a trial this process holds and tell it COMPLETE with
+    ``value``. False when it was failed under us (declared stale): nothing more is written."""
+    storage = study._storage
+    tid = trial._trial_id
+    try:
+        for key, v in attrs.items():
+            storage.set_trial_user_attr(tid, key, v)
+        storage.set_trial_state_values(tid, state=TrialState.COMPLETE, values=[float(value)])
+        return True
+    except UpdateFinishedTrialError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
 # The compare-and-set
 
 
@@ -243,7 +303,7 @@ def _waiting_trial(
         state=TrialState.WAITING,
         params=dict(cell),
         distributions={k: dists[k] for k in cell} if cell else {},
-        system_attrs={"fixed_params": dict(cell), **({SLOT_KEY: True} if slot else {})},
+        system_attrs={FIXED_KEY: dict(cell), **({SLOT_KEY: True} if slot else {})},
         user_attrs={**({CELL_KEY: key} if key else {}), **(attrs or {})},
     )
 
@@ -322,7 +382,7 @@ def enqueue_slots(study: optuna.Study, budget: int, heartbeat_s: float) -> CellS
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue the cell of a failed trial again (a slot keeps the point it had been given)."""
-    cell = trial.system_attrs.get("fixed_params") or dict(trial.params)
+    cell = trial.system_attrs.get(FIXED_KEY) or dict(trial.params)
     study.add_trial(
         _waiting_trial(
             cell,

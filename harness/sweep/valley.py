@@ -38,7 +38,6 @@ valley and gets no refinement. A best wd of 0 (``sweep.include_zero_wd``) is not
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,18 +45,20 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.sweep.queue import (
     DONE_STATES,
-    LEASE_KEY,
     LOST_REASONS,
     ROUND_KEY,
     CellStatus,
-    claim_trial,
+    cell_params,
+    claim_leased,
+    companion_study,
+    complete_held,
     enqueue_cells,
-    fail_trial,
+    fail_stale,
+    fresh_trials,
     is_stale,
-    owner_id,
 )
 
 GATES_SUFFIX = ".valley-gates"
@@ -128,7 +129,7 @@ def row_values(trials: Iterable[FrozenTrial]) -> dict[float, float]:
     of a COMPLETE trial, :data:`FAILED_VALUE` for a cell that only failed or was pruned."""
     per_cell: dict[tuple[float, int], float] = {}
     for t in trials:
-        p = t.params or t.system_attrs.get("fixed_params") or {}
+        p = cell_params(t)
         if "weight_decay" not in p:
             continue
         key = (_round6(p["weight_decay"]), int(p.get("seed", 0)))
@@ -207,14 +208,10 @@ def gates_name(study_name: str) -> str:
 
 
 def gates_study(study: optuna.Study, *, create: bool = False) -> optuna.Study:
-    name = gates_name(study.study_name)
-    storage = study._storage
-    if create:
-        gates = optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
-        if gates.user_attrs.get(GATES_OF) != study.study_name:
-            gates.set_user_attr(GATES_OF, study.study_name)
-        return gates
-    return optuna.load_study(study_name=name, storage=storage)
+    gates = companion_study(study, gates_name(study.study_name), create=create)
+    if create and gates.user_attrs.get(GATES_OF) != study.study_name:
+        gates.set_user_attr(GATES_OF, study.study_name)
+    return gates
 
 
 def _gate(lr: float, r: int) -> FrozenTrial:
@@ -306,7 +303,7 @@ class Tracer:
         gate_rows = _gates_by_row(self.gates)  # the gates first: see the module docstring
         rows: dict[str, list[FrozenTrial]] = {}
         for t in self.study.get_trials(deepcopy=False):
-            p = t.params or t.system_attrs.get("fixed_params") or {}
+            p = cell_params(t)
             if "lr" in p:
                 rows.setdefault(row_key(p["lr"]), []).append(t)
         enqueued = held = 0
@@ -344,7 +341,6 @@ class Tracer:
         self, found: list[FrozenTrial], lr: float, r: int
     ) -> tuple[str, FrozenTrial | None]:
         """("done" | "held" | "lost" | "mine", the gate if mine) for one (row, round)."""
-        storage = self.gates._storage
         if any(g.state == TrialState.COMPLETE for g in found):
             return "done", None
         live = False
@@ -352,16 +348,15 @@ class Tracer:
             if g.state != TrialState.RUNNING:
                 continue
             if is_stale(g, self.spec.heartbeat_s):
-                if fail_trial(storage, g._trial_id, reason="stale"):
+                if fail_stale(self.gates, g):
                     self.gates.add_trial(_gate(lr, r))  # the one whose FAIL took effect
             else:
                 live = True
         if live:
             return "held", None
-        self.gates._thread_local.cached_all_trials = None
         waiting = [
             g
-            for g in self.gates.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            for g in fresh_trials(self.gates, (TrialState.WAITING,))
             if g.user_attrs.get("lr") == row_key(lr) and int(g.user_attrs.get(ROUND_KEY, 0)) == r
         ]
         if not waiting:
@@ -369,23 +364,20 @@ class Tracer:
             self.gates.add_trial(_gate(lr, r))
             return "lost", None
         for g in waiting:
-            if claim_trial(storage, g._trial_id):
-                storage.set_trial_system_attr(g._trial_id, LEASE_KEY, [owner_id(), time.time()])
+            if claim_leased(self.gates, g):
                 return "mine", g
         return "lost", None
 
     def _close_gate(
         self, gate: FrozenTrial, center: float | None, wds: list[float], n: int
     ) -> None:
-        storage = self.gates._storage
-        tid = gate._trial_id
-        try:
-            storage.set_trial_user_attr(tid, "center", center)
-            storage.set_trial_user_attr(tid, "weight_decays", list(wds))
-            storage.set_trial_user_attr(tid, "enqueued", int(n))
-            storage.set_trial_state_values(tid, state=TrialState.COMPLETE, values=[float(n)])
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # declared stale under us: its new holder enqueues what is still missing
+        # False when declared stale under us: its new holder enqueues what is still missing
+        complete_held(
+            self.gates,
+            gate,
+            {"center": center, "weight_decays": list(wds), "enqueued": int(n)},
+            float(n),
+        )
 
 
 def _settled(trials: list[FrozenTrial]) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.results import Preempted, layer_attrs, result_attrs
 from harness.storage import open_storage
 from harness.sweep.plan import (
@@ -45,6 +45,7 @@ from harness.sweep.queue import (
     prune_claim,
     reclaim_stale,
     start_claim,
+    trial_id,
 )
 
 log = logging.getLogger("lrwd.worker")
@@ -281,7 +282,7 @@ def _run_claims(
     for claim in claims:
         tcfg, plain = trial_config(vplain, claim.params)
         record_cfg = trial_record_config(plain)
-        beat.add(claim.trial._trial_id)
+        beat.add(trial_id(claim.trial))
         state.held.append((study, claim))
         ok = start_claim(
             claim,
@@ -294,7 +295,7 @@ def _run_claims(
             },
         )
         if not ok:  # failed under us (stale) before it started: another worker has the cell
-            beat.discard(claim.trial._trial_id)
+            beat.discard(trial_id(claim.trial))
             state.held.remove((study, claim))
             stats.lost += 1
             log.warning("trial %d was taken from this worker before it started", claim.number)
@@ -326,7 +327,7 @@ def _run_claims(
     except Preempted:
         results = [Preempted()] * len(started)
     for claim, run, result in zip(started, runs, results):
-        beat.discard(claim.trial._trial_id)
+        beat.discard(trial_id(claim.trial))
         if (study, claim) in state.held:
             state.held.remove((study, claim))
         if isinstance(result, optuna.TrialPruned):
