@@ -675,6 +675,7 @@ class Section:
     seeds: int = 0
     seeds_text: str = ""
     command: str = ""
+    si_tensors: str = ""  # scale-invariant tensors the detector found per trial
     steps_to_target: str = ""
     ratio: str = ""  # Adam-L2 slope / Adam-decoupled slope, against the prediction
 
@@ -903,6 +904,12 @@ def load_grokking(gallery: Path, sec: Section) -> None:
         (v, accuracy_table(part.cells, v)) for v in dict.fromkeys(part.cells["variant"])
     ]
     results = _read(root / "results.csv")
+    if results is not None and "si_tensors" in results:
+        si = pd.to_numeric(results["si_tensors"], errors="coerce").dropna()
+        if len(si):
+            sec.si_tensors = f"{int(si.min())}" if si.min() == si.max() else (
+                f"{int(si.min())}-{int(si.max())}"
+            )  # fmt: skip
     if results is not None and "steps_to_target" in results:
         st = pd.to_numeric(results["steps_to_target"], errors="coerce").dropna()
         if len(st):
