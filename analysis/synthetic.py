@@ -190,6 +190,70 @@ def grid_trials(
     )
 
 
+def simulate(
+    lrs: np.ndarray,
+    wds: np.ndarray,
+    E: np.ndarray,
+    seeds: int = 10,
+    train_noise: float = 0.01,
+    n_test: int = 2000,
+    n_val: int = 1000,
+    val: np.ndarray | None = None,
+    variant: str = "adam/l2",
+    data: str = "mnist1d",
+    rng_seed: int = 0,
+) -> pd.DataFrame:
+    """Trials of a known landscape with a known noise: tidy-frame rows of every (cell, seed).
+
+    ``E[i, j]`` is the cell's true test error (the population error of its training runs on
+    average) and ``val`` its true validation error (default ``E``). A trial's model has the
+    population error ``E + tau`` with ``tau ~ N(0, train_noise)`` drawn per (cell, seed) and
+    shared by its validation and test errors (one trained model). Each cell is scored on one
+    test set of ``n_test`` and one validation set of ``n_val`` samples shared by all its seeds:
+    the set's sampling error ``Binomial(n, E) / n - E`` is drawn once per cell and added to
+    every seed's error, which is then rounded to a multiple of ``1/n``. So a seed-mean over
+    ``S`` seeds has variance ``train_noise^2 / S + E (1 - E) / n`` and the difference of two
+    cell means twice that."""
+    rng = np.random.default_rng(rng_seed)
+    E = np.asarray(E, float)
+    Vt = E if val is None else np.asarray(val, float)
+    tau = rng.normal(0.0, train_noise, (seeds, *E.shape))
+
+    def scored(mu: np.ndarray, n: int) -> np.ndarray:
+        p = np.clip(mu, 0.0, 1.0)
+        eps = rng.binomial(n, p) / n - p
+        return np.clip(np.round((mu[None] + tau + eps[None]) * n) / n, 0.0, 1.0)
+
+    T, V = scored(E, n_test), scored(Vt, n_val)
+    opt, _, decay = variant.partition("/")
+    s, i, j = np.meshgrid(*(np.arange(n) for n in T.shape), indexing="ij")
+    return pd.DataFrame(
+        {
+            "study": f"simulated-{opt}-{decay}",
+            "experiment": "simulated",
+            "optimizer": opt,
+            "decay": decay,
+            "model": "surface",
+            "data": data,
+            "trial": np.arange(T.size),
+            "lr": np.asarray(lrs, float)[i.ravel()],
+            "weight_decay": np.asarray(wds, float)[j.ravel()],
+            "seed": s.ravel(),
+            "state": "COMPLETE",
+            "test_error": T.ravel(),
+            "val_error": V.ravel(),
+            "diverged": False,
+            "variant": variant,
+        }
+    )
+
+
+def difference_se(E: float, seeds: int, train_noise: float, n_test: int) -> float:
+    """The standard error of the difference of two cell means under :func:`simulate`'s noise:
+    ``sqrt(2 (train_noise^2 / seeds + E (1 - E) / n_test))``."""
+    return float(np.sqrt(2 * (train_noise**2 / seeds + E * (1 - E) / n_test)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m analysis.synthetic",

@@ -25,6 +25,7 @@ TABLES = (
     "valley.csv",
     "identity.csv",
     "cells.csv",
+    "budget.csv",
 )
 
 
@@ -42,7 +43,7 @@ def test_cli_from_a_directory_of_results(results_dir, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main([str(results_dir), "--out", str(out), "--bootstrap", "30"]) == 0
     printed = capsys.readouterr().out
-    assert "coupling slope" in printed and "adam/independent" in printed
+    assert "slope" in printed and "adam/independent" in printed
     for name in FILES:
         png = matplotlib.image.imread(out / f"{name}.png")
         assert png.shape[0] > 300 and png.shape[1] > 600  # rendered, paper-sized
@@ -52,11 +53,12 @@ def test_cli_from_a_directory_of_results(results_dir, tmp_path, capsys):
     assert not list(out.glob(".partial-*"))
     m = pd.read_csv(out / "metrics.csv").set_index("variant")
     assert list(m.index) == ["sgd/l2", "sgd/independent", "adam/l2", "adam/independent"]
-    # 3 seeds: no bootstrap interval, the per-seed range
-    assert m["coupling_slope_lo"].isna().all() and m["coupling_slope_hi"].isna().all()
-    assert (m["coupling_slope_interval"] == "none").all() and (
-        m["coupling_slope_seed_n"] == 3
-    ).all()
+    # 3 seeds: seed-bootstrap intervals around each estimate, and the per-seed range
+    assert (m["coupling_slope_lo"] <= m["coupling_slope"]).all()
+    assert (m["coupling_slope"] <= m["coupling_slope_hi"]).all()
+    assert m["coupling_slope_interval"].str.startswith("seed bootstrap").all()
+    assert (m["coupling_slope_seed_n"] == 3).all() and (m["selection"] == "val+crossfit").all()
+    assert (m["wd_gain_lo"] <= m["wd_gain_hi"]).all() and m["noise_floor"].gt(0).all()
     for col in (
         "coupling_slope",
         "coupling_slope_seed_min",
@@ -71,6 +73,9 @@ def test_cli_from_a_directory_of_results(results_dir, tmp_path, capsys):
         "best_lr",
         "best_weight_decay",
         "trials_to_near_optimal",
+        "trials_to_within_1pt",
+        "noise_floor",
+        "best_error_lo",
     ):
         assert m[col].notna().all(), col
     assert m.loc["adam/l2", "coupling_slope"] == pytest.approx(-1, abs=0.2)
@@ -81,7 +86,15 @@ def test_cli_from_a_directory_of_results(results_dir, tmp_path, capsys):
     assert reg.groupby("variant")["regret"].apply(lambda r: r.is_monotonic_decreasing).all()
     seeds = pd.read_csv(out / "regret_seeds.csv")
     assert seeds.groupby("variant")["seed"].nunique().eq(3).all()
-    assert "near-opt" in printed and "evaluation samples" in printed
+    assert "chosen on validation" in printed and "seed-bootstrap intervals" in printed
+    budget = pd.read_csv(out / "budget.csv")
+    assert set(budget["box"]) == {"box", "half"}
+    full = budget[budget["box"] == "box"]
+    assert full.groupby("variant")["k"].max().eq(42).all()  # the whole grid without a box
+    # all 42 cells drawn: the choice is the grid's best on validation, reported on test
+    last = full.sort_values("k").groupby("variant").last()
+    assert np.allclose(last["expected_error"], m.loc[last.index, "best_error"])
+    assert (full.groupby("variant")["expected_error"].first() > last["expected_error"]).all()
 
 
 def test_cli_process_from_an_optuna_storage(tmp_path):
@@ -132,7 +145,7 @@ def test_cli_process_from_an_optuna_storage(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 9 files" in proc.stdout  # 3 figures (png only) + 6 tables
+    assert "wrote 10 files" in proc.stdout  # 3 figures (png only) + 7 tables
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["variant"]) == ["adam/l2"] and m["n_cells"].item() == 16
     assert not (out / "heatmaps.pdf").exists()
@@ -168,7 +181,9 @@ def test_cli_from_one_results_csv(tmp_path):
     rows[0].update(diverged=True, test_error=1.0)
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     out = tmp_path / "figs"
-    assert main([str(tmp_path), "--out", str(out), "--bootstrap", "20"]) == 0
+    # errors that are no counts: a large evaluation set, so that the 0.1-point seed offsets and
+    # the valley's gains stand above the noise
+    assert main([str(tmp_path), "--out", str(out), "--bootstrap", "20", "--n-eval", "1000000"]) == 0
     for name in ("heatmaps.png", "heatmaps.pdf", "regret.png", "metrics.csv", "regret.csv"):
         assert (out / name).stat().st_size > 0
     m = pd.read_csv(out / "metrics.csv").set_index("variant")

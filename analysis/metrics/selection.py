@@ -98,6 +98,8 @@ def variant_grids(
     T[si, li, wi] = g[metric].to_numpy(float)
     V = np.full(shape, np.nan)
     V[si, li, wi] = g[use].to_numpy(float)
+    if use != metric and np.array_equal(V, T, equal_nan=True):
+        use = metric  # the same numbers twice: one evaluation set, not two
     return Grids(variant, lrs.astype(float), wds.astype(float), seeds, T, V, metric, use)
 
 
@@ -195,7 +197,7 @@ def argmin_cells(M: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
 
 def take(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``X`` (one grid, or ``[B, ...]`` grids) at flat indices ``idx[b]`` (nan where -1)."""
-    flat = X.reshape(-1) if X.ndim == 2 else X.reshape(X.shape[0], -1)
+    flat = X.reshape(-1) if X.ndim == 2 else np.reshape(X, (X.shape[0], -1))
     safe = np.maximum(idx, 0)
     vals = flat[safe] if X.ndim == 2 else flat[np.arange(len(idx)), safe]
     return np.where(idx >= 0, vals, np.nan)
@@ -226,13 +228,18 @@ def crossfit(
     g: Grids,
     W: np.ndarray,
     statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    add_select: np.ndarray | None = None,
+    add_test: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Hold out each seed in turn: ``statistic(M, T_h)`` gets ``M[b]`` = the selection-metric
+    """Hold out each seed in turn: ``statistic(M, T)`` gets ``M[b]`` = the selection-metric
     mean over the other seeds (weighted by ``W[b]``, every copy of seed ``h`` left out) and
-    ``T_h`` = seed ``h``'s reported grid, and returns ``[B, ...]``; the results are averaged
-    over the held-out seeds, weighted by how often each was drawn. Needs two distinct seeds
-    per resample (nan otherwise)."""
+    ``T[b]`` = seed ``h``'s reported grid, and returns ``[B, ...]``; the results are averaged
+    over the held-out seeds, weighted by how often each was drawn. ``add_select`` /
+    ``add_test`` (``[B, L, W]``) are added to every seed's grids of resample ``b`` (a fresh
+    draw of the evaluation sets' sampling error, see :func:`evaluation_noise`). Needs two
+    distinct seeds per resample (nan otherwise)."""
     S = g.n_seeds
+    B = W.shape[0]
     fin = np.isfinite(g.select)
     Vz = np.where(fin, g.select, 0.0)
     num = np.tensordot(W, Vz, axes=(1, 0))
@@ -243,20 +250,49 @@ def crossfit(
         if not (wh > 0).any():
             continue
         d = den - wh[:, None, None] * fin[h]
+        ok_d = d > 1e-12
         with np.errstate(all="ignore"):
-            M = np.where(
-                d > 1e-12, (num - wh[:, None, None] * Vz[h]) / np.where(d > 1e-12, d, 1), np.nan
-            )
-        val = np.asarray(statistic(M, g.test[h]), float)
+            M = np.where(ok_d, (num - wh[:, None, None] * Vz[h]) / np.where(ok_d, d, 1), np.nan)
+        if add_select is not None:
+            M = M + add_select
+        Th = np.broadcast_to(g.test[h], (B, *g.test.shape[1:]))
+        if add_test is not None:
+            Th = Th + add_test
+        val = np.asarray(statistic(M, Th), float)
         wb = wh.reshape((-1,) + (1,) * (val.ndim - 1))
         ok = np.isfinite(val) & (wb > 0)
         part, wpart = np.where(ok, wb * val, 0.0), np.where(ok, wb, 0.0)
         acc = part if acc is None else acc + part
         wsum = wpart if wsum is None else wsum + wpart
     if acc is None:
-        return np.full(W.shape[0], np.nan)
+        return np.full(B, np.nan)
     with np.errstate(all="ignore"):
         return np.where(wsum > 0, acc / np.where(wsum > 0, wsum, 1), np.nan)
+
+
+def evaluation_noise(
+    mean: np.ndarray, n_eval: int, reps: int, seed: int = 0, sd: float | None = None
+) -> np.ndarray:
+    """``[reps, L, W]``: fresh draws of an evaluation set's sampling error per cell,
+    ``N(0, p (1 - p) / n_eval)`` at the cell's mean error ``p`` (0 for diverged or unmeasured
+    cells), or ``N(0, sd^2)`` when ``sd`` is given (:func:`evaluation_variance`). Every seed of
+    a cell is scored on the same evaluation set, so resampling seeds does not see this noise;
+    bootstrap resamples add one draw each."""
+    n = max(int(n_eval), 1)
+    live = np.isfinite(mean) & (mean < 1.0)
+    if sd is None:
+        p = np.clip(np.nan_to_num(mean, nan=1.0), 0.5 / n, 1 - 0.5 / n)
+        scale = np.where(live, np.sqrt(p * (1 - p) / n), 0.0)
+    else:
+        scale = np.where(live, float(sd), 0.0)
+    return np.random.default_rng(seed).normal(0.0, 1.0, (max(int(reps), 0), *mean.shape)) * scale
+
+
+def _at(T: np.ndarray, rows: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``T[b, rows[k], j[b, k]]`` (nan where j < 0)."""
+    sub = T[:, rows, :]
+    vals = np.take_along_axis(sub, np.maximum(j, 0)[:, :, None], axis=2)[..., 0]
+    return np.where(j >= 0, vals, np.nan)
 
 
 def gain_statistic(col0: int):
@@ -283,9 +319,8 @@ def row_gain_statistic(j0: np.ndarray):
 
     def stat(M: np.ndarray, T: np.ndarray) -> np.ndarray:
         j = row_argmin(M)
-        base = np.where(j0 >= 0, T[rows, np.maximum(j0, 0)], np.nan)
-        at = np.where(j >= 0, T[rows[None, :], np.maximum(j, 0)], np.nan)
-        return base[None, :] - at
+        base = _at(T, rows, np.broadcast_to(j0, j.shape))
+        return base - _at(T, rows, j)
 
     return stat
 
@@ -299,9 +334,7 @@ def transfer_statistic(pairs: list[tuple[int, int]]):
     def stat(M: np.ndarray, T: np.ndarray) -> np.ndarray:
         j = row_argmin(M)
         js, jt = j[:, src], j[:, dst]
-        ok = (js >= 0) & (jt >= 0)
-        lost = T[dst[None, :], np.maximum(js, 0)] - T[dst[None, :], np.maximum(jt, 0)]
-        lost = np.where(ok, lost, np.nan)
+        lost = _at(T, dst, np.where(jt >= 0, js, -1)) - _at(T, dst, jt)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(lost, axis=1)
@@ -367,25 +400,69 @@ def pooled_seed_variance(X: np.ndarray, cells: np.ndarray) -> tuple[float, int]:
     return float(np.median(v) / chi2_median_ratio(df)), int(use.sum())
 
 
-def noise_model(X: np.ndarray, p: float, n_eval: int, cells: np.ndarray) -> Noise:
+def noise_model(
+    X: np.ndarray, p: float, n_eval: int, cells: np.ndarray, eval_var: float | None = None,
+    eval_source: str = "evaluation binomial",
+) -> Noise:  # fmt: skip
     """The noise of a cell mean of seed grids ``X[s, i, j]``: pooled seed variance over
     ``cells`` divided by the seeds, plus the evaluation binomial at error ``p`` on ``n_eval``
-    samples (one evaluation set shared by every seed, so not divided). ``floor`` = 2 SE of the
-    difference of two such means. One seed: the binomial only (never 0: ``p`` is kept at least
-    half a sample from 0 and 1)."""
+    samples (one evaluation set shared by every seed, so not divided), or ``eval_var`` when
+    given (:func:`evaluation_variance`). ``floor`` = 2 SE of the difference of two such means.
+    One seed: the evaluation noise only (never 0: ``p`` is kept at least half a sample from 0
+    and 1)."""
     S = int(np.isfinite(X).any(axis=(1, 2)).sum())
     n = max(int(n_eval), 1)
     p = min(max(float(p), 0.5 / n), 1 - 0.5 / n) if np.isfinite(p) else 0.5
     eval_se = math.sqrt(p * (1 - p) / n)
+    if eval_var is not None and np.isfinite(eval_var):
+        eval_se = max(math.sqrt(eval_var), math.sqrt(0.25 / n**2))
     var, used = pooled_seed_variance(X, cells) if S >= 2 else (float("nan"), 0)
     if np.isfinite(var):
         se = math.sqrt(var / S + eval_se**2)
-        model = f"seeds ({S}) + evaluation binomial"
+        model = f"seeds ({S}) + {eval_source}"
     else:
         se = eval_se
-        model = f"{S} seed: no training-noise estimate, evaluation binomial only"
+        model = f"{S} seed: no training-noise estimate, {eval_source} only"
     return Noise(2 * math.sqrt(2) * se, math.sqrt(var) if np.isfinite(var) else float("nan"),
                  eval_se, used, model)  # fmt: skip
+
+
+def evaluation_variance(
+    g: Grids, cells: np.ndarray, p_test: float, n_test: int, p_sel: float, n_sel: int
+) -> tuple[float, float, str]:
+    """``(var_test, var_selection, source)``: the variance of the evaluation sets' sampling
+    error that every seed of a cell shares and neighbouring cells do not.
+
+    The evaluation binomial ``p (1 - p) / n`` bounds it from above: two models scored on one set
+    share the errors on its hard samples. With a validation and a test error per trial, it is
+    measured: ``D = V - T`` of one trial cancels the training noise, so the spread of ``D``
+    between neighbouring cells (robust: the median of squared differences of the seed-mean
+    ``D`` of adjacent ``cells``) less its seed part (the pooled within-cell seed variance of
+    ``D`` over the seeds) is the shared part of both sets, split between them in the ratio of
+    their binomials and capped by them."""
+    n_t, n_s = max(int(n_test), 1), max(int(n_sel), 1)
+    pt = min(max(float(p_test), 0.5 / n_t), 1 - 0.5 / n_t) if np.isfinite(p_test) else 0.5
+    ps = min(max(float(p_sel), 0.5 / n_s), 1 - 0.5 / n_s) if np.isfinite(p_sel) else 0.5
+    bt, bs = pt * (1 - pt) / n_t, ps * (1 - ps) / n_s
+    if not g.on_selection:
+        return bt, bt, "evaluation binomial"
+    Ds = g.select - g.test
+    D = _nanmean0(Ds)
+    use = cells & np.isfinite(D)
+    diffs = []
+    for a, b in ((use[:, :-1] & use[:, 1:], (slice(None), slice(None, -1), slice(None), slice(1, None))),
+                 (use[:-1, :] & use[1:, :], (slice(None, -1), slice(None), slice(1, None), slice(None)))):  # fmt: skip
+        d = D[b[0], b[1]] - D[b[2], b[3]]
+        diffs.append(d[a])
+    diffs = np.concatenate(diffs) if diffs else np.array([])
+    if diffs.size < 4:
+        return bt, bs, "evaluation binomial"
+    q = float(np.median(diffs**2) / chi2_median_ratio(1)) / 2
+    S = g.n_seeds
+    s2 = pooled_seed_variance(Ds, use)[0] if S >= 2 else float("nan")
+    shared = max(q - (s2 / S if np.isfinite(s2) else 0.0), 0.0)
+    vt, vs = shared * bt / (bt + bs), shared * bs / (bt + bs)
+    return min(vt, bt), min(vs, bs), "evaluation sets (measured from val - test)"
 
 
 # --------------------------------------------------------------------------------------------

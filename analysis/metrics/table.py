@@ -3,6 +3,7 @@ its tuning-cost curve), and the tables of a whole experiment."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,8 @@ from analysis.metrics.selection import (
     cell_standard_error,
     crossfit,
     eval_size,
+    evaluation_noise,
+    evaluation_variance,
     first_measured,
     gain_statistic,
     noise_model,
@@ -173,8 +176,29 @@ def variant_result(
     ones = np.ones((1, S))
     can_interval = S >= max(2, o.min_seeds) and o.reps > 0
     C = resample_counts(S, o.reps, o.seed) if can_interval else None
-    Tb = weighted_means(g.test, C) if can_interval else None
-    Vb = weighted_means(g.select, C) if can_interval else None
+    # noise from the data: pooled seed variance near the valley, and the evaluation sets'
+    near = valley_cells(V)
+    b0 = int(argmin_cells(V[None])[0])
+    live = np.isfinite(T) & (T < 1.0)  # not chosen by their errors: no selection bias
+    var_t, var_s, source = evaluation_variance(
+        g, live, float(T.flat[b0]), n_eval, float(V.flat[b0]), n_sel
+    )
+    noise = noise_model(g.test, float(T.flat[b0]), n_eval, near, var_t, source)
+    noise_sel = (
+        noise_model(g.select, float(V.flat[b0]), n_sel, near, var_s, source)
+        if g.on_selection
+        else noise
+    )
+    addT = addV = Tb = Vb = None
+    if can_interval:  # each resample also draws the evaluation sets afresh
+        addT = evaluation_noise(T, n_eval, o.reps, o.seed + 1, sd=math.sqrt(var_t))
+        addV = (
+            evaluation_noise(V, n_sel, o.reps, o.seed + 2, sd=math.sqrt(var_s))
+            if g.on_selection
+            else addT
+        )
+        Tb = weighted_means(g.test, C) + addT
+        Vb = weighted_means(g.select, C) + addV
 
     # the best cell, chosen on the selection metric
     b = int(argmin_cells(V[None])[0])
@@ -195,13 +219,10 @@ def variant_result(
         return percentile_interval(values, o.level) if values is not None else None
 
     best_iv = iv(take(Tb, argmin_cells(Vb))) if can_interval else None
-    gain_iv = iv(crossfit(g, C, gain_statistic(col0))) if can_interval else None
+    gain_iv = iv(crossfit(g, C, gain_statistic(col0), addV, addT)) if can_interval else None
     near_iv = iv(near_optimal_fractions(Vb, o.tol)) if can_interval else None
 
     # noise from the data
-    near = valley_cells(V)
-    noise = noise_model(g.test, best, n_eval, near)
-    noise_sel = noise_model(g.select, best_val, n_sel, near) if g.on_selection else noise
 
     # each row's wd gain, cross-fit, and whether it is resolved
     j0 = first_measured(measured)
@@ -213,7 +234,7 @@ def variant_result(
         row_gain = np.where((j0 >= 0) & (jv >= 0),
                             T[rr, np.maximum(j0, 0)] - T[rr, np.maximum(jv, 0)], np.nan)  # fmt: skip
     if can_interval:
-        rg = crossfit(g, C, row_gain_statistic(j0))
+        rg = crossfit(g, C, row_gain_statistic(j0), addV, addT)
         a = 100 * (1 - o.level) / 2
         row_lo = _quiet(np.nanpercentile, rg, a, axis=0)
         resolved = np.nan_to_num(row_lo, nan=-np.inf) > 0
@@ -229,7 +250,10 @@ def variant_result(
     pos_b = None
     if can_interval:
         Ca = resample_counts(ga.n_seeds, o.reps, o.seed)
-        pos_b = resample_positions(ga.wds, ga.select, Ca, o.refine, cols)
+        addVa = (
+            addV if ga is g else evaluation_noise(Va, n_sel, o.reps, o.seed + 2, math.sqrt(var_s))
+        )
+        pos_b = resample_positions(ga.wds, ga.select, Ca, o.refine, cols, add=addVa)
         var = _quiet(np.nanvar, pos_b, axis=0)
         step = np.array(
             [_row_step(ga.wds, c) for c in (cols or [np.arange(len(ga.wds))] * len(ga.lrs))]
@@ -264,7 +288,7 @@ def variant_result(
             t = float(crossfit(g, ones, transfer_statistic(pairs))[0])
         else:
             t = transfer_regret(lrs, wds, T, d, select=V)[0]
-        t_iv = iv(crossfit(g, C, transfer_statistic(pairs))) if can_interval else None
+        t_iv = iv(crossfit(g, C, transfer_statistic(pairs), addV, addT)) if can_interval else None
         transfer[d] = (t, len(pairs), t_iv)
     norm = gain if gain > 0 else NAN
 

@@ -235,12 +235,15 @@ def _batch_slopes(
 
 def resample_positions(
     wds: np.ndarray, S: np.ndarray, counts: np.ndarray, refine: bool = True, cols=None,
-    chunk: int = 250,
+    chunk: int = 250, add: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """``[B, L]`` each row's log wd* on the seed-weighted mean grid of every resample."""
+    """``[B, L]`` each row's log wd* on the seed-weighted mean grid of every resample (plus
+    ``add[b]``, a draw of the evaluation noise, when given)."""
     parts = []
     for k in range(0, len(counts), chunk):
         M = weighted_means(S, counts[k : k + chunk])
+        if add is not None:
+            M = M + add[k : k + chunk]
         parts.append(row_positions(M, wds, refine, cols)["pos"])
     return np.concatenate(parts) if parts else np.zeros((0, S.shape[1]))
 
