@@ -1,14 +1,18 @@
-"""lrwd as users install it: a regular (non-editable) wheel carries the configs and runs a sweep.
+"""lrwd as users install it: a regular (non-editable) wheel carries the configs and runs a sweep;
+the README's install and test commands work in a fresh virtual environment.
 
 The wheel is built from a copy of the package's sources, installed with ``--no-deps`` into a
-fresh virtual environment that sees this interpreter's packages (``--system-site-packages``: the
-dependencies are not downloaded again), and run from a folder outside the checkout.
+fresh virtual environment that sees the running environment's packages (a ``.pth`` naming its
+site-packages: the dependencies are not downloaded again, and inside a virtual environment they
+are the venv's, not its base interpreter's), and run from a folder outside the checkout.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +42,12 @@ TINY = [
 ]
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
+def _run(
+    cmd: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = env or {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")
+    }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -65,16 +73,30 @@ def _build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
+def _venv_with_running_packages(venv: Path) -> str:
+    """A fresh venv whose imports fall back to the running environment's site-packages (after its
+    own): this interpreter's packages and pip, whether it runs in a venv or not. Its python."""
+    base = getattr(sys, "_base_executable", sys.executable)  # a venv's own base interpreter
+    # --without-pip: the venv uses the running environment's pip (no ensurepip needed on Debian)
+    _run([base, "-m", "venv", "--without-pip", str(venv)], venv.parent)
+    python = str(venv / "bin" / "python")
+    purelib = _run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], venv.parent
+    ).stdout.strip()
+    (Path(purelib) / "running_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
+
+
 @pytest.mark.slow
 def test_wheel_install_runs_a_sweep_outside_the_checkout(tmp_path):
     wheel = _build_wheel(tmp_path)
     venv = tmp_path / "venv"
-    # --without-pip: the venv uses this interpreter's pip (no ensurepip needed on Debian)
-    _run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-        tmp_path,
-    )
-    python = str(venv / "bin" / "python")
+    python = _venv_with_running_packages(venv)
+    # the dependencies are the running environment's, not its base interpreter's
+    import omegaconf
+
+    dep = _run([python, "-c", "import omegaconf; print(omegaconf.__file__)"], tmp_path)
+    assert Path(dep.stdout.strip()) == Path(omegaconf.__file__), dep.stdout
     _run(
         [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall"]
         + [str(wheel)],
@@ -106,6 +128,45 @@ def test_wheel_install_runs_a_sweep_outside_the_checkout(tmp_path):
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert bad.returncode == 2 and "adamw" in bad.stderr, bad.stderr
+
+
+README_TEST = re.compile(r"^pip install .*&& python -m pytest$", re.M)
+CHECKOUT = [*SOURCES, "constraints.txt", "tests"]
+
+
+@pytest.mark.slow
+def test_readme_test_command_passes_in_a_fresh_venv(tmp_path):
+    """The README's install-and-test command, verbatim, in a fresh venv (``python -m venv``, pip
+    included) on a copy of the checkout, with the versions of constraints.txt (``PIP_CONSTRAINT``).
+    ``PYTEST_ADDOPTS`` narrows the inner pytest to this file's other tests: the wheel test builds
+    its own venv, which must see this fresh venv's packages, not its base interpreter's."""
+    (command,) = README_TEST.findall((ROOT / "README.md").read_text())
+    checkout = tmp_path / "lrwd"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in CHECKOUT:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, checkout / name, ignore=ignore)
+        else:
+            checkout.mkdir(exist_ok=True)
+            shutil.copy2(path, checkout / name)
+    venv = tmp_path / "venv"
+    _run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(venv)], tmp_path)
+    drop = ("PYTHONPATH", "HYDRA_FULL_ERROR", "PYTHONHOME", "PYTEST_ADDOPTS", "PIP_CONSTRAINT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env |= {
+        "VIRTUAL_ENV": str(venv),  # what `source venv/bin/activate` sets
+        "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        "PIP_CONSTRAINT": str(checkout / "constraints.txt"),
+        "PYTEST_ADDOPTS": "-x -q -p no:cacheprovider tests/test_packaging.py -k 'not fresh_venv'",
+    }
+    proc = _run(["bash", "-c", command], checkout, timeout=2400, env=env)
+    tail = proc.stdout.strip().splitlines()[-1]
+    summary = r"3 passed, 1 deselected(, \d+ warnings?)? in .*"
+    assert re.fullmatch(summary, tail), proc.stdout[-2000:]
+    where = _run([str(venv / "bin" / "python"), "-c", "import omegaconf; print(omegaconf.__file__)"],
+                 checkout, env=env).stdout  # fmt: skip
+    assert Path(where.strip()).is_relative_to(venv), where
 
 
 def test_pyproject_extras_and_bounds():

@@ -1,9 +1,13 @@
-"""One study, three Slurm workers, on a real one-node Slurm cluster."""
+"""One study, three Slurm workers, on a real one-node Slurm cluster.
+
+Every sweep here runs with ``LRWD_TRAINING_LOG`` set (sbatch exports it to the tasks), so each
+worker writes a line per training it starts and the tests count trainings per cell: trial states
+alone cannot show a cell trained twice.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from harness.sweep import queue as wq
 from tests.test_sweep import ROOT, TINY, _owners, assert_exactly_once, load, run_sweep
 
 pytestmark = pytest.mark.slurm
@@ -27,6 +32,22 @@ def _squeue(ids: str = "") -> list[str]:
     return subprocess.run(cmd, capture_output=True, text=True).stdout.split()
 
 
+def _logged(logs: Path) -> dict[str, str]:
+    """The environment of a sweep whose workers write the training log to ``logs``."""
+    return {**os.environ, wq.TRAINING_LOG_ENV: str(logs)}
+
+
+def _trained_once(logs: Path, study_name: str, cells: set[str]) -> None:
+    counts = {c: n for (s, c), n in wq.read_training_log(logs).items() if s == study_name}
+    assert set(counts) == cells, f"trained {len(counts)} cells, expected {len(cells)}"
+    twice = {c: n for c, n in counts.items() if n > 1}
+    assert not twice, f"cells trained twice: {twice}"
+
+
+def _cells(trials) -> set[str]:
+    return {t.user_attrs["cell"] for t in trials}
+
+
 def _wait_idle(timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while _squeue() and time.time() < deadline:
@@ -35,33 +56,39 @@ def _wait_idle(timeout: float = 300) -> None:
 
 
 def test_three_slurm_workers_journal(tmp_path, slurm_cluster):
-    out = tmp_path / "j"
-    proc = run_sweep(out, *SLURM, "storage=journal", "launcher.wait=true", timeout=600)
+    out, logs = tmp_path / "j", tmp_path / "trainings"
+    proc = run_sweep(
+        out, *SLURM, "storage=journal", "launcher.wait=true", timeout=600, env=_logged(logs)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "submitted" in proc.stdout and "3 tasks" in proc.stdout
-    complete = assert_exactly_once(load(out, "journal", [*TINY, *SLOW]), 9)
+    study = load(out, "journal", [*TINY, *SLOW])
+    complete = assert_exactly_once(study, 9)
+    _trained_once(logs, study.study_name, _cells(complete))
     assert len(_owners(complete)) >= 2
     assert (out / "results.csv").exists()
 
 
 def test_three_slurm_workers_postgres(tmp_path, slurm_cluster, postgres_url):
-    out = tmp_path / "pg"
+    out, logs = tmp_path / "pg", tmp_path / "trainings"
     args = ["storage=url", f"storage.url={postgres_url}", "sweep.study_name=slurmpg"]
-    proc = run_sweep(out, *SLURM, *args, "launcher.wait=true", timeout=600)
+    proc = run_sweep(out, *SLURM, *args, "launcher.wait=true", timeout=600, env=_logged(logs))
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(out, "url", [*TINY, *SLOW, "sweep.study_name=slurmpg"], url=postgres_url)
-    assert len(_owners(assert_exactly_once(study, 9))) >= 2
+    complete = assert_exactly_once(study, 9)
+    _trained_once(logs, study.study_name, _cells(complete))
+    assert len(_owners(complete)) >= 2
 
 
 def test_multirun_across_variants_on_slurm(tmp_path, slurm_cluster):
     """`-m optimizer.decay=l2,independent launcher=slurm`: one array (and study) per variant."""
     base = [o for o in SLURM if not o.startswith(("optimizer.decay=", "sweep.workers="))]
-    sweep_dir = tmp_path / "mr"
+    sweep_dir, logs = tmp_path / "mr", tmp_path / "trainings"
     proc = subprocess.run(
         [sys.executable, "-m", "harness.sweep", "-m", f"hydra.sweep.dir={sweep_dir}", *base,
          "sweep.workers=2", "storage=journal", "launcher.wait=true",
          "optimizer.decay=l2,independent"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=_logged(logs),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("submitted") == 2, proc.stdout[-3000:]
@@ -73,7 +100,7 @@ def test_multirun_across_variants_on_slurm(tmp_path, slurm_cluster):
         decay = OmegaConf.load(out / "config.yaml").optimizer.decay
         study = load(out, "journal", [*base_cfg, f"optimizer.decay={decay}"])
         assert study.study_name == f"quick-adam-{decay}"
-        assert_exactly_once(study, 9)
+        _trained_once(logs, study.study_name, _cells(assert_exactly_once(study, 9)))
         decays.add(decay)
         assert (out / "results.csv").exists()
     assert decays == {"l2", "independent"}
@@ -92,15 +119,14 @@ def _job_of(pid: int) -> str | None:
 
 @pytest.mark.parametrize("population", [1, 2])
 def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster, population):
-    """A worker killed mid-trial (mid-population) costs only the cells it had in flight."""
-    from harness.sweep import queue as wq
-
+    """A worker cancelled with ``scancel`` mid-trial (mid-population) costs only the cells it had
+    in flight. ``scancel`` alone ends the task (submitit ignores the SIGTERM; Slurm's SIGKILL
+    follows after KillWait): the test fails if the worker process outlives it."""
     out, logs = tmp_path / "cancel", tmp_path / "trainings"
     # ~4 s trials: long enough to be caught (and killed) mid-trial
     pop = f"sweep.population={population}"
     slow = [*SLURM, "storage=journal", "train.epochs=60", "model.width=256", pop]
-    env = {**os.environ, wq.TRAINING_LOG_ENV: str(logs)}  # sbatch exports it to the tasks
-    proc = run_sweep(out, *slow, "launcher.wait=false", timeout=300, env=env)
+    proc = run_sweep(out, *slow, "launcher.wait=false", timeout=300, env=_logged(logs))
     assert proc.returncode == 0, proc.stderr[-3000:]
     overrides = [*TINY, *SLOW, "train.epochs=60", "model.width=256", pop]
     deadline, victim, trial_no, victim_pid = time.time() + 240, None, None, 0
@@ -128,13 +154,10 @@ def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster, pop
         and t.system_attrs.get("lrwd:lease", [""])[0].rsplit(":", 1)[-1] == owner
     }
     subprocess.run(["scancel", victim], check=True)
-    # On a real cluster scancel's SIGTERM + SIGKILL (after KillWait) ends the task. In this
-    # sandbox (proctrack/linuxproc, no cgroups) slurmd marks the task done but can miss the
-    # step's python process, so the test delivers the SIGKILL itself, at once, mid-trial.
-    try:
-        os.kill(victim_pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    deadline = time.time() + 60  # KillWait is 2 s; slurmstepd's SIGKILL ends the worker
+    while Path(f"/proc/{victim_pid}").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{victim_pid}").exists(), f"scancel {victim}: its worker is alive"
     _wait_idle()
     study = load(out, "journal", overrides)
     assert_exactly_once(study, 9)
