@@ -192,6 +192,15 @@ class LauncherConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    # the search box of each variant for the tuning cost per trial budget (analysis.metrics:
+    # budget.csv, trials_to_within_1pt), keyed like sweep.ranges (optimizer, decay or
+    # optimizer/decay, the most specific wins), e.g. {adam: {lr: [1e-4, 1e-2],
+    # weight_decay: [1e-6, 1e-2]}}; a variant without one uses its whole grid
+    boxes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class LrwdConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -202,6 +211,7 @@ class LrwdConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     name: str = "quick"  # experiment name: output dir and study names derive from it
     output_dir: str = ""  # default: Hydra's run dir (outputs/<name>)
 
@@ -386,6 +396,34 @@ def _check_arms(cfg: Any) -> None:
             raise ConfigError(f"{key}: {exc}") from None
 
 
+def _check_box(key: str, value: Any) -> None:
+    parts = key.replace("-", "/").split("/")
+    optimizers, decays = registry.names("optimizer"), registry.names("decay")
+    ok = (len(parts) == 1 and key in optimizers + decays) or (
+        len(parts) == 2 and parts[0] in optimizers and parts[1] in decays
+    )
+    if not ok:
+        raise ConfigError(
+            f"analysis.boxes: key '{key}' is not an optimizer, a decay or optimizer/decay; "
+            "e.g. analysis.boxes.adam.lr=[1e-4,1e-2]"
+        )
+    if not hasattr(value, "keys") or set(value.keys()) - {"lr", "weight_decay"}:
+        raise ConfigError(
+            f"analysis.boxes.{key}: only lr and weight_decay ranges may be set; "
+            f"e.g. analysis.boxes.{key}.lr=[1e-4,1e-2]"
+        )
+    for axis, r in value.items():
+        try:
+            lo, hi = (float(x) for x in r)
+        except (TypeError, ValueError):
+            lo = hi = float("nan")
+        if not (0 < lo < hi):
+            raise ConfigError(
+                f"analysis.boxes.{key}.{axis}: {r} is not [min, max] with 0 < min < max; "
+                f"e.g. analysis.boxes.{key}.{axis}=[1e-4,1e-2]"
+            )
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks that types cannot express. Raises ConfigError (one line) on the first."""
     o = cfg.optimizer
@@ -485,6 +523,8 @@ def validate(cfg: Any) -> None:
         _choice(parts[1], "decay", f"sweep.variants ('{v}') decay")
     for key, value in (s.get("ranges") or {}).items():
         _check_ranges(str(key), value, s)
+    for key, value in ((cfg.get("analysis") or {}).get("boxes") or {}).items():
+        _check_box(str(key), value)
     _check_arms(cfg)
     if (model_target or data_target) and list(s.get("models") or []):
         raise ConfigError(

@@ -227,14 +227,16 @@ def trials_to_within(curve: np.ndarray, target: float, within: float = 0.01) -> 
 
 def box_for(variant: str, boxes: Mapping[str, Any] | None) -> dict | None:
     """The box of ``optimizer/decay`` among ``boxes`` keyed by optimizer, decay or
-    optimizer/decay (``optimizer-decay`` too); the most specific key wins; None: no box."""
+    optimizer/decay (``optimizer-decay`` too): each axis from the most specific key that sets
+    it; None: no box."""
     if not boxes:
         return None
     opt, _, decay = variant.partition("/")
-    for key in (variant, f"{opt}-{decay}", decay, opt):
+    out: dict = {}
+    for key in (opt, decay, f"{opt}-{decay}", variant):  # least specific first
         if key in boxes and boxes[key] is not None:
-            return {k: [float(x) for x in v] for k, v in dict(boxes[key]).items()}
-    return None
+            out.update({k: [float(x) for x in v] for k, v in dict(boxes[key]).items()})
+    return out or None
 
 
 def halve_box(box: Mapping[str, Any]) -> dict:
