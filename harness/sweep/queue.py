@@ -518,8 +518,8 @@ def sample_point(trial: optuna.Trial, dists: dict[str, Any] | None) -> dict[str,
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """``trial.set_user_attr`` for every item, in one transaction on RDB storages.
 
-    Optuna commits each user attr on its own (a lookup, an upsert and a commit: about 1 ms each
-    on SQLite); a trial records ~15 of them. On an RDBStorage they are written here through the
+    Optuna commits each user attr on its own (a lookup, an upsert and a commit each); a trial
+    records ~15 of them. On an RDBStorage they are written here through the
     storage's own per-attr upsert inside one session, so they land together or not at all, with
     the same checks (a finished trial raises ``UpdateFinishedTrialError``). Other storages, or
     an Optuna whose internals differ, take the per-key path.
