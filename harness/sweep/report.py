@@ -41,6 +41,9 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     except Exception as exc:  # noqa: BLE001 - figures never lose the results
         log.warning("figures skipped: %s", exc)
         return paths
+    line = theory_scope_line(cfg, frame)
+    if line:
+        print(line)
     try:
         track_analysis(cfg, paths["figures"])
     except Exception as exc:  # noqa: BLE001 - tracking never loses the results
@@ -105,13 +108,70 @@ def next_commands(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def theory_scope(cfg: DictConfig) -> dict[str, int] | None:
+    """How much of what decays the scale-invariance theory covers: ``{"si": tensors found
+    scale-invariant that decay, "decayed": tensors that decay, "si_elements", "elements"}``
+    for the configured model on a probe batch; None when it cannot be built."""
+    from harness.loop import probe_batch, set_up
+    from harness.optim.groups import param_groups, scale_invariant_names
+
+    run = set_up(cfg)
+    invariant = scale_invariant_names(run.model, probe_batch(run))
+    _, rep = param_groups(
+        run.model,
+        1.0,
+        rule=str(cfg.optimizer.param_groups),
+        no_decay_names=list(cfg.optimizer.no_decay_names),
+        invariant=invariant,
+    )
+    decayed = list(rep["decay"]["names"])
+    sizes = {n: p.numel() for n, p in run.model.named_parameters()}
+    si = [n for n in decayed if n in set(invariant)]
+    return {
+        "si": len(si),
+        "decayed": len(decayed),
+        "si_elements": sum(sizes[n] for n in si),
+        "elements": sum(sizes[n] for n in decayed),
+    }
+
+
+def theory_scope_line(cfg: DictConfig, frame) -> str:
+    """The sentence that scopes the printed predictions: for what share of the decayed
+    parameters they hold; "" when the trials carry no scale-invariant tensor count."""
+    if "si_tensors" not in frame or not frame["si_tensors"].notna().any():
+        return ""
+    if list(cfg.sweep.get("models") or []):  # one model per study: the figures' table says it
+        return ""
+    try:
+        scope = theory_scope(cfg)
+    except Exception as exc:  # noqa: BLE001 - the summary never fails on this sentence
+        log.debug("theory scope skipped: %s", exc)
+        return ""
+    if not scope or not scope["decayed"]:
+        return "theory: no parameter decays; the predicted slopes do not apply"
+    if not scope["si"]:
+        return (
+            "theory: the detector found no scale-invariant tensor that decays; the predicted "
+            "slopes do not apply (decay is a plain penalty here)"
+        )
+    share = scope["si_elements"] / scope["elements"]
+    return (
+        f"theory: the predicted slopes hold for the {scope['si']} scale-invariant tensors of "
+        f"the {scope['decayed']} that decay ({100 * share:.0f}% of the decayed parameters)"
+        + ("" if share > 0.999 else "; the rest see decay as a plain penalty")
+    )
+
+
 def print_summary(frame, total_per_study: dict[str, int]) -> None:
-    """One row per study: cells done out of its grid (``total_per_study[study]``), the best cell."""
+    """One row per study: cells done out of its grid (``total_per_study[study]``), and the test
+    error at the cell chosen on validation (seed means; on test when there is no validation
+    error)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="lr x weight-decay sweep", show_lines=False)
-    for col in ("variant", "cells", "diverged", "best test err", "at lr", "at wd", "median wall s"):
+    for col in ("variant", "cells", "diverged", "test err at val best", "at lr", "at wd",
+                "median wall s"):  # fmt: skip
         table.add_column(col, justify="right" if col != "variant" else "left")
     if frame.empty:
         Console().print("no finished trials yet")
@@ -125,8 +185,10 @@ def print_summary(frame, total_per_study: dict[str, int]) -> None:
         if done.empty:
             table.add_row(variant, f"0/{total}", "-", "-", "-", "-", "-")
             continue
-        cells = done.groupby(["lr", "weight_decay"])["test_error"].mean()
-        (lr, wd), err = cells.idxmin(), cells.min()
+        by = "val_error" if done["val_error"].notna().all() else "test_error"
+        cells = done.groupby(["lr", "weight_decay"])[["test_error", by]].mean()
+        (lr, wd) = cells[by].idxmin()
+        err = cells.loc[(lr, wd), "test_error"]
         table.add_row(
             variant,
             f"{done[['lr', 'weight_decay', 'seed']].drop_duplicates().shape[0]}/{total}",
