@@ -172,7 +172,19 @@ READERS = [
     "harness/bench/population.py",
     "analysis/load.py",
     "analysis/plots.py",
-    "analysis/metrics.py",
+    *(
+        f"analysis/metrics/{m}.py"
+        for m in (
+            "selection",
+            "valley",
+            "regret",
+            "surface",
+            "identity",
+            "table",
+            "columns",
+            "options",
+        )
+    ),
 ]
 
 
