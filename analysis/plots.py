@@ -243,6 +243,7 @@ def draw_panel(
     span: tuple[float, float] | None = None,
     valley_rows: pd.DataFrame | None = None,
     gain_resolved: bool | None = None,
+    chosen: tuple[float, float] | None = None,
 ) -> matplotlib.image.AxesImage:
     """One heatmap panel: x = lr index, y = wd index, see the module docstring.
 
@@ -257,7 +258,9 @@ def draw_panel(
     decades, wd decades)`` the axes show, so that every panel of a figure has the same scale
     per decade (the grid centred in it). ``valley_rows``: the variant's rows of valley.csv
     (:func:`analysis.metrics.valley` with ``in_fit``); without it the valley is computed here.
-    Rows of the valley left out of the fit are drawn as hollow circles."""
+    Rows of the valley left out of the fit are drawn as hollow circles. ``chosen``: the ``(lr,
+    wd)`` of the cell the analysis chose as best (metrics' ``best_lr``, ``best_weight_decay``,
+    chosen on its selection metric), circled red; without it the least error is."""
     lrs, wds, E = grid(cells, variant)
     _, _, D = grid(cells, variant, value="diverged")
     D = np.nan_to_num(D)
@@ -305,18 +308,24 @@ def draw_panel(
     flat = np.where(np.isfinite(E) & ~all_div, E, np.inf).ravel()
     n_ok = int(np.isfinite(flat).sum())
     order = np.argsort(flat, kind="stable")[: n_circled(n_ok, n_best)]
-    for rank, idx in enumerate(order):
+    best_idx = int(order[0]) if len(order) else -1
+    if chosen is not None and len(order):  # the cell the analysis chose (on validation)
+        ci = np.nonzero(np.isclose(lrs, chosen[0], rtol=1e-6))[0]
+        cj = np.nonzero(np.isclose(wds, chosen[1], rtol=1e-6, atol=0.0))[0]
+        if len(ci) and len(cj) and np.isfinite(flat[np.ravel_multi_index((ci[0], cj[0]), E.shape)]):
+            best_idx = int(np.ravel_multi_index((ci[0], cj[0]), E.shape))
+    rx = 0.36 * min(1.0, q)  # a circle on screen, inside the cell
+    for idx in [int(k) for k in order if k != best_idx] + ([best_idx] if best_idx >= 0 else []):
         i, j = np.unravel_index(idx, E.shape)
-        rx = 0.36 * min(1.0, q)  # a circle on screen, inside the cell
         ax.add_patch(
             Ellipse(
                 (i, j),
                 2 * rx,
                 2 * rx / q,
                 fill=False,
-                lw=1.5 if rank == 0 else 0.9,
-                edgecolor=VALLEY_COLOR if rank == 0 else "white",
-                zorder=4,
+                lw=1.5 if idx == best_idx else 0.9,
+                edgecolor=VALLEY_COLOR if idx == best_idx else "white",
+                zorder=4.1 if idx == best_idx else 4,
             )
         )
     need_valley = show_valley or np.isfinite(theory_slope)
@@ -334,7 +343,7 @@ def draw_panel(
             v = valley(*fit_args)
         fit = valley_fit_rows(v) if len(v) else v
     if len(order) and np.isfinite(theory_slope) and gain_resolved is not False and len(fit):
-        i, j = np.unravel_index(order[0], E.shape)
+        i, j = np.unravel_index(best_idx, E.shape)
         fit_lrs = fit["lr"].to_numpy(float)
         if not np.any(np.isclose(fit_lrs, lrs[i])):  # anchor on the fit's best row instead
             k = int(np.argmin(fit["best_error"].to_numpy(float)))
@@ -660,6 +669,7 @@ def heatmap_figure(
                 ax, cells, v, norm, cmap, n_best, annotate, refine=refine,
                 theory_slope=predicted, unequilibrated=mask, refined=refined, regret=regret,
                 span=span, valley_rows=valleys, gain_resolved=_gain_resolved(m),
+                chosen=_chosen(m),
             )  # fmt: skip
             numbers = _panel_numbers(mrows.get(v))
             head = variant_title(v) + _theory_text(m) + (f"\n{numbers}" if numbers else "")
@@ -707,7 +717,7 @@ def heatmap_figure(
                 mec=VALLEY_COLOR,
                 mew=1.4,
                 ms=7,
-                label="best setting",
+                label="best setting (the analysis' choice)",
             ),
             Line2D(
                 [],
@@ -770,6 +780,15 @@ def heatmap_figure(
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _chosen(m: pd.Series | None) -> tuple[float, float] | None:
+    """``(best_lr, best_weight_decay)`` of a metrics row, None when it has none."""
+    if m is None:
+        return None
+    lr = pd.to_numeric(pd.Series([m.get("best_lr", np.nan)]), errors="coerce").iloc[0]
+    wd = pd.to_numeric(pd.Series([m.get("best_weight_decay", np.nan)]), errors="coerce").iloc[0]
+    return (float(lr), float(wd)) if np.isfinite(lr) and np.isfinite(wd) else None
 
 
 def _gain_resolved(m: pd.Series | None) -> bool | None:

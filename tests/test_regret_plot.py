@@ -247,3 +247,19 @@ def test_budget_figure_lines_bands_and_boxes():
     assert any("never within 1 pt" in t for t in labels)
     with pytest.raises(ValueError, match="expected_error"):
         budget_figure(budget.drop(columns=["expected_error"]))
+
+
+def test_the_red_circle_is_the_analysis_choice():
+    from matplotlib.patches import Ellipse
+
+    lrs, wds = np.geomspace(1e-3, 1, 5), np.geomspace(1e-6, 1e2, 5)
+    E = valley_grid(lrs, wds, depth=0.03)
+    cells = cell_table("sgd/l2", lrs, wds, E)
+    i, j = np.unravel_index(np.argsort(E, axis=None)[2], E.shape)  # the third-best cell
+    m = pd.DataFrame([metrics_row("sgd/l2", best_lr=lrs[i], best_weight_decay=wds[j])])
+    (ax,) = _panels(heatmap_figure(cells, m))
+    red = [p for p in ax.patches if isinstance(p, Ellipse) and p.get_edgecolor()[:3] != (1, 1, 1)]
+    assert len(red) == 1 and red[0].center == pytest.approx((i, j))
+    (ax,) = _panels(heatmap_figure(cells))  # no metrics: the least error
+    red = [p for p in ax.patches if isinstance(p, Ellipse) and p.get_edgecolor()[:3] != (1, 1, 1)]
+    assert red[0].center == pytest.approx(np.unravel_index(np.argmin(E), E.shape))
