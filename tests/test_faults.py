@@ -249,12 +249,13 @@ def test_population_workers_postgres_train_each_cell_once(tmp_path, postgres_url
 
 
 def test_sigkill_mid_population_then_resume(tmp_path):
-    """The default population size, two workers; the whole sweep is SIGKILLed while populations
-    are in flight. The rerun finishes the grid; only cells in flight are trained again."""
+    """Populations of 2 in a 16-cell grid, two workers; the whole sweep is SIGKILLed once both
+    workers have trained and some cells have finished, with populations in flight. The rerun
+    finishes the grid; only cells in flight are trained again, nothing finished is."""
     out, logs = tmp_path / "kill", tmp_path / "log"
     slow = [o for o in POP if not o.startswith("sweep.population=")]
     # populations of a few seconds: long enough to be killed mid-training, even on a fast machine
-    slow += ["sweep.population=auto", "sweep.lr.num=4", "train.epochs=60", "data.num_samples=3000"]
+    slow += ["sweep.population=2", "sweep.lr.num=4", "train.epochs=60", "data.num_samples=3000"]
     slow += ["storage=journal", "sweep.workers=2", "sweep.heartbeat_s=2"]
     n_cells = 16
     env = {**os.environ, wq.TRAINING_LOG_ENV: str(logs)}
@@ -268,24 +269,35 @@ def test_sigkill_mid_population_then_resume(tmp_path):
     )
     cfg = compose_config(slow)
     name = plan.study_name(cfg, plan.Variant("adam", "independent"))
-    in_flight: set[str] = set()
+    storage = str(out / "study.journal")
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not in_flight:
+        deadline = time.time() + 600
+        while time.time() < deadline:
             assert proc.poll() is None, "the sweep ended before it was killed"
-            counts = wq.read_training_log(logs) if logs.exists() else Counter()
-            if counts:  # a population has started training: kill it now
-                in_flight = {cell for (s, cell) in counts if s == name}
-                break
+            workers = list(logs.glob("*.jsonl")) if logs.exists() else []
+            if len(workers) == 2 and Path(storage).exists():
+                trials = load(out, "journal", slow).get_trials(deepcopy=False)
+                done = {t.user_attrs["cell"] for t in trials if t.state in wq.DONE_STATES}
+                live = {t.user_attrs["cell"] for t in trials if t.state == TrialState.RUNNING}
+                training = live & {cell for (_, cell) in wq.read_training_log(logs)}
+                if done and training and len(done) + len(live) < n_cells:
+                    break  # both workers trained, cells finished, populations in flight: kill
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert in_flight, "no population started"
-    study = load(out, "journal", slow)
-    running = {t.user_attrs["cell"] for t in study.get_trials() if t.state == TrialState.RUNNING}
-    done_before = {t.user_attrs["cell"] for t in study.get_trials() if t.state in wq.DONE_STATES}
+    # the states at the kill (the workers are dead: nothing moves any more)
+    trials = load(out, "journal", slow).get_trials(deepcopy=False)
+    done_before = {t.user_attrs["cell"] for t in trials if t.state in wq.DONE_STATES}
+    running = {t.user_attrs["cell"] for t in trials if t.state == TrialState.RUNNING}
+    assert done_before, "no cell finished before the kill"
     assert running, "nothing was in flight at the kill"
+    before = {cell: n for (s, cell), n in wq.read_training_log(logs).items() if s == name}
+    assert len(list(logs.glob("*.jsonl"))) == 2, "both workers trained before the kill"
+    assert done_before <= set(before) <= done_before | running, (before, done_before, running)
+    assert set(before.values()) == {1}, before
+    mid_training = running & set(before)  # claimed cells whose training had started
+    assert mid_training, "no population was training at the kill"
     rerun = run_logged(out, logs, *slow)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = load(out, "journal", slow)
@@ -294,8 +306,8 @@ def test_sigkill_mid_population_then_resume(tmp_path):
     assert set(counts) == cells
     again = {cell for cell, n in counts.items() if n > 1}
     # the fault cost at most the populations in flight: nothing finished is trained again
-    assert again <= running and not (again & done_before), (again, running, done_before)
-    assert max(counts.values()) <= 2
+    assert not (again & done_before), (again, done_before)
+    assert again == mid_training and max(counts.values()) == 2, (again, mid_training)
     stale = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert {t.user_attrs["cell"] for t in stale} == running
     assert {t.user_attrs.get("fail_reason") for t in stale} == {"stale"}
