@@ -11,6 +11,7 @@ an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or 
 - ``regret.png/.pdf``: random-search regret (points and normalized, seeds as bands) and
   P(near-optimal) against k;
 - ``valley.png/.pdf``: best wd against lr with the coupling slopes;
+- ``budget.png/.pdf``: the tuning cost per trial budget (``budget.csv``) with seed bands;
 - ``angles.png/.pdf`` and ``theory.csv`` when the trials carry measured angles (``si_angle``,
   ``eq_eta``): measured against predicted angle per step (:mod:`analysis.theory`);
 - ``layers.png/.pdf`` and ``layers.csv`` when the trials carry per-layer summaries (an Optuna
@@ -226,6 +227,7 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
     analysis, and ``"angles"`` when its trials carry measured angles."""
     from analysis.plots import (
         angle_figure,
+        budget_figure,
         heatmap_figure,
         layers_figure,
         regret_figure,
@@ -255,6 +257,7 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
                 cmap=cmap,
                 equilibrium=cell_equilibrium(a.theory) if angles else None,
                 refined=a.refined,
+                valleys=a.valleys if "in_fit" in a.valleys else None,
             )
         }
     out = {
@@ -263,6 +266,9 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
     }
     if len(a.valleys):
         out["valley"] = valley_figure(a.valleys, a.metrics)
+    budget = pd.to_numeric(a.budget.get("expected_error", pd.Series(dtype=float)), errors="coerce")
+    if np.isfinite(budget.to_numpy(float)).any():
+        out["budget"] = budget_figure(a.budget, metric_label=label, metrics=a.metrics)
     if angles and np.isfinite(a.theory["angle_ratio"].to_numpy(float)).any():
         out["angles"] = angle_figure(a.theory)
     if len(a.layers) and np.isfinite(a.layers["angle"].to_numpy(float)).any():
@@ -447,9 +453,10 @@ def print_metrics(
         return
     first = metrics.iloc[0]
     chosen = "validation" if str(first.get("selection", "")).startswith("val") else "test"
+    held_out = "crossfit" in str(first.get("selection", ""))
     console.print(
         f"best: test error at the cell chosen on {chosen} error; wd gain and transfer (one lr "
-        "step) held out by seed; [..]: "
+        + ("step) held out by seed; [..]: " if held_out else "step) on the one seed; [..]: ")
         + (
             f"95% seed-bootstrap intervals ({first.get('interval', '')}); ~0: not resolved"
             if np.isfinite(first.get("wd_gain_lo", np.nan))
@@ -469,8 +476,8 @@ def print_metrics(
         ]
         console.print(
             f"1 seed: no training-noise estimate; differences below {100 * floor:.1f} points (2 "
-            f"SE of the evaluation binomial, {first.n_eval} samples) are noise"
-            + (": best errors " + ", ".join(close) if close else "")
+            f"SE of a difference of two cells from the evaluation noise alone, {first.n_eval} "
+            "samples) are noise" + (": best errors " + ", ".join(close) if close else "")
         )
     if predicts and metrics["predicted_slope"].notna().any():
         console.print(

@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from analysis.figures import main
 from analysis.synthetic import synthetic_results
 
-FILES = ("heatmaps", "regret", "valley")
+FILES = ("heatmaps", "regret", "valley", "budget")
 TABLES = (
     "metrics.csv",
     "regret.csv",
@@ -145,7 +145,7 @@ def test_cli_process_from_an_optuna_storage(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 10 files" in proc.stdout  # 3 figures (png only) + 7 tables
+    assert "wrote 11 files" in proc.stdout  # 4 figures (png only) + 7 tables
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["variant"]) == ["adam/l2"] and m["n_cells"].item() == 16
     assert not (out / "heatmaps.pdf").exists()
@@ -340,7 +340,7 @@ def test_no_legend_is_cut_off(variants):
                                                         "adam/independent"],
                                            n_lr=5, n_wd=5, seeds=2))  # fmt: skip
     figs = render(analyze(frame, reps=0))
-    assert set(figs) == {"heatmaps", "regret", "valley"}
+    assert set(figs) == {"heatmaps", "regret", "valley", "budget"}
     for name, fig in figs.items():
         assert _legends_inside(fig), name
         plt.close(fig)
