@@ -12,7 +12,8 @@ _PER_VARIANT = {
     "variant": "optimizer/decay",
     "optimizer": "optimizer family",
     "decay": "decay form",
-    "best_error": "test error (seed mean) at the cell chosen on the selection metric",
+    "best_error": "test error (seed mean) at the cell chosen on the selection metric (the mean "
+    "over cells tied on it)",
     "best_error_std": "seed standard deviation of the test error at that cell",
     "best_lr": "lr of the chosen cell",
     "best_weight_decay": "weight decay of the chosen cell",

@@ -203,7 +203,9 @@ def variant_result(
     # the best cell, chosen on the selection metric
     b = int(argmin_cells(V[None])[0])
     i, j = np.unravel_index(b, V.shape)
-    best, best_val = float(T[i, j]), float(V[i, j])
+    # cells tied on the selection metric are equally likely choices: their mean test error
+    tied = np.isfinite(V) & np.isfinite(T) & (V <= V[i, j] + 1e-12)
+    best, best_val = float(T[tied].mean()), float(V[i, j])
     seeds_at = g.test[:, i, j][np.isfinite(g.test[:, i, j])]
     best_std = float(np.std(seeds_at, ddof=1)) if seeds_at.size > 1 else 0.0
     col0 = smallest_wd_column(measured)
