@@ -195,8 +195,12 @@ def slope_of(row: Any) -> Slope:
 
 
 def gain_state(row: Any) -> str | None:
-    """``resolved`` / ``not resolved`` from the wd gain's interval; None without one."""
-    return resolved(num(row, "wd_gain_lo"), num(row, "wd_gain_hi"))
+    """From the wd gain's interval: ``resolved`` (above 0: decay helps), ``resolved below 0``
+    (the decay chosen on validation does worse on held-out seeds than the smallest decay), ``not
+    resolved``; None without an interval."""
+    lo, hi = num(row, "wd_gain_lo"), num(row, "wd_gain_hi")
+    state = resolved(lo, hi)
+    return "resolved below 0" if state == "resolved" and hi < 0 else state
 
 
 def gain_text(row: Any) -> str:
@@ -248,7 +252,7 @@ def slope_findings(m: pd.DataFrame) -> Findings:
             continue
         item = f"{_variant(r, models)} {sl.text} (predicted {signed(sl.predicted)})"
         state = gain_state(r)
-        if state == "not resolved":
+        if state in ("not resolved", "resolved below 0"):
             no_gain.append(f"{_variant(r, models)} {sl.text}")
         elif state is None:
             no_gain_iv.append(item)
@@ -271,9 +275,8 @@ def slope_findings(m: pd.DataFrame) -> Findings:
         out.contradicts.append(f"valley slopes with the prediction outside the {basis}: {text}.")
     if no_gain:
         out.open.append(
-            "slopes that are no evidence either way, because the wd gain is not resolved: "
-            + "; ".join(no_gain)
-            + "."
+            "slopes that are no evidence either way, because the wd gain is not resolved above "
+            "0: " + "; ".join(no_gain) + "."
         )
     if no_gain_iv:
         out.open.append(
@@ -294,14 +297,21 @@ def slope_findings(m: pd.DataFrame) -> Findings:
 def gain_findings(m: pd.DataFrame) -> Findings:
     out = Findings()
     models = m["model"].nunique() if "model" in m else 1
-    res, unres, na = [], [], []
+    res, unres, neg, na = [], [], [], []
     for _, r in m.iterrows():
         state = gain_state(r)
         item = f"{_variant(r, models)} {gain_text(r)}"
-        (res if state == "resolved" else unres if state == "not resolved" else na).append(item)
+        {"resolved": res, "not resolved": unres, "resolved below 0": neg}.get(state, na).append(
+            item
+        )
     if res:
         out.supports.append(
             "weight decay matters (wd gain resolved, points): " + "; ".join(res) + "."
+        )
+    if neg:
+        out.open.append(
+            "wd gain resolved below 0 (the decay chosen on validation loses to the smallest decay "
+            "on held-out seeds: no valley to read, points): " + "; ".join(neg) + "."
         )
     if unres:
         out.open.append("wd gain not resolved (points): " + "; ".join(unres) + ".")
