@@ -963,21 +963,24 @@ def budget_figure(
                     ax.axhline(100 * best, color=palette[v], lw=0.6, ls=":", alpha=0.8)
             ax.set_xscale("log")
             ax.set_xlabel("random cells tried (k)")
-            ax.set_ylabel(f"expected {metric_label} at the validation choice (%)")
-            ax.set_title(_family_label(fam))
+            ax.set_ylabel(f"expected {metric_label} (%)")
+            ax.set_title(f"{_family_label(fam)}: the validation-best of k cells")
             ax.grid(alpha=0.25, lw=0.5)
             ax.spines[["top", "right"]].set_visible(False)
-        handles = []
-        for v in variants:
-            label = variant_title(v)
-            m = mrows.get(v)
-            k1 = np.nan if m is None else float(m.get("trials_to_within_1pt", np.nan))
-            if m is not None and "trials_to_within_1pt" in m:
-                label += (
-                    f": within 1 pt at k = {int(k1)}" if np.isfinite(k1) else ": never within 1 pt"
-                )
-            handles.append(Line2D([], [], color=palette[v], lw=1.4, label=label))
-        handles += [
+            own = []  # this panel's variants, with the budget that gets within a point
+            for v in mine:
+                label = variant_title(v)
+                m = mrows.get(v)
+                if m is not None and "trials_to_within_1pt" in m:
+                    k1 = float(m.get("trials_to_within_1pt", np.nan))
+                    label += (
+                        f": within 1 pt at k = {int(k1)}"
+                        if np.isfinite(k1)
+                        else ": never within 1 pt"
+                    )
+                own.append(Line2D([], [], color=palette[v], lw=1.4, label=label))
+            ax.legend(handles=own, loc="upper right", fontsize=6, frameon=False)
+        handles = [
             Line2D([], [], color="#555555", lw=1.2, ls=_dash_style(dashes[b]),
                    label=BOX_LABELS.get(b, b))
             for b in boxes
