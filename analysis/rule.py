@@ -52,9 +52,13 @@ import pandas as pd
 from analysis import theory
 from analysis.load import SourceError, is_valley, load_results, seed_grids, variants_in_order
 from analysis.metrics import valley
+from analysis.metrics.options import MIN_SEEDS_FOR_INTERVAL
+from analysis.metrics.selection import percentile_interval, resample_picks
+from analysis.metrics.valley import measured_columns, row_positions
 
-MIN_BOOTSTRAP_SEEDS = 3  # fewer: the range of the single-seed fits (2 seeds) or no interval
-BOOTSTRAP_REPS = 200
+# fewer seeds: the range of the single-seed fits (2 seeds) or no interval (1)
+MIN_BOOTSTRAP_SEEDS = MIN_SEEDS_FOR_INTERVAL
+BOOTSTRAP_REPS = 200  # each resample refits every row's valley: fewer than the metrics' default
 LEVEL = 0.95
 SETTINGS = ("n_train", "epochs", "batch_size")
 AXES = ("n_train", "epochs")  # the settings whose exponent a sweep over several values measures
@@ -105,6 +109,7 @@ __all__ = [
     "settings",
     "summary_line",
     "timescale_exponents",
+    "write_tables",
 ]
 
 
@@ -128,29 +133,31 @@ def seed_bootstrap(
     seed: int = 0,
     level: float = LEVEL,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Percentile interval of a vector statistic over seed resamples.
+    """Percentile interval of a vector statistic over seed resamples: the resamples of
+    :func:`analysis.metrics.selection.resample_picks` and the percentiles of
+    :func:`analysis.metrics.selection.percentile_interval` (the project's seed bootstrap),
+    element by element, so that one refit per resample serves every number of the rule.
 
     ``statistic(idx)`` gets ``n_seeds`` seed positions drawn with replacement and returns a
-    vector; non-finite replicates are left out per element. ``kind``: ``"bootstrap"`` with
-    :data:`MIN_BOOTSTRAP_SEEDS` or more seeds; ``"seed range"`` with two (min and max of the
-    two single-seed statistics, no coverage claimed); ``"none"`` with one (nan).
+    vector; non-finite replicates are left out per element (an element finite on fewer than a
+    quarter of the resamples gets no interval). ``kind``: ``"bootstrap"`` with
+    :data:`MIN_BOOTSTRAP_SEEDS` or more seeds; ``"seed range"`` with two (min and max of the two
+    single-seed statistics, no coverage claimed); ``"none"`` with one (nan).
     """
-    full = np.atleast_1d(np.asarray(statistic(np.arange(n_seeds)), float))
+    full = np.atleast_1d(np.asarray(_quiet(statistic, np.arange(n_seeds)), float))
     nan = np.full(full.shape, np.nan)
     if n_seeds < 2:
         return nan, nan.copy(), "none"
     if n_seeds < MIN_BOOTSTRAP_SEEDS:
         reps_ = np.array([_quiet(statistic, np.array([k])) for k in range(n_seeds)], float)
         return np.nanmin(reps_, axis=0), np.nanmax(reps_, axis=0), "seed range"
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n_seeds, size=(reps, n_seeds))
+    picks = resample_picks(n_seeds, reps, seed)
     values = np.array([np.atleast_1d(_quiet(statistic, p)) for p in picks], float)
-    a = 100 * (1 - level) / 2
     lo, hi = nan.copy(), nan.copy()
     for k in range(values.shape[1]):
-        col = values[:, k][np.isfinite(values[:, k])]
-        if col.size >= max(10, reps // 4):  # most replicates must have a fit
-            lo[k], hi[k] = np.percentile(col, a), np.percentile(col, 100 - a)
+        col = values[:, k]
+        if np.isfinite(col).sum() >= max(10, reps // 4):  # most resamples must have a fit
+            lo[k], hi[k], _ = percentile_interval(col, level)
     return lo, hi, "bootstrap"
 
 
@@ -242,16 +249,6 @@ def settings(frame: pd.DataFrame, sources: Any = None) -> pd.DataFrame:
 # The fit
 
 
-def _fit_line(v: pd.DataFrame, holdout: Sequence[float]) -> tuple[float, float, np.ndarray]:
-    """``(log C, s, lrs)`` of the valley's fit rows without the held-out lrs."""
-    rows = v[v["in_fit"] & ~_isin(v["lr"].to_numpy(float), holdout)]
-    lrs = rows["lr"].to_numpy(float)
-    if len(np.unique(lrs)) < 2:
-        return float("nan"), float("nan"), lrs
-    s, logc = np.polyfit(np.log(lrs), np.log(rows["best_wd"].to_numpy(float)), 1)
-    return float(logc), float(s), lrs
-
-
 def _isin(values: np.ndarray, targets: Sequence[float], rtol: float = 1e-6) -> np.ndarray:
     t = np.asarray(list(targets), float)
     if t.size == 0:
@@ -319,21 +316,26 @@ def fit_rule(
     measured = is_valley(frame[frame["variant"] == variant])
     at = np.asarray(list(at_lrs), float)
     held = [float(x) for x in holdout_lrs if _isin(lrs, [x]).any()]
+    # the rows the rule rests on: chosen once, on the seed mean (as the valley slope's are)
+    v = _quiet(valley, lrs, wds, np.nanmean(S, axis=0), True, measured)
+    fit = _isin(lrs, v.loc[v["in_fit"], "lr"].to_numpy(float)) & ~_isin(lrs, held)
+    hold = [int(np.nonzero(_isin(lrs, [h]))[0][0]) for h in held]
+    cols = measured_columns(np.nanmean(S, axis=0)) if measured else None
+    used = lrs[fit]
+    x = np.log(lrs)
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        E = np.nanmean(S[idx], axis=0)
-        v = valley(lrs, wds, E, refine=True, measured=measured)
-        logc, s, used = _fit_line(v, holdout_lrs)
-        found = []
-        for h in held:
-            row = v[_isin(v["lr"].to_numpy(float), [h])]
-            found.append(float(np.log(row["best_wd"].iloc[0])) if len(row) else np.nan)
-        lo = np.log(used.min()) if used.size else np.nan
-        hi = np.log(used.max()) if used.size else np.nan
-        return np.array([logc, s, *(logc + s * np.log(at)), *found, lo, hi, used.size], float)
+        pos = row_positions(np.nanmean(S[idx], axis=0)[None], wds, True, cols)["pos"][0]
+        ok = fit & np.isfinite(pos)
+        if ok.sum() < 2:
+            logc = s = np.nan
+        else:
+            s, logc = np.polyfit(x[ok], pos[ok], 1)
+        return np.array([logc, s, *(logc + s * np.log(at)), *pos[hold]], float)
 
     full = _quiet(stat, np.arange(len(seeds)))
     logc, s = full[0], full[1]
+    lr_span = (float(used.min()), float(used.max())) if used.size else (np.nan, np.nan)
     if not np.isfinite(s):
         raise RuleError(
             f"variant {variant}: fewer than two lr rows with an interior best wd on "
@@ -341,7 +343,7 @@ def fit_rule(
         )
     lo, hi, kind = bootstrap(len(seeds), stat, reps=reps)
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    n_at, n_h = len(at), len(held)
+    n_at = len(at)
     at_out = {
         float(x): (math.exp(full[2 + k]), math.exp(lo[2 + k]), math.exp(hi[2 + k]))
         for k, x in enumerate(at)
@@ -359,9 +361,9 @@ def fit_rule(
         s=float(s),
         s_lo=float(lo[1]),
         s_hi=float(hi[1]),
-        lr_min=math.exp(full[base + n_h]),
-        lr_max=math.exp(full[base + n_h + 1]),
-        rows=int(full[base + n_h + 2]),
+        lr_min=lr_span[0],
+        lr_max=lr_span[1],
+        rows=int(used.size),
         seeds=len(seeds),
         interval=kind,
         at=at_out,
@@ -571,11 +573,17 @@ def timescale_exponents(
             n_seeds = min(len(g[1]) for g in grids)
             fit_mask = ~_isin(np.array([x for x, _ in arms]), skip)
 
-            def stat(idx: np.ndarray, grids=grids, lr_ref=lr_ref, fit_mask=fit_mask) -> np.ndarray:
+            rows = [_rows_of(g[2], g[3], g[4], g[5]) for g in grids]
+
+            def stat(idx: np.ndarray, grids=grids, lr_ref=lr_ref, fit_mask=fit_mask, rows=rows):
                 logw = []
-                for _, _, lrs, wds, S, measured in grids:
-                    E = np.nanmean(S[idx], axis=0)
-                    logc, s, _ = _fit_line(valley(lrs, wds, E, True, measured), ())
+                for (_, _, lrs, wds, S, _), (fit, cols) in zip(grids, rows):
+                    pos = row_positions(np.nanmean(S[idx], axis=0)[None], wds, True, cols)["pos"]
+                    ok = fit & np.isfinite(pos[0])
+                    if ok.sum() < 2:
+                        logw.append(np.nan)
+                        continue
+                    s, logc = np.polyfit(np.log(lrs[ok]), pos[0][ok], 1)
                     logw.append(logc + s * math.log(lr_ref))
                 logw = np.array(logw)
                 x = np.log([g[0] for g in grids])
@@ -608,6 +616,16 @@ def timescale_exponents(
                 }
             )
     return pd.DataFrame(rows, columns=cols)
+
+
+def _rows_of(lrs, wds, S, measured) -> tuple[np.ndarray, list | None]:
+    """``(fit, cols)``: which lr rows the fit uses (chosen on the seed mean) and, for a valley
+    tracer, each row's measured columns."""
+    E = np.nanmean(S, axis=0)
+    v = _quiet(valley, lrs, wds, E, True, measured)
+    return _isin(lrs, v.loc[v["in_fit"], "lr"].to_numpy(float)), (
+        measured_columns(E) if measured else None
+    )
 
 
 def _no_interval(n_seeds, statistic, reps=0, **_):
@@ -786,15 +804,69 @@ def _parser() -> argparse.ArgumentParser:
         "intervals). Refuses to answer outside the data unless --extrapolate.",
     )
     ap.add_argument("sources", nargs="+", help="results.csv files, directories or storages")
-    ap.add_argument("--variant", required=True, help="optimizer/decay, e.g. adam/independent")
-    ap.add_argument("--lr", required=True, type=float, help="the learning rate you will use")
+    ap.add_argument("--variant", help="optimizer/decay, e.g. adam/independent")
+    ap.add_argument("--lr", type=float, help="the learning rate you will use")
     ap.add_argument("--n-train", type=float, default=None, help="your training-set size")
     ap.add_argument("--epochs", type=float, default=None, help="your training length (epochs)")
     ap.add_argument("--experiment", default=None, help="which experiment of the results")
     ap.add_argument("--extrapolate", action="store_true", help="answer outside the data too")
     ap.add_argument("--metric", default="val_error", help="the error the best wd is chosen on")
     ap.add_argument("--reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replicates")
+    ap.add_argument(
+        "--tables",
+        metavar="DIR",
+        help="instead of one answer: write decay_rule.csv, decay_rule_heldout.csv and "
+        "timescale_exponents.csv into DIR and print one line per variant",
+    )
+    ap.add_argument(
+        "--holdout-lr",
+        type=float,
+        action="append",
+        default=[],
+        help="an lr row left out of "
+        "the fit, whose best wd the rule then predicts (repeat the flag for several)",
+    )
+    ap.add_argument(
+        "--holdout-n-train",
+        type=float,
+        action="append",
+        default=[],
+        help="an N left out of the exponent fit, whose best wd the exponent then predicts",
+    )
     return ap
+
+
+def write_tables(
+    frame: pd.DataFrame,
+    out: str | Path,
+    *,
+    holdout_lrs: Sequence[float] = (),
+    holdout_n_train: Sequence[float] = (),
+    metric: str = "val_error",
+    bootstrap: Bootstrap = seed_bootstrap,
+    reps: int = BOOTSTRAP_REPS,
+) -> dict[str, Path]:
+    """Compute and write ``decay_rule.csv`` (:func:`decay_rule_table`), with held-out lrs
+    ``decay_rule_heldout.csv`` (:func:`heldout_table`), and with sweeps over N or epochs
+    ``timescale_exponents.csv`` (:func:`timescale_exponents`) into ``out``; every table is
+    computed before the first file is written."""
+    kw = {"metric": metric, "bootstrap": bootstrap, "reps": reps}
+    tables = {"decay_rule": decay_rule_table(frame, holdout_lrs=holdout_lrs, **kw)}
+    if holdout_lrs:
+        tables["decay_rule_heldout"] = heldout_table(frame, holdout_lrs, **kw)
+    exps = timescale_exponents(frame, holdout_n_train=holdout_n_train, **kw)
+    if len(exps):
+        tables["timescale_exponents"] = exps
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, table in tables.items():
+        path = out / f"{name}.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(path)
+        paths[name] = path
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,6 +874,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.reps < 1:
             raise RuleError(f"--reps: {args.reps}; pass --reps 1 or more")
+        if args.tables:
+            return _tables(args)
+        if args.variant is None or args.lr is None:
+            raise RuleError(
+                "--variant and --lr: both needed for a recommendation (or --tables DIR)"
+            )
         if "/" not in args.variant:
             raise RuleError(
                 f"--variant: {args.variant} is not optimizer/decay; e.g. adam/independent"
@@ -846,6 +924,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  timescale at this wd: {float(tau_i):.3g} steps = {float(tau_e):.3g} epochs")
     for note in rec.notes:
         print(f"  {note}")
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = settings(load_results(args.sources), args.sources)
+    if args.variant is not None:
+        if args.variant not in set(frame["variant"]):
+            have = ", ".join(variants_in_order(frame))
+            raise RuleError(f"--variant: {args.variant} is not in the results; pass one of {have}")
+        frame = frame[frame["variant"] == args.variant]
+    paths = write_tables(
+        frame,
+        args.tables,
+        holdout_lrs=args.holdout_lr,
+        holdout_n_train=args.holdout_n_train,
+        metric=args.metric,
+        reps=args.reps,
+    )
+    rules = pd.read_csv(paths["decay_rule"])
+    for exp, part in rules.groupby("experiment", sort=False):
+        print(f"{exp}:")
+        for _, row in part.iterrows():
+            print(f"  {summary_line(row)}")
+    for path in paths.values():
+        print(f"wrote {path}")
     return 0
 
 
