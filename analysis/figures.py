@@ -14,6 +14,11 @@ an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or 
 - ``budget.png/.pdf``: the tuning cost per trial budget (``budget.csv``) with seed bands;
 - ``angles.png/.pdf`` and ``theory.csv`` when the trials carry measured angles (``si_angle``,
   ``eq_eta``): measured against predicted angle per step (:mod:`analysis.theory`);
+  ``collapse.png/.pdf`` then puts every variant's equilibrated cells against the measured
+  angle per step on one axis (:mod:`analysis.collapse`);
+- ``decay_rule.csv`` (grid sweeps): the fitted rule ``wd = C * lr^s`` per variant with its
+  intervals, validity range and timescale (:mod:`analysis.rule`); metrics.csv gains
+  ``collapse_r2_1d``, ``collapse_r2_2d`` and ``collapse_cells`` (:mod:`analysis.collapse`);
 - ``layers.png/.pdf`` and ``layers.csv`` when the trials carry per-layer summaries (an Optuna
   storage, or the ``layers.csv`` beside a results.csv): each layer's angle per step against
   lr x wd, one facet per layer, with the predicted angle (:func:`analysis.plots.layers_figure`);
@@ -40,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.collapse import collapse_figure, collapse_table
 from analysis.load import (
     SourceError,
     aggregate,
@@ -66,6 +72,7 @@ from analysis.metrics import (
     tables,
     variant_surface,
 )
+from analysis.rule import decay_rule_table, settings
 from analysis.theory import cell_equilibrium, has_angles, study_hyperparameters, trial_theory
 
 METRICS = ("test_error", "val_error", "final_val_error")
@@ -98,6 +105,8 @@ class Analysis:
     # budget.csv: the expected test error at the validation-best of k cells of a search box
     budget: pd.DataFrame = field(default_factory=pd.DataFrame)
     options: Options = field(default_factory=Options)
+    # decay_rule.csv: the fitted wd = C * lr^s per variant (analysis.rule), for grid sweeps
+    rule: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def analyze(
@@ -148,6 +157,10 @@ def analyze(
         regret = regret_table(cells, variants, o.tol)
         valleys = t.valleys
         seeds = regret_seed_table(coarse(frame), variants, metric)
+        # how much of each variant's surface its invariant explains (analysis.collapse)
+        metrics = metrics.merge(collapse_table(frame, metric), on="variant", how="left")
+    sel = o.selection if o.selection in frame and frame[o.selection].notna().any() else metric
+    rule = pd.DataFrame() if surface else decay_rule_table(frame, metric=sel)
     return Analysis(
         label,
         frame,
@@ -166,6 +179,7 @@ def analyze(
         layer_theory(layers, frame) if layers is not None else pd.DataFrame(),
         t.budget,
         o,
+        rule,
     )
 
 
@@ -271,6 +285,9 @@ def render(a: Analysis, annotate: bool = False, n_best: int = 10, cmap: str = "v
         out["budget"] = budget_figure(a.budget, metric_label=label, metrics=a.metrics)
     if angles and np.isfinite(a.theory["angle_ratio"].to_numpy(float)).any():
         out["angles"] = angle_figure(a.theory)
+    collapse = collapse_figure(a.trials, a.metric) if angles else None
+    if collapse is not None:
+        out["collapse"] = collapse
     if len(a.layers) and np.isfinite(a.layers["angle"].to_numpy(float)).any():
         out["layers"] = layers_figure(a.layers)
     return out
@@ -308,6 +325,8 @@ def write(
             a.identity.to_csv(d / "identity.csv", index=False)
             if len(a.budget):
                 a.budget.to_csv(d / "budget.csv", index=False)
+            if len(a.rule):
+                a.rule.to_csv(d / "decay_rule.csv", index=False)
             if len(a.theory) and has_angles(a.theory):
                 a.theory.to_csv(d / "theory.csv", index=False)
             if len(a.layers):
@@ -572,10 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--selection",
-        default="val_error",
+        default="final_val_error",
         choices=METRICS,
         help="error every choice (best cell, best wd per lr, transfer source) is made on; the "
-        "reported error is --metric (default: val_error; test_error when the trials lack it)",
+        "reported error is --metric (default: final_val_error, the validation error of the "
+        "tested weights; val_error, then test_error, when the trials lack it)",
     )
     ap.add_argument(
         "--tol",
@@ -681,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{' '.join(args.sources)}: no COMPLETE trials (is the sweep still running?)"
             )
         frame = study_hyperparameters(args.sources, frame)
+        frame = settings(frame, args.sources)  # n_train, epochs, batch size: the rule's timescale
         layers = load_layers(args.sources, args.study)
         bins = parse_bins(args.bins)
         if bins and bins != (0, 0):

@@ -61,7 +61,8 @@ _PER_VARIANT = {
     "separability_cols": "columns in the separability fit",
     "chance": "chance-level error of the data set",
     # choose on validation, noise from the data, seed-bootstrap intervals
-    "selection": "val (choose on val_error), val+crossfit (gains held out by seed), test",
+    "selection": "val (choose on the validation error, final_val_error or else val_error), "
+    "val+crossfit (gains held out by seed), test",
     "best_val_error": "selection-metric error (seed mean) at the chosen cell",
     "best_error_lo": "seed-bootstrap interval of best_error, low end",
     "best_error_hi": "seed-bootstrap interval of best_error, high end",

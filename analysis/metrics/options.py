@@ -25,7 +25,7 @@ class Options:
     """
 
     metric: str = "test_error"
-    selection: str = "val_error"
+    selection: str = "final_val_error"
     tol: float = NEAR_OPTIMAL_TOL
     reps: int = BOOTSTRAP_REPS
     seed: int = 0

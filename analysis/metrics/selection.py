@@ -1,8 +1,8 @@
 """Selection and noise: choose on validation, score on test; how noisy a cell mean is; seed
 bootstrap intervals.
 
-Every "best" is chosen on the selection metric (``val_error``) and reported on the metric
-(``test_error``). With two or more seeds the numbers that compare a choice with another (the wd
+Every "best" is chosen on the selection metric (``final_val_error``, the validation error of the
+weights that are tested) and reported on the metric (``test_error``). With two or more seeds the numbers that compare a choice with another (the wd
 gain, the transfer regret, each row's gain) are also **cross-fit**: for each seed ``h``, choose
 on the other seeds' validation errors and score on seed ``h``'s test error, then average over
 ``h``. A seed's validation and test errors share its training noise, so choosing and scoring on
@@ -74,17 +74,37 @@ def _nanmean0(X: np.ndarray) -> np.ndarray:
         return np.where(n > 0, np.where(fin, X, 0.0).sum(0) / np.maximum(n, 1), np.nan)
 
 
+# The validation error of the weights that are tested (``final_val_error``) is what choices are
+# made on; ``val_error`` (the lowest over the evaluations, an early-stopping optimum of a noisy
+# curve) stands in for results that lack it, e.g. runs written by other code.
+SELECTION_FALLBACKS = ("final_val_error", "val_error")
+
+
+def selection_column(frame: pd.DataFrame, metric: str, selection: str) -> str:
+    """The column choices are made on: ``selection`` where every trial has it, else the next of
+    :data:`SELECTION_FALLBACKS`, else ``metric`` itself."""
+    order = [selection] + [c for c in SELECTION_FALLBACKS if c != selection]
+    for col in order:
+        if col == metric:
+            return metric
+        if col in frame and not frame[col].isna().any():
+            return col
+    return metric
+
+
 def variant_grids(
-    frame: pd.DataFrame, variant: str, metric: str = "test_error", selection: str = "val_error"
+    frame: pd.DataFrame,
+    variant: str,
+    metric: str = "test_error",
+    selection: str = "final_val_error",
 ) -> Grids:
-    """The seed grids of one variant (its trials in ``frame``). Choices fall back to ``metric``
-    when ``selection`` is missing for some trial that has ``metric``."""
+    """The seed grids of one variant (its trials in ``frame``). Choices fall back as
+    :func:`selection_column` says when ``selection`` is missing for some trial that has
+    ``metric``."""
     sub = frame[(frame["variant"] == variant) & frame[metric].notna()]
     if sub.empty:
         raise ValueError(f"variant={variant}: no trials with {metric}")
-    use = selection
-    if selection == metric or selection not in sub or sub[selection].isna().any():
-        use = metric
+    use = selection_column(sub, metric, selection)
     cols = list(dict.fromkeys([metric, use]))
     g = sub.groupby(["seed", "lr", "weight_decay"], as_index=False)[cols].mean()
     lrs = np.sort(g["lr"].unique())

@@ -44,6 +44,8 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     line = theory_scope_line(cfg, frame)
     if line:
         print(line)
+    for line in decay_rule_lines(paths["figures"]):
+        print(line)
     try:
         track_analysis(cfg, paths["figures"])
     except Exception as exc:  # noqa: BLE001 - tracking never loses the results
@@ -52,7 +54,30 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
 
 
 # The tables of an analysis folder that go to W&B (analysis.figures writes them)
-ANALYSIS_TABLES = ("metrics", "regret", "valley")
+ANALYSIS_TABLES = ("metrics", "regret", "valley", "decay_rule")
+
+
+def decay_rule_lines(figures: Path) -> list[str]:
+    """The decay rule in plain words, one line per variant (``adam/independent: wd ~ 1.6e-03 at
+    any lr in [1e-04, 1e-01]``), from each analysis folder's ``decay_rule.csv``; a heading per
+    part when the sweep has several."""
+    import pandas as pd
+
+    from analysis.rule import summary_line
+
+    lines: list[str] = []
+    folders = analysis_folders(figures)
+    for folder in folders:
+        path = folder / "decay_rule.csv"
+        if not path.is_file() or not path.stat().st_size:
+            continue
+        rules = pd.read_csv(path)
+        if rules.empty:
+            continue
+        head = "decay rule (wd = C * lr^s, best wd per lr row on validation)"
+        lines.append(f"{head}, {folder.name}:" if len(folders) > 1 else f"{head}:")
+        lines += [f"  {summary_line(row)}" for _, row in rules.iterrows()]
+    return lines
 
 
 def analysis_folders(figures: Path) -> list[Path]:
@@ -185,7 +210,10 @@ def print_summary(frame, total_per_study: dict[str, int]) -> None:
         if done.empty:
             table.add_row(variant, f"0/{total}", "-", "-", "-", "-", "-")
             continue
-        by = "val_error" if done["val_error"].notna().all() else "test_error"
+        by = next(
+            (c for c in ("final_val_error", "val_error") if c in done and done[c].notna().all()),
+            "test_error",
+        )
         cells = done.groupby(["lr", "weight_decay"])[["test_error", by]].mean()
         (lr, wd) = cells[by].idxmin()
         err = cells.loc[(lr, wd), "test_error"]
