@@ -88,6 +88,111 @@ def test_two_rounds_at_refine_3_resolve_a_5x_grid_to_1_5x():
 
 
 # --------------------------------------------------------------------------------------------
+# A row's values over several seeds, and when a row is settled
+
+DISTS = {
+    "lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True),
+    "weight_decay": optuna.distributions.FloatDistribution(1e-8, 1.0, log=True),
+    "seed": optuna.distributions.IntDistribution(0, 9),
+}
+
+
+def _row(*trials: tuple) -> list:
+    """FrozenTrials of one lr row, numbered in order: ``(wd, seed, state, value, fail_reason)``."""
+    study = optuna.create_study()
+    for wd, seed, state, value, reason in trials:
+        attrs = {"cell": wq.cell_key(1e-3, wd, seed)}
+        if reason:
+            attrs["fail_reason"] = reason
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                params={"lr": 1e-3, "weight_decay": wd, "seed": seed},
+                distributions=DISTS,
+                value=value if state == TrialState.COMPLETE else None,
+                user_attrs=attrs,
+            )
+        )
+    return study.get_trials(deepcopy=False)
+
+
+def test_row_values_are_seed_means_and_failed_cells_count_one():
+    done, fail, pruned = TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED
+    trials = _row(
+        (1e-4, 0, done, 0.30, None),
+        (1e-4, 1, done, 0.10, None),
+        (1e-4, 2, done, 0.20, None),
+        (1e-3, 0, fail, None, "RuntimeError: boom"),  # failed, then retried and done
+        (1e-3, 0, done, 0.40, None),
+        (1e-3, 1, done, 0.20, None),
+        (1e-2, 0, pruned, None, None),  # a pruned cell counts like a failed one
+        (1e-2, 1, done, 0.50, None),
+        (1e-1, 0, fail, None, "RuntimeError: boom"),
+        (1.0000004e-5, 0, done, 0.70, None),  # rounded to 6 digits like the grid
+        (1e-5, 1, done, 0.90, None),
+    )
+    values = valley.row_values(trials)
+    assert values == pytest.approx({1e-4: 0.20, 1e-3: 0.30, 1e-2: 0.75, 1e-1: 1.0, 1e-5: 0.80})
+    assert set(values) == {1e-4, 1e-3, 1e-2, 1e-1, 1e-5}
+
+
+def test_settled_rows():
+    done, fail = TrialState.COMPLETE, TrialState.FAIL
+    assert not valley._settled([])
+    assert valley._settled(_row((1e-4, 0, done, 0.3, None), (1e-3, 0, done, 0.2, None)))
+    for live in (TrialState.WAITING, TrialState.RUNNING):
+        assert not valley._settled(_row((1e-4, 0, done, 0.3, None), (1e-3, 0, live, None, None)))
+    for lost in wq.LOST_REASONS:  # its cell is about to be enqueued again
+        assert not valley._settled(_row((1e-4, 0, done, 0.3, None), (1e-3, 0, fail, None, lost)))
+        # ... unless a later trial of the cell finished
+        assert valley._settled(_row((1e-3, 0, fail, None, lost), (1e-3, 0, done, 0.2, None)))
+        # a cell whose later trial was lost is not settled, whatever ran before
+        assert not valley._settled(_row((1e-3, 0, done, 0.2, None), (1e-3, 0, fail, None, lost)))
+    # a cell that failed in training is a result (1.0) until a rerun retries it
+    assert valley._settled(_row((1e-4, 0, done, 0.3, None), (1e-3, 0, fail, None, "Error: x")))
+
+
+def test_rounds_center_on_the_seed_mean_with_several_seeds(tmp_path):
+    """Two seeds. Seed 1 has a deep dip next to each row's best coarse wd and seed 0 a bump of
+    the same size there, so the seed mean keeps the true best; the best single seed would not.
+    Each row's round 1 is centred on the seed mean's best wd, its points for both seeds."""
+    cfg = _cfg(tmp_path / "out", "journal", "sweep.rounds=1", "sweep.seeds=2")
+    spec = plan.valley_spec(cfg)
+    assert spec.seeds == [0, 1]
+    study = plan.create_study(cfg, open_storage(cfg, cfg.output_dir), plan.variants(cfg)[0])
+    tracer, _ = valley.Tracer.prepare(study, spec)
+    lrs, wds = spec.lrs, spec.wds
+    coarse_best = {lr: min(wds, key=lambda w: objective(lr, w)) for lr in lrs}
+    dip = {lr: wds[wds.index(coarse_best[lr]) + (1 if coarse_best[lr] != wds[-1] else -1)]
+           for lr in lrs}  # fmt: skip
+
+    def value(lr, wd, seed):
+        row = min(lrs, key=lambda r: abs(math.log(r / lr)))
+        shift = 1.0 if math.isclose(wd, dip[row], rel_tol=1e-6) else 0.0
+        return objective(lr, wd) + (shift if seed == 0 else -shift)
+
+    for t in study.get_trials(deepcopy=False):
+        p = t.params
+        assert wq.claim_trial(study._storage, t._trial_id)
+        study.tell(t.number, value(p["lr"], p["weight_decay"], p["seed"]))
+    for lr in lrs:  # the data really separate the two choices
+        best_seed = min(wds, key=lambda w: min(value(lr, w, s) for s in (0, 1)))
+        assert best_seed == pytest.approx(dip[lr]) and dip[lr] != coarse_best[lr]
+    assert tracer.advance() > 0
+    gates = valley.gates_study(study).get_trials(deepcopy=False)
+    centers = {g.user_attrs["lr"]: g.user_attrs["center"] for g in gates}
+    assert centers == {valley.row_key(lr): pytest.approx(coarse_best[lr]) for lr in lrs}
+    fresh = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    for lr in lrs:
+        mine = [t for t in fresh if math.isclose(t.params["lr"], lr, rel_tol=1e-6)]
+        wds = sorted({t.params["weight_decay"] for t in mine})
+        lo, hi = spec.bounds
+        want = valley.round_points(coarse_best[lr], spec.q0, spec.refine, 1, lo, hi)
+        assert wds == pytest.approx(want)
+        assert Counter(t.params["seed"] for t in mine) == {0: len(want), 1: len(want)}
+
+
+# --------------------------------------------------------------------------------------------
 # On a real storage, with a synthetic trainer
 
 SYN = [
