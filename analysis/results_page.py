@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness import registry
+
 HERE = Path(__file__).resolve().parent
 GALLERY = HERE / "gallery"
 OUT = HERE / "RESULTS.md"
@@ -153,16 +155,9 @@ def with_interval(row: Any, col: str, fmt) -> str:
 
 
 def family_label(fam: str) -> str:
-    return {"sgd": "SGD", "adam": "Adam"}.get(fam, fam)
-
-
-def decay_label(dec: str) -> str:
-    return {
-        "l2": "coupled L2",
-        "loss": "L2 in the loss",
-        "decoupled": "torch-style decoupled",
-        "independent": "the paper's independent",
-    }.get(dec, dec)
+    """The optimizer family's label in the registry (``SGD``, ``Adam``)."""
+    family = registry.OPTIMIZERS.get(fam)
+    return family.label if family else fam
 
 
 # --------------------------------------------------------------------------------------------
@@ -1013,13 +1008,18 @@ def load_synthetic(gallery: Path) -> list[SyntheticRow]:
 # The page
 
 
-def theory_table() -> list[dict]:
-    """The prediction of each variant the galleries run (analysis.theory)."""
+def theory_table(variants: list[str]) -> list[dict]:
+    """The prediction of each variant the galleries run (analysis.theory), families and decay
+    forms in the registry's order."""
     from analysis.theory import prediction
 
+    fams = [f for f in registry.names("optimizer") if any(v.startswith(f"{f}/") for v in variants)]
+    decs = [d for d in registry.names("decay") if any(v.endswith(f"/{d}") for v in variants)]
     rows = []
-    for fam in ("sgd", "adam"):
-        for dec in ("l2", "decoupled", INDEPENDENT):
+    for fam in fams:
+        for dec in decs:
+            if f"{fam}/{dec}" not in variants:
+                continue
             p = prediction(fam, dec)
             rows.append(
                 {
@@ -1042,11 +1042,14 @@ def build(gallery: Path = GALLERY) -> dict:
         if sec.present and regime.key == "grokking":
             load_grokking(gallery, sec)
         sections.append(sec)
+    variants = list(
+        dict.fromkeys(v for s in sections for p in s.parts for v in p.metrics["variant"])
+    )
     return {
         "synthetic": load_synthetic(gallery),
         "sections": sections,
         "by_key": {s.regime.key: s for s in sections},
-        "theory": theory_table(),
+        "theory": theory_table(variants),
         "band": f"{100 * ANGLE_BAND:.0f}%",
     }
 
