@@ -29,10 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _unavailable(what: str, why: str) -> None:
-    message = f"{what} unavailable: {why}"
-    if os.environ.get("LRWD_REQUIRE_SERVERS") == "1":
-        pytest.fail(message + " (LRWD_REQUIRE_SERVERS=1)", pytrace=False)
-    pytest.skip(message)
+    servers.unavailable(what, why)
 
 
 @pytest.fixture(scope="session")

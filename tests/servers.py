@@ -38,6 +38,20 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTCLUSTER = ROOT / "slurm" / "testcluster.sh"
 
 
+REQUIRE_ENV = "LRWD_REQUIRE_SERVERS"
+
+
+def unavailable(what: str, why: str) -> None:
+    """Skip the test because ``what`` cannot run here (``why``), or fail it when
+    ``LRWD_REQUIRE_SERVERS=1`` (CI, which installs every server and tool the tests use)."""
+    import pytest
+
+    message = f"{what} unavailable: {why}"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRE_ENV}=1)", pytrace=False)
+    pytest.skip(message)
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as s:

@@ -276,8 +276,10 @@ def test_named_studies(sqlite_path, journal_path):
 
 
 def test_agrees_with_the_sweep_writer(sqlite_path, tmp_path):
-    results = pytest.importorskip("harness.results")
-    assert tuple(results.RESULTS_COLUMNS) == RESULTS_COLUMNS  # the contract, on both sides
+    import dataclasses
+
+    from harness import results
+
     storage = optuna.storages.RDBStorage(f"sqlite:///{sqlite_path}")
     studies = [
         optuna.load_study(study_name=s.study_name, storage=storage)
@@ -285,6 +287,11 @@ def test_agrees_with_the_sweep_writer(sqlite_path, tmp_path):
     ]
     written = results.write_results(studies, tmp_path / "results.csv")
     pd.testing.assert_frame_equal(_norm(load_results(written)), _expected(), check_dtype=False)
+    # the file the sweep writes starts with the columns the analysis reads, and every field of
+    # a trial's result is one of them
+    header = tuple(pd.read_csv(written, nrows=0).columns)
+    assert header[: len(RESULTS_COLUMNS)] == RESULTS_COLUMNS, header
+    assert {f.name for f in dataclasses.fields(results.TrialResult)} <= set(header), header
 
 
 def test_aggregate_cells_and_seed_grids(csv_path):

@@ -3,6 +3,7 @@ API lists the study, with its objective named."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import shutil
@@ -14,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from tests.servers import unavailable
 from tests.test_sweep import TINY, load, run_sweep
 
 SMALL = [*TINY, "sweep.lr.num=2", "sweep.weight_decay.num=1"]
@@ -42,11 +44,10 @@ def _get(url: str, proc: subprocess.Popen, wait_s: float = 60.0) -> dict:
 
 @pytest.mark.slow
 def test_printed_dashboard_command_serves_the_study(tmp_path):
-    pytest.importorskip(
-        "optuna_dashboard", reason="optuna-dashboard not installed (pip install -e '.[dashboard]')"
-    )
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        unavailable("optuna-dashboard", "not installed (pip install -e '.[dashboard]')")
     if shutil.which("optuna-dashboard") is None:
-        pytest.skip("the optuna-dashboard command is not on PATH")
+        unavailable("optuna-dashboard", "the optuna-dashboard command is not on PATH")
     out = tmp_path / "dash"
     proc = run_sweep(out, *SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,7 +13,13 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from tests.servers import postgres_missing, postgres_server, slurm_cluster, slurm_missing
+from tests.servers import (
+    postgres_missing,
+    postgres_server,
+    slurm_cluster,
+    slurm_missing,
+    unavailable,
+)
 
 # One worker process: load the study and optimize a trivial objective.
 _OPTUNA_WORKER = """
@@ -55,7 +61,7 @@ def test_optuna_rdb_storage_three_concurrent_processes(postgres_url):
 def test_postgres_server_cleans_up():
     why = postgres_missing()
     if why:
-        pytest.skip(why)
+        unavailable("PostgreSQL", why)
     with postgres_server(user="u2", database="d2") as url:
         port = str(sa.make_url(url).port)
         # postmaster.pid: pid, data dir, start time, port, ...
@@ -140,7 +146,7 @@ def test_scancel_stops_a_running_job(slurm_cluster, tmp_path):
 def test_testcluster_stop_leaves_no_daemons(tmp_path):
     why = slurm_missing()
     if why:
-        pytest.skip(why)
+        unavailable("Slurm", why)
     with slurm_cluster(cpus=2) as cluster:
         pids = {
             name: int((cluster.dir / "run" / f"{name}.pid").read_text())
