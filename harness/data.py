@@ -270,6 +270,14 @@ def load_target(cfg: Any) -> Dataset:
     return as_dataset(out, cfg, f"data._target_: {target}")
 
 
+def _empty(where: str) -> str:
+    return (
+        f"{where} is empty (0 samples); return at least one sample per split (a harness field "
+        "the loader's signature names, such as n_train, receives data.<field>: n_train=0 by "
+        "default)"
+    )
+
+
 def _tensors(part: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) of an (x, y) pair or a torch Dataset of (x, y) samples."""
     from torch.utils.data import Dataset as TorchDataset
@@ -281,13 +289,17 @@ def _tensors(part: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = part
     elif isinstance(part, TorchDataset) and hasattr(part, "__len__"):
         samples = [part[i] for i in range(len(part))]
-        if not samples or not all(isinstance(s, tuple | list) and len(s) == 2 for s in samples):
+        if not samples:
+            raise DataError(_empty(where))
+        if not all(isinstance(s, tuple | list) and len(s) == 2 for s in samples):
             raise DataError(f"{where} has samples that are not (input, label) pairs; {_RETURNS}")
         x = torch.stack([torch.as_tensor(s[0]) for s in samples])
         y = torch.as_tensor([int(s[1]) for s in samples])
     else:
         raise DataError(f"{where} is a {type(part).__name__}; {_RETURNS}")
     x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.ndim >= 1 and x.shape[0] == 0 and y.numel() == 0:
+        raise DataError(_empty(where))
     if y.ndim != 1 or x.shape[0] != y.shape[0] or y.is_floating_point():
         raise DataError(
             f"{where}: inputs {tuple(x.shape)} and labels {tuple(y.shape)} {y.dtype} are not N "

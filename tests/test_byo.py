@@ -190,6 +190,30 @@ def test_labels_outside_the_class_count_are_refused():
         as_dataset({"train": (x, y), "test": (x, y), "num_classes": 3}, byo().data, "data._target_")
 
 
+@pytest.mark.parametrize("empty", ["pair", "tensor_dataset", "dataset"])
+def test_an_empty_split_is_named_empty(empty):
+    from torch.utils.data import Dataset as TorchDataset
+    from torch.utils.data import TensorDataset
+
+    from harness.data import as_dataset
+
+    class Nothing(TorchDataset):
+        def __len__(self):
+            return 0
+
+        def __getitem__(self, i):
+            raise IndexError(i)
+
+    x, y = torch.randn(200, 3), torch.arange(200) % 3
+    none = (x[:0], y[:0])
+    split = {"pair": none, "tensor_dataset": TensorDataset(*none), "dataset": Nothing()}[empty]
+    with pytest.raises(DataError) as e:
+        as_dataset({"train": (x, y), "test": split}, byo().data, "data._target_")
+    msg = str(e.value)
+    assert msg.startswith("data._target_ 'test' is empty (0 samples)") and "n_train" in msg, msg
+    assert "\n" not in msg and "not (input, label)" not in msg
+
+
 # --------------------------------------------------------------------------------------------
 # Populations of any module (torch.func.vmap) equal sequential trials
 

@@ -42,6 +42,27 @@ def _get(url: str, proc: subprocess.Popen, wait_s: float = 60.0) -> dict:
             time.sleep(0.2)
 
 
+def test_summary_says_how_to_get_the_dashboard_when_it_is_missing(tmp_path, monkeypatch):
+    from harness.config import compose_config
+    from harness.sweep.report import next_commands
+
+    cfg = compose_config([*TINY, "storage=sqlite"])
+    cfg.output_dir = str(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no optuna-dashboard command here
+    line = next_commands(cfg)["dashboard"]
+    assert line.startswith(f"optuna-dashboard sqlite:///{tmp_path.resolve()}/study.db"), line
+    assert "not installed: pip install optuna-dashboard, or the dashboard extra" in line, line
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "optuna-dashboard").write_text("#!/bin/sh\n")
+    (bindir / "optuna-dashboard").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    assert (
+        next_commands(cfg)["dashboard"]
+        == f"optuna-dashboard sqlite:///{tmp_path.resolve()}/study.db"
+    )
+
+
 @pytest.mark.slow
 def test_printed_dashboard_command_serves_the_study(tmp_path):
     if importlib.util.find_spec("optuna_dashboard") is None:

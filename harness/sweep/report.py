@@ -126,7 +126,13 @@ def next_commands(cfg: DictConfig) -> dict[str, str]:
     is in memory, and ``wandb sync <dir>/offline-run-*`` when there are offline W&B runs."""
     out: dict[str, str] = {}
     if cfg.storage.kind != "memory":
-        out["dashboard"] = f"optuna-dashboard {shlex.quote(describe(cfg))}"
+        import shutil
+
+        out["dashboard"] = f"optuna-dashboard {shlex.quote(describe(cfg))}" + (
+            ""
+            if shutil.which("optuna-dashboard")
+            else "  (not installed: pip install optuna-dashboard, or the dashboard extra)"
+        )
     wandb_dir = Path(cfg.tracking.dir or cfg.output_dir).expanduser().resolve() / "wandb"
     if cfg.tracking.mode != "disabled" and any(wandb_dir.glob("offline-run-*")):
         out["sync"] = f"wandb sync {shlex.quote(str(wandb_dir))}/offline-run-*"
