@@ -542,7 +542,7 @@ def _panel_numbers(m: pd.Series | None) -> str:
     sep = f"sep {m.separability:.2f}" if np.isfinite(m.separability) else "sep n/a"
     lines = [slope, f"best {100 * m.best_error:.2f}% · {near} · {sep}"]
     if np.isfinite(m.get("transfer_regret_1", np.nan)):
-        lines.append(f"transfer ±1 lr step: {100 * m.transfer_regret_1:.1f} pts")
+        lines.append(f"transfer ±1 lr step: {round(100 * m.transfer_regret_1, 1) + 0.0:.1f} pts")
     return "\n".join(lines)
 
 
