@@ -95,7 +95,10 @@ def pts(x: float, digits: int = 2, sign: bool = False) -> str:
     """A difference of error rates in points: ``1.49`` (``+1.49`` with ``sign``)."""
     if not finite(x):
         return NA
-    return f"{100 * x:+.{digits}f}" if sign else f"{100 * x:.{digits}f}"
+    text = f"{100 * x:+.{digits}f}"
+    if float(text) == 0:
+        text = "+" + text[1:]  # no -0.00
+    return text if sign else text.lstrip("+")
 
 
 def signed(x: float, digits: int = 2) -> str:
