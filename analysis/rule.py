@@ -54,7 +54,7 @@ from analysis.load import SourceError, is_valley, load_results, seed_grids, vari
 from analysis.metrics import valley
 from analysis.metrics.options import MIN_SEEDS_FOR_INTERVAL
 from analysis.metrics.selection import percentile_interval, resample_picks
-from analysis.metrics.valley import measured_columns, row_positions
+from analysis.metrics.valley import measured_columns, row_positions, weighted_slope
 
 # fewer seeds: the range of the single-seed fits (2 seeds) or no interval (1)
 MIN_BOOTSTRAP_SEEDS = MIN_SEEDS_FOR_INTERVAL
@@ -300,13 +300,16 @@ def fit_rule(
     metric: str = "val_error",
     bootstrap: Bootstrap = seed_bootstrap,
     reps: int = BOOTSTRAP_REPS,
+    rows: pd.DataFrame | None = None,
 ) -> Rule:
     """Fit ``wd* = C * lr^s`` for ``variant`` on the trials of one experiment (module docstring).
 
     ``at_lrs``: learning rates at which the rule's wd and its interval are wanted (``Rule.at``);
     ``holdout_lrs``: lr rows left out of the fit, whose found best wd (with its interval) is
-    returned in ``Rule.found`` for the held-out check. Raises :class:`RuleError` when fewer
-    than two rows carry information.
+    returned in ``Rule.found`` for the held-out check. ``rows``: the variant's rows of the
+    metrics' ``valley.csv`` (``lr``, ``in_fit``, ``weight``): fit over those rows with those
+    weights, as the valley slope of metrics.csv is (default: the valley's rows of the seed mean,
+    equally weighted). Raises :class:`RuleError` when fewer than two rows carry information.
     """
     if "experiment" in frame and frame.loc[frame["variant"] == variant, "experiment"].nunique() > 1:
         raise RuleError(
@@ -317,8 +320,13 @@ def fit_rule(
     at = np.asarray(list(at_lrs), float)
     held = [float(x) for x in holdout_lrs if _isin(lrs, [x]).any()]
     # the rows the rule rests on: chosen once, on the seed mean (as the valley slope's are)
-    v = _quiet(valley, lrs, wds, np.nanmean(S, axis=0), True, measured)
-    fit = _isin(lrs, v.loc[v["in_fit"], "lr"].to_numpy(float)) & ~_isin(lrs, held)
+    v = _quiet(valley, lrs, wds, np.nanmean(S, axis=0), True, measured) if rows is None else rows
+    fit = _isin(lrs, v.loc[v["in_fit"].astype(bool), "lr"].to_numpy(float)) & ~_isin(lrs, held)
+    weight = np.ones(len(lrs))
+    if rows is not None and "weight" in rows:
+        by_lr = dict(zip(rows["lr"].astype(float), pd.to_numeric(rows["weight"], errors="coerce")))
+        weight = np.array([by_lr.get(lr, np.nan) for lr in lrs], float)
+        weight = np.where(np.isfinite(weight) & (weight > 0), weight, 0.0)
     hold = [int(np.nonzero(_isin(lrs, [h]))[0][0]) for h in held]
     cols = measured_columns(np.nanmean(S, axis=0)) if measured else None
     used = lrs[fit]
@@ -326,11 +334,8 @@ def fit_rule(
 
     def stat(idx: np.ndarray) -> np.ndarray:
         pos = row_positions(np.nanmean(S[idx], axis=0)[None], wds, True, cols)["pos"][0]
-        ok = fit & np.isfinite(pos)
-        if ok.sum() < 2:
-            logc = s = np.nan
-        else:
-            s, logc = np.polyfit(x[ok], pos[ok], 1)
+        sl, ic = weighted_slope(x, np.where(fit, pos, np.nan), weight)
+        s, logc = float(sl[0]), float(ic[0])
         return np.array([logc, s, *(logc + s * np.log(at)), *pos[hold]], float)
 
     full = _quiet(stat, np.arange(len(seeds)))
@@ -396,14 +401,16 @@ def decay_rule_table(
     frame: pd.DataFrame,
     sources: Any = None,
     *,
+    valleys: pd.DataFrame | None = None,
     holdout_lrs: Sequence[float] = (),
     metric: str = "val_error",
     bootstrap: Bootstrap = seed_bootstrap,
     reps: int = BOOTSTRAP_REPS,
 ) -> pd.DataFrame:
     """``decay_rule.csv``: one row per (experiment, variant) with the rule, its intervals, the
-    validity range, and the timescale at the optimum (:data:`RULE_COLUMNS`). A variant whose
-    rule cannot be fitted has nan numbers and ``interval`` = why."""
+    validity range, and the timescale at the optimum (:data:`RULE_COLUMNS`). ``valleys``: the
+    metrics' ``valley.csv`` of this experiment (its fit rows and weights, :func:`fit_rule`'s
+    ``rows``). A variant whose rule cannot be fitted has nan numbers and ``interval`` = why."""
     frame = settings(frame, sources)
     rows = []
     for exp, part in frame.groupby("experiment", sort=True) if len(frame) else []:
@@ -421,9 +428,14 @@ def decay_rule_table(
                 "heldout_lrs": "",
             }
             try:
+                given = None
+                if valleys is not None and len(valleys) and "variant" in valleys:
+                    given = valleys[valleys["variant"] == v]
+                    given = given if len(given) and "in_fit" in given else None
                 r = fit_rule(
-                    sub, v, holdout_lrs=holdout_lrs, metric=metric, bootstrap=bootstrap, reps=reps
-                )
+                    sub, v, holdout_lrs=holdout_lrs, metric=metric, bootstrap=bootstrap,
+                    reps=reps, rows=given,
+                )  # fmt: skip
             except RuleError as exc:
                 rows.append({**row, "interval": str(exc).split(": ", 1)[-1]})
                 continue
@@ -573,11 +585,11 @@ def timescale_exponents(
             n_seeds = min(len(g[1]) for g in grids)
             fit_mask = ~_isin(np.array([x for x, _ in arms]), skip)
 
-            rows = [_rows_of(g[2], g[3], g[4], g[5]) for g in grids]
+            arm_rows = [_rows_of(g[2], g[3], g[4], g[5]) for g in grids]
 
-            def stat(idx: np.ndarray, grids=grids, lr_ref=lr_ref, fit_mask=fit_mask, rows=rows):
+            def stat(idx, grids=grids, lr_ref=lr_ref, fit_mask=fit_mask, arm_rows=arm_rows):
                 logw = []
-                for (_, _, lrs, wds, S, _), (fit, cols) in zip(grids, rows):
+                for (_, _, lrs, wds, S, _), (fit, cols) in zip(grids, arm_rows):
                     pos = row_positions(np.nanmean(S[idx], axis=0)[None], wds, True, cols)["pos"]
                     ok = fit & np.isfinite(pos[0])
                     if ok.sum() < 2:
