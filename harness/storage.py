@@ -168,10 +168,10 @@ def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
-    elif url.startswith("postgresql"):
-        if _dialect(url).driver in ("psycopg2", "psycopg"):  # libpq's connect_timeout
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        engine_kwargs["pool_pre_ping"] = True
+    else:  # a server: each process keeps at most POOL_SIZE connections to it
+        engine_kwargs.update(pool_size=POOL_SIZE, max_overflow=0, pool_pre_ping=True)
+        if url.startswith("postgresql") and _dialect(url).driver in ("psycopg2", "psycopg"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # libpq's
     try:
         storage = _rdb_retrying(url, engine_kwargs)
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one config line
@@ -183,6 +183,50 @@ def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         _sqlite_wal(storage)
     return storage
+
+
+# Connections one process keeps to a database server: the worker loop's and its heartbeat
+# thread's (a third user, a signal's hand-back, waits for one of them). The driver, which
+# watches the workers' progress, keeps as many.
+POOL_SIZE = 2
+
+
+def check_connections(storage: Any, workers: int, field: str = "sweep.workers") -> None:
+    """Raise :class:`ConfigError` (one line) when a PostgreSQL server cannot take ``workers``
+    more processes of :data:`POOL_SIZE` connections each besides this one's.
+
+    Free is ``max_connections`` less the reserved connections (``superuser_reserved_connections``
+    and, from PostgreSQL 16, ``reserved_connections``) and the client connections open now other
+    than this process's. Other storages are not checked.
+    """
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        return
+    from sqlalchemy import text
+
+    sql = text(
+        "SELECT current_setting('max_connections')::int, "
+        "current_setting('superuser_reserved_connections')::int, "
+        "coalesce(current_setting('reserved_connections', true), '0')::int, "
+        "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+    )
+    with engine.connect() as conn:
+        limit, reserved_su, reserved, in_use = conn.execute(sql).one()
+        ours = engine.pool.checkedin() + engine.pool.checkedout()
+    others = max(int(in_use) - ours, 0)
+    free = int(limit) - int(reserved_su) - int(reserved) - others
+    need = POOL_SIZE * (int(workers) + 1)
+    if need <= free:
+        return
+    fit = max(free // POOL_SIZE - 1, 0)
+    fix = f"pass {field}={fit} or fewer, or " if fit else "stop other clients or "
+    raise ConfigError(
+        f"{field}: {workers} workers need up to {need} PostgreSQL connections ({POOL_SIZE} per "
+        f"worker and {POOL_SIZE} for the driver), but {engine.url.render_as_string(hide_password=True)} "
+        f"has {free} free (max_connections={limit}, {int(reserved_su) + int(reserved)} reserved, "
+        f"{others} in use); {fix}raise max_connections on the server"
+    )
 
 
 def _schema_race(exc: BaseException) -> bool:

@@ -12,6 +12,7 @@ COMMANDS = {
     "valley": "harness.bench.valley",
     "generic": "harness.bench.generic",
     "instruments": "harness.bench.instruments",
+    "queue": "harness.bench.queue",
 }
 
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  valley      the valley tracer's best wd per lr row against a fine grid")
         print("  generic     the vmap population path vs the hand-written one and sequential")
         print("  instruments time per step with train.instruments off and on")
+        print("  queue       N workers on one study per storage: claims/s, latency, duplicates")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]])
     return int(module.main(argv[1:]) or 0)

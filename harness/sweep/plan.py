@@ -27,7 +27,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from harness import registry
 from harness.errors import ConfigError
 from harness.secrets import real_url
-from harness.storage import open_storage
+from harness.storage import check_connections, open_storage
 from harness.sweep import valley
 from harness.sweep.queue import (
     CellStatus,
@@ -378,12 +378,22 @@ def existing_studies(cfg: DictConfig, storage) -> list[tuple[Variant, optuna.Stu
     return found
 
 
+def concurrent_workers(cfg: DictConfig) -> int:
+    """How many workers run at once: ``sweep.workers``, capped on Slurm by the array's
+    ``launcher.array_parallelism``."""
+    n = int(cfg.sweep.workers)
+    if cfg.launcher.name == "slurm" and int(cfg.launcher.get("array_parallelism") or 0) > 0:
+        n = min(n, int(cfg.launcher.array_parallelism))
+    return n
+
+
 def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
     """Open the storage, create each variant's study and enqueue its missing grid cells.
 
     Every existing study's grid is checked first, so a refused grid change writes nothing.
     """
     storage = open_storage(real_url(cfg), cfg.output_dir)
+    check_connections(storage, concurrent_workers(cfg))  # before anything is written
     extend = cfg.sweep.get("action") == "extend"
     for variant, study in existing_studies(cfg, storage):
         if study is not None:

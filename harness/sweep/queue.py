@@ -42,7 +42,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -177,11 +179,10 @@ def fail_stale(study: optuna.Study, trial: FrozenTrial) -> bool:
 
 def claim_leased(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Claim a WAITING trial (the compare-and-set) and take its lease; True if ours."""
-    storage = study._storage
-    if not claim_trial(storage, trial._trial_id):
+    try:
+        return claim_trial(study._storage, trial._trial_id, lease=True)
+    except UpdateFinishedTrialError:
         return False
-    storage.set_trial_system_attr(trial._trial_id, LEASE_KEY, [owner_id(), time.time()])
-    return True
 
 
 def complete_held(
@@ -208,32 +209,44 @@ def _backend(storage):
     return getattr(storage, "_backend", storage)
 
 
-def claim_trial(storage, trial_id: int) -> bool:
+def claim_trial(storage, trial_id: int, *, lease: bool = False) -> bool:
     """Move a trial WAITING -> RUNNING. True for exactly one caller, however many try at once.
 
     On RDB storages this is one conditional ``UPDATE ... WHERE state = 'WAITING'`` whose row
     count decides: Optuna's own ``set_trial_state_values`` reads the state and then writes it,
     and on SQLite (which has no ``SELECT ... FOR UPDATE``) two processes can both read WAITING
     and both win. Journal and in-memory storages decide in Optuna (log order; a lock).
+
+    With ``lease`` the winner also takes the trial's lease (``lrwd:lease`` = this process, now):
+    on RDB storages in the same transaction as the update, so a claimed trial never exists
+    without its owner. A trial failed under the winner before its lease is written raises
+    ``UpdateFinishedTrialError`` (not ours after all).
     """
     backend = _backend(storage)
     if isinstance(backend, optuna.storages.RDBStorage):
-        won = _claim_rdb(backend, trial_id)
+        won = _claim_rdb(backend, trial_id, lease)
         if won is not None:
             return won
     try:
-        return bool(storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
+        won = bool(storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
     except UpdateFinishedTrialError:
         return False
+    if won and lease:
+        storage.set_trial_system_attr(trial_id, LEASE_KEY, [owner_id(), time.time()])
+    return won
 
 
-def _claim_rdb(backend: optuna.storages.RDBStorage, trial_id: int) -> bool | None:
-    """The conditional update; None if this Optuna's RDB layout is not the one known here."""
+def _claim_rdb(backend: optuna.storages.RDBStorage, trial_id: int, lease: bool) -> bool | None:
+    """The conditional update (and the lease); None if this Optuna's RDB layout is not the one
+    known here."""
+    write = getattr(backend, "_set_trial_attr_without_commit", None)
     try:
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
         from sqlalchemy import update
     except ImportError:  # pragma: no cover - a future Optuna layout
+        return None
+    if lease and write is None:  # pragma: no cover - a future Optuna layout
         return None
     table = models.TrialModel
     stmt = (
@@ -243,8 +256,11 @@ def _claim_rdb(backend: optuna.storages.RDBStorage, trial_id: int) -> bool | Non
         .execution_options(synchronize_session=False)
     )
     with _create_scoped_session(backend.scoped_session) as session:  # errors propagate
-        result = session.execute(stmt)
-        return result.rowcount == 1
+        won = session.execute(stmt).rowcount == 1
+        if won and lease:
+            value = [owner_id(), time.time()]
+            write(session, models.TrialSystemAttributeModel, trial_id, LEASE_KEY, value)
+        return won
 
 
 def fail_trial(storage, trial_id: int, reason: str) -> bool:
@@ -423,6 +439,31 @@ def pending(study: optuna.Study, heartbeat_s: float) -> tuple[int, int]:
     return waiting, running
 
 
+def waiting_ids(study: optuna.Study) -> list[int]:
+    """The ids of the study's WAITING trials, oldest first (on an RDB storage, ids only)."""
+    backend = _backend(study._storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        try:
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+        except ImportError:  # pragma: no cover - a future Optuna layout
+            models = None
+        if models is not None:
+            table = models.TrialModel
+            with _create_scoped_session(backend.scoped_session) as session:
+                rows = (
+                    session.query(table.trial_id)
+                    .filter(table.study_id == study._study_id, table.state == TrialState.WAITING)
+                    .order_by(table.trial_id)
+                    .all()
+                )
+            return [int(r[0]) for r in rows]
+    waiting = study._storage.get_all_trials(
+        study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+    )
+    return [t._trial_id for t in waiting]
+
+
 # --------------------------------------------------------------------------------------------
 # Claiming (worker side)
 
@@ -445,26 +486,30 @@ class Claim:
 class WaitingQueue:
     """A worker's cached list of WAITING trial ids for one study.
 
-    Listing WAITING trials costs O(remaining) on every storage, so a worker lists them once
-    and walks the list; ids that another worker claimed meanwhile fail the compare-and-set
-    cheaply. The list is refreshed only when it runs dry.
+    A worker lists the waiting ids once (on an RDB storage one ``SELECT`` of ids, no trial
+    bodies) and walks the list: ids that another worker claimed meanwhile fail the
+    compare-and-set cheaply. It takes the oldest first; after losing a compare-and-set it jumps
+    to a random place in its list and walks on from there, so N workers that start together
+    spread over the queue instead of all trying the same next id (which costs every claim N - 1
+    lost attempts), and a claim of P cells still takes neighbouring cells. The list is
+    refreshed when it runs dry or after ``MAX_LOST`` lost attempts in a row (it has gone stale).
 
     ``dists`` (lr, weight_decay and seed distributions) is needed for sampled studies: a claimed
     slot has its point drawn by the study's sampler.
     """
 
+    MAX_LOST = 4
+
     def __init__(self, study: optuna.Study, dists: dict[str, Any] | None = None) -> None:
         self.study = study
         self.dists = dists
-        self.ids: list[int] = []
+        self.ids: list[int] = []  # oldest first
+        self.pos = 0  # where the walk takes the next id
+        self._rng = random.Random(f"{owner_id()}:{time.time_ns()}")
 
     def refresh(self) -> int:
-        storage = self.study._storage
-        waiting = storage.get_all_trials(
-            self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)
-        )
-        self.ids = [t._trial_id for t in waiting]
-        self.ids.reverse()  # pop() from the end takes the oldest first
+        self.ids = waiting_ids(self.study)
+        self.pos = 0
         return len(self.ids)
 
     def claim(self, n: int) -> list[Claim]:
@@ -472,19 +517,24 @@ class WaitingQueue:
         claims: list[Claim] = []
         storage = self.study._storage
         refreshed = False
+        lost = 0
         while len(claims) < n:
-            if not self.ids:
+            if not self.ids or (lost >= self.MAX_LOST and not refreshed):
                 if refreshed or not self.refresh():
                     break
-                refreshed = True
-            tid = self.ids.pop()
-            if not claim_trial(storage, tid):
+                refreshed, lost = True, 0
+            if self.pos >= len(self.ids):
+                self.pos = 0
+            tid = self.ids.pop(self.pos)
+            if not claim_trial(storage, tid, lease=True):
+                lost += 1
+                self.pos = self._rng.randrange(len(self.ids)) if self.ids else 0
                 continue
+            lost = 0
             try:
-                storage.set_trial_system_attr(tid, LEASE_KEY, [owner_id(), time.time()])
                 claims.append(self._claimed(tid))
             except UpdateFinishedTrialError:
-                continue  # failed under us between the claim and the lease: not ours
+                continue  # failed under us right after the claim: not ours
         return claims
 
     def _claimed(self, tid: int) -> Claim:
@@ -600,8 +650,8 @@ def log_training(study_name: str, claims: Iterable[Claim]) -> None:
     folder = os.environ.get(TRAINING_LOG_ENV)
     if not folder:
         return
-    import torch
-
+    torch = sys.modules.get("torch")  # a worker that trains has it; the queue never imports it
+    threads = torch.get_num_threads() if torch is not None else None
     path = Path(folder) / f"{socket.gethostname()}-{os.getpid()}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -612,7 +662,7 @@ def log_training(study_name: str, claims: Iterable[Claim]) -> None:
                 "cell": c.cell,
                 "owner": owner_id(),
                 "time": time.time(),
-                "threads": torch.get_num_threads(),
+                "threads": threads,
             }
         )
         for c in claims
