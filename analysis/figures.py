@@ -160,7 +160,7 @@ def analyze(
         # how much of each variant's surface its invariant explains (analysis.collapse)
         metrics = metrics.merge(collapse_table(frame, metric), on="variant", how="left")
     sel = o.selection if o.selection in frame and frame[o.selection].notna().any() else metric
-    rule = pd.DataFrame() if surface else decay_rule_table(frame, metric=sel)
+    rule = pd.DataFrame() if surface else decay_rule_table(frame, metric=sel, valleys=valleys)
     return Analysis(
         label,
         frame,

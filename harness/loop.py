@@ -38,7 +38,7 @@ from harness.data import Dataset, load_data
 from harness.instruments import Instruments
 from harness.models import build_model
 from harness.optim import normalized_weight_decay
-from harness.optim.groups import scale_invariant_names
+from harness.optim.groups import INVARIANT_RULES, scale_invariant_names
 from harness.results import Preempted, TrialResult, with_layers
 from harness.schedules import lr_multiplier
 
@@ -148,9 +148,9 @@ def instruments_on(cfg: Any) -> bool:
 
 def invariant_names(cfg: Any, run: Run) -> list[str] | None:
     """The scale-invariant trainable tensors of ``run.model`` when the instruments or
-    ``optimizer.param_groups=scale_invariant`` need them (else None): detected once, on
-    :func:`probe_batch`."""
-    if not instruments_on(cfg) and cfg.optimizer.param_groups != "scale_invariant":
+    ``optimizer.param_groups=scale_invariant`` (or ``scale_invariant_head[_norm]``) need them
+    (else None): detected once, on :func:`probe_batch`."""
+    if not instruments_on(cfg) and cfg.optimizer.param_groups not in INVARIANT_RULES:
         return None
     return scale_invariant_names(run.model, probe_batch(run))
 
