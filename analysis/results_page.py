@@ -462,9 +462,11 @@ def best_error_findings(m: pd.DataFrame) -> Findings:
         )
         if sep is None:
             sa, sb = num(a, "best_error_std"), num(b, "best_error_std")
+            spread = (
+                "one seed" if num(a, "n_seeds") == 1 else f"seed std {pts(sa)} and {pts(sb)} points"
+            )
             out.open.append(
-                f"{text}; no interval on the best error (seed std {pts(sa)} and {pts(sb)} "
-                "points): no difference established."
+                f"{text}; no interval on the best error ({spread}): no difference established."
             )
         elif not sep:
             out.open.append(f"{text}: the intervals overlap, no difference established.")
