@@ -7,6 +7,7 @@ real CLI and compares. The long ones (docs/trial.md's table of settings) are che
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -16,11 +17,24 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import compose_config
+
 ROOT = Path(__file__).resolve().parent.parent
 TRIAL_DOC = ROOT / "docs" / "trial.md"
-# test accuracy, percentage points: a trial is deterministic on one machine and torch build; other
-# CPUs and BLAS builds round differently
-ACCURACY_TOL = 0.5
+
+
+def accuracy_tol(accuracy: float, n_test: int) -> float:
+    """How far (percentage points) a rerun's test accuracy may be from the documented one.
+
+    A trial is deterministic on one machine and torch build, but other CPUs and BLAS builds round
+    differently, and over a trial's ~1,400 steps the rounding can grow into another end point
+    (the initialization and the batches stay the same). The documented number is then one draw
+    and the rerun another, on the same ``n_test`` test samples. The bound is the analysis's
+    "within noise" (docs/analysis.md, ``noise_floor``): 2 standard errors of the difference of
+    two binomial accuracies, ``2 * sqrt(2 p (1 - p) / n_test)`` (1.9 points at 95.5% on 1,000
+    samples). A documented number off by more than that is wrong on any CPU."""
+    p = accuracy / 100
+    return 200 * math.sqrt(2 * p * (1 - p) / n_test)
 
 
 def run_train(tmp_path: Path, *args: str) -> str:
@@ -65,7 +79,11 @@ def test_trial_md_command_prints_its_documented_accuracy(tmp_path):
     args = shlex.split(command)[3:]
     out = run_train(tmp_path, *args)
     accuracy = 100 * float(printed(out, "test_accuracy"))
-    assert abs(accuracy - documented) <= ACCURACY_TOL, (accuracy, documented)
+    preset = [] if any(a.startswith("experiment=") for a in args) else ["~experiment"]
+    data = compose_config([*args, *preset]).data  # as harness.train composes it
+    n_test = round(int(data.num_samples) * (1 - float(data.train_fraction)))
+    tol = accuracy_tol(documented, n_test)
+    assert abs(accuracy - documented) <= tol, (accuracy, documented, tol)
     # the printed block in the doc is this command's output: same steps, same accuracy line
     assert printed(out, "steps") == printed(block, "steps")
     assert abs(100 * float(printed(block, "test_accuracy")) - documented) < 0.05
