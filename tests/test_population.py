@@ -16,11 +16,18 @@ from harness.population import run_population, supports, train_population
 from harness.train import run_trial
 
 RTOL = 1e-10  # float64; op order differs from torch.optim by rounding only (BatchNorm+Adam: ~2e-12)
-# float32, 12 steps at small lr: the batched GEMMs and reductions sum in another order than the
-# sequential model's, ~1e-7 apart per step (measured: <= 2e-7 after 12 steps); 1e-5 is ~100
-# float32 ulps, far below what a wrong lr or wd for one member changes (>= 1e-3)
-RTOL_F32 = 1e-5
 SHRINK_RTOL = 1e-12  # independent: the optimizer's eta_t is lr_t / lr_0, one rounding away
+# float32: a member and its sequential trial are two float32 evaluations of one trajectory that
+# sum in different orders (batched GEMMs and reductions against per-member ones). How far they
+# part depends on the CPU's kernels (vector width, FMA, blocking), so no fixed tolerance holds on
+# every CPU. The bound is measured where the test runs: the sequential trial again in float64 is
+# the reference, and r = max |sequential32 - reference64| / |reference64| over every report of
+# every member is this machine's float32 rounding after the same steps. A population member whose
+# rounding is at most F32_FACTOR - 1 times the sequential trial's is within F32_FACTOR * r of it
+# (triangle inequality); F32_FLOOR (one unit roundoff per step) keeps the bound above zero when
+# r happens to be tiny. A wrong lr or wd for a member moves it by >= 1e-3, orders above the bound.
+F32_FACTOR = 4.0
+F32_UNIT = 2.0**-24  # float32 unit roundoff
 
 
 @pytest.fixture(autouse=True)
@@ -194,14 +201,46 @@ def test_members_equal_sequential_trials_when_every_tensor_decays(model, variant
     ],
 )
 def test_members_equal_sequential_trials_in_float32(model, variant, groups):
-    """float32 on short stable runs (12 steps, small lr): within RTOL_F32, errors within one
-    validation / test sample (a near-tie of two logits may fall either way)."""
+    """float32 on short stable runs (12 steps, small lr): every member within the float32
+    rounding this machine shows against a float64 reference (``float32_bound``); errors within
+    one validation / test sample more than the float64 reference moved them (a near-tie of two
+    logits may fall either way)."""
     grid = (
         [(1e-3, 1e-4), (3e-3, 1e-2)] if variant.startswith("adam") else [(1e-2, 1e-4), (5e-2, 1e-2)]
     )
     cfgs = variant_cells(model, variant, groups, "float32", grid)
+    rtol, err_gap = float32_bound(cfgs)
     one_sample = 1 / 200 + 1e-12  # 200 validation and 200 test samples
-    assert_population_equals_sequential(cfgs, RTOL_F32, err_tol=one_sample)
+    assert_population_equals_sequential(cfgs, rtol, err_tol=one_sample + err_gap)
+
+
+def float32_bound(cfgs) -> tuple[float, float]:
+    """(relative tolerance, error gap) for the float32 members of ``cfgs`` on this machine.
+
+    Each cell's sequential trial runs in float32 and in float64 (same data, initialization and
+    batches; the float64 model starts from the float32 one's initial values). ``r`` is the
+    largest relative gap of ``train_loss`` / ``weight_norm`` between the two over all reports and
+    cells; the tolerance is ``F32_FACTOR * r + steps * F32_UNIT``. The error gap is the largest
+    difference of the reported errors between the two (whole samples)."""
+    r, err_gap, steps = 0.0, 0.0, 0
+    for cfg in cfgs:
+        ref_cfg = copy.deepcopy(cfg)
+        ref_cfg.train.dtype = "float64"
+        h32: list = []
+        h64: list = []
+        s32 = run_trial(cfg, report=recorder(h32))
+        s64 = run_trial(ref_cfg, report=recorder(h64))
+        assert [s for s, _ in h32] == [s for s, _ in h64] and s32.steps == s64.steps
+        steps = max(steps, s32.steps)
+        pairs = [(a, b) for (_, a), (_, b) in zip(h32, h64)]
+        pairs.append((s32.to_dict(), s64.to_dict()))
+        for a, b in pairs:
+            for key in ("train_loss", "weight_norm"):
+                r = max(r, abs(a[key] - b[key]) / abs(b[key]))
+            for key in ("val_error", "test_error", "final_val_error"):
+                if key in a and key in b:
+                    err_gap = max(err_gap, abs(a[key] - b[key]))
+    return F32_FACTOR * r + steps * F32_UNIT, err_gap
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
