@@ -190,7 +190,8 @@ class _Connections(threading.Thread):
         self.engine = create_engine(with_driver(url), poolclass=None)
         self.sql = text(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
         )
         self.peak = 0
         self.stop = threading.Event()
