@@ -21,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.bench.queue import bench_run
-from harness.config import compose_config
+from harness.config import compose_config, validate
 from harness.errors import ConfigError
 from harness.storage import POOL_SIZE, check_connections, open_storage
 from harness.sweep import queue as wq
@@ -164,3 +164,29 @@ def _cells(trials) -> list[dict]:
             seen.add(key)
             out.append(wq.cell_params(t))
     return out
+
+
+def test_sqlite_serves_one_local_worker_and_refuses_more_before_writing(tmp_path):
+    validate(compose_config(["storage=sqlite", "sweep.workers=1"]))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.sweep",
+            "storage=sqlite",
+            "sweep.workers=4",
+            "tracking=disabled",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "error: storage.kind: SQLite cannot be shared by 4 workers; use storage=journal (a file "
+        "on a shared filesystem) or storage=url storage.url=postgresql://..."
+    ]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("study.db"))

@@ -77,16 +77,16 @@ def _worker(spec: dict) -> int:
     cfg = real_url(OmegaConf.create(spec["cfg"]))
     # import the storage's driver and connect once before the start line, then let go
     _close(open_storage(cfg, cfg.output_dir))
-    claims: list[tuple[float, float, int]] = []  # (start time, seconds, cells)
+    claims: list[tuple[float, float, int, float]] = []  # (start time, seconds, cells, CPU s)
     empty: list[float] = []
     cas = Counter()
     claim, cas_fn = q.WaitingQueue.claim, q.claim_trial
 
     def timed_claim(self, n: int):
-        t0, p0 = time.time(), time.perf_counter()
+        t0, p0, c0 = time.time(), time.perf_counter(), time.thread_time()
         got = claim(self, n)
-        dt = time.perf_counter() - p0
-        (claims.append((t0, dt, len(got))) if got else empty.append(dt))
+        dt, cpu = time.perf_counter() - p0, time.thread_time() - c0
+        (claims.append((t0, dt, len(got), cpu)) if got else empty.append(dt))
         return got
 
     def counted_cas(storage, trial_id: int, **kwargs) -> bool:
@@ -272,10 +272,12 @@ class Run:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    cpu_p50_ms: float = 0.0  # the claiming thread's CPU time per claim (not waiting for a core)
     cas_lost_per_claim: float = 0.0
     completed: int = 0
     duplicates: int = 0
     retrained_after_kill: int = 0
+    stale_alive: int = 0  # trials failed as stale whose owner was alive (a late heartbeat)
     lost: int = 0
     killed: int = 0
     errors: int = 0
@@ -382,16 +384,19 @@ def _stats(run: Run, folder: Path, t_go: float) -> None:
     """Claims, claims per second, latency percentiles and lost compare-and-sets from the
     workers' ``stats/`` files (a killed worker writes none)."""
     lats: list[float] = []
+    cpus: list[float] = []
     lost_cas = won_cas = 0
     last = t_go
     for path in (folder / "stats").glob("*.json"):
         st = json.loads(path.read_text())
-        lats += [dt for _, dt, _ in st["claims"]]
-        run.claims += sum(n for *_, n in st["claims"])
+        lats += [c[1] for c in st["claims"]]
+        cpus += [c[3] for c in st["claims"]]
+        run.claims += sum(c[2] for c in st["claims"])
         lost_cas += st["cas"].get("lost", 0)
         won_cas += st["cas"].get("won", 0)
         if st["claims"]:
-            last = max(last, max(t + dt for t, dt, _ in st["claims"]))
+            last = max(last, max(c[0] + c[1] for c in st["claims"]))
+    run.cpu_p50_ms = 1e3 * _percentile(cpus, 0.5)
     run.claims_per_s = run.claims / max(last - t_go, 1e-9)
     run.p50_ms, run.p99_ms = 1e3 * _percentile(lats, 0.5), 1e3 * _percentile(lats, 0.99)
     run.max_ms = 1e3 * max(lats, default=float("nan"))
@@ -422,6 +427,8 @@ def _account(run: Run, cfg: Any, log_dir: Path, killed: set[str] | None) -> None
             complete[t.user_attrs[CELL_KEY]].append(owner)
         elif t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in LOST_REASONS:
             interrupted[t.user_attrs[CELL_KEY]].add(owner)
+            if killed is not None and owner not in killed:
+                run.stale_alive += 1
     run.completed = len(complete)
     run.lost = len({t.user_attrs.get(CELL_KEY) for t in trials} - set(complete))
     owners: dict[str, list[str]] = defaultdict(list)
@@ -539,6 +546,7 @@ class DriverRow:
     status_s: float
     first_claim_ms: float
     claim_p50_ms: float
+    claim_cpu_ms: float
     loadavg: str
 
 
@@ -559,11 +567,12 @@ def bench_driver(storage: str, cells: int, url: str | None) -> DriverRow:
         cell_counts(study)
         t_status = time.perf_counter() - t0
         queue = WaitingQueue(study)
-        lats = []
+        lats, cpus = [], []
         for _ in range(30):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             queue.claim(1)
             lats.append(time.perf_counter() - t0)
+            cpus.append(time.thread_time() - c0)
         _close(storage)
     return DriverRow(
         storage,
@@ -573,6 +582,7 @@ def bench_driver(storage: str, cells: int, url: str | None) -> DriverRow:
         t_status,
         1e3 * lats[0],
         1e3 * _percentile(lats[1:], 0.5),
+        1e3 * _percentile(cpus[1:], 0.5),
         Path("/proc/loadavg").read_text().split(" ")[0],
     )
 
@@ -596,9 +606,11 @@ def _print_runs(runs: list[Run]) -> None:
         "ideal/s",
         "claim p50 ms",
         "p99 ms",
+        "CPU ms",
         "CAS lost/claim",
         "completed",
         "dup",
+        "stale alive",
         "lost",
         "killed",
         "errors",
@@ -618,9 +630,11 @@ def _print_runs(runs: list[Run]) -> None:
             f"{r.workers / r.train_s:.0f}",
             f"{r.p50_ms:.1f}",
             f"{r.p99_ms:.1f}",
+            f"{r.cpu_p50_ms:.1f}",
             f"{r.cas_lost_per_claim:.2f}",
             str(r.completed),
             str(r.duplicates),
+            str(r.stale_alive),
             str(r.lost),
             str(r.killed),
             str(r.errors),
@@ -646,6 +660,7 @@ def _print_driver(rows: list[DriverRow]) -> None:
         "status s",
         "1st claim ms",
         "claim p50 ms",
+        "claim CPU ms",
         "load",
     ):
         table.add_column(c, justify="right")
@@ -658,6 +673,7 @@ def _print_driver(rows: list[DriverRow]) -> None:
             f"{r.status_s:.2f}",
             f"{r.first_claim_ms:.1f}",
             f"{r.claim_p50_ms:.1f}",
+            f"{r.claim_cpu_ms:.1f}",
             r.loadavg,
         )
     Console(width=220).print(table)
@@ -726,7 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="8,16,32,64", help="worker counts (default 8,16,32,64)")
     ap.add_argument("--cells-per-worker", type=int, default=8, help="cells per worker (default 8)")
     ap.add_argument("--train-s", type=float, default=1.0, help="stand-in training time (1.0)")
-    ap.add_argument("--heartbeat-s", type=float, default=5, help="sweep.heartbeat_s (5)")
+    ap.add_argument(
+        "--heartbeat-s", type=float, default=60, help="sweep.heartbeat_s (60, the default)"
+    )
     ap.add_argument(
         "--kill",
         type=float,
