@@ -347,9 +347,20 @@ def test_normalized_weight_decay_members_equal_sequential_trials():
     )  # normalization really changed the decay
 
 
-def test_compiled_step_equals_sequential_trials():
+def test_compiled_step_equals_sequential_trials(monkeypatch):
     """train.compile=true runs the torch.compile'd loss and update (no eager fallback: the log
-    says so and no compile warning is issued), and its members equal their sequential trials."""
+    says so and no compile warning is issued), and its members equal their sequential trials.
+    That inductor compiled them is read from torch's own counters, not the harness's: Dynamo
+    captured whole graphs (no graph break) and inductor built one for each of the two steps (an
+    FX-graph-cache miss, hit or bypass each), which ``backend="eager"`` never does."""
+    from torch._dynamo.utils import counters
+
+    import harness.population_step as hp
+
+    monkeypatch.setattr(hp, "_COMPILED", {})  # compiled afresh here, whatever ran before
+    monkeypatch.setattr(hp, "_COMPILE_FAILED", {})
+    torch._dynamo.reset()
+    counters.clear()
     cfgs = cells(
         "cnn_bn", "adam", "independent", [(1e-3, 1e-4), (3e-3, 1e-2)], extra=["train.compile=true"]
     )
@@ -358,6 +369,9 @@ def test_compiled_step_equals_sequential_trials():
         results = train_population(cfgs, [None] * len(cfgs))
     assert not [w for w in caught if str(w.message).startswith("population training:")]
     assert step_modes(records) == ["compiled"]
+    built = {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache_")}
+    assert sum(built.values()) >= 2, dict(counters["inductor"])
+    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters)
     for cfg, pop in zip(cfgs, results):
         assert_same(pop, run_trial(cfg))
 
