@@ -145,7 +145,7 @@ def test_cli_process_from_an_optuna_storage(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 11 files" in proc.stdout  # 4 figures (png only) + 7 tables
+    assert "wrote 12 files" in proc.stdout  # 4 figures (png only) + 8 tables (decay_rule.csv)
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["variant"]) == ["adam/l2"] and m["n_cells"].item() == 16
     assert not (out / "heatmaps.pdf").exists()
