@@ -488,6 +488,8 @@ def bench_slurm(
         "launcher.wait=false",
         "launcher.time_min=60",
         "launcher.cpus_per_task=1",
+        "launcher.mem_gb=0",
+        "+launcher.additional_parameters.mem=256M",  # a stand-in worker needs ~60 MB
         f"launcher.array_parallelism={tasks}",
         f"launcher.folder={folder / 'slurm'}",
         f"sweep.workers={tasks}",
@@ -510,7 +512,8 @@ def bench_slurm(
     hit: list[str] = []
     end = time.monotonic() + timeout_s
     while not hit and time.monotonic() < end and (cancel or requeue):
-        if _started(folder / "log") >= run.cells / 3:
+        up = len(list((folder / "ready").iterdir()))
+        if _started(folder / "log") >= run.cells / 3 and up >= min(tasks, cancel + requeue):
             running = [j for j, st in _task_states(sub.array_id).items() if st == "RUNNING"]
             victims = running[: cancel + requeue]
             for job in victims[:cancel]:
@@ -687,12 +690,13 @@ def plot(rows_path: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
+    from matplotlib.ticker import NullLocator
 
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
     runs = pd.DataFrame([r for r in rows if r.get("kind") == "run" and not r.get("killed")])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     sns.lineplot(runs, x="workers", y="claims_per_s", hue="storage", marker="o", ax=axes[0])
-    axes[0].set(xscale="log", ylabel="claims per second", title="throughput")
+    axes[0].set(ylabel="claims per second", title="throughput")
     sns.lineplot(runs, x="workers", y="p99_ms", hue="storage", marker="o", ax=axes[1])
     sns.lineplot(
         runs,
@@ -705,15 +709,15 @@ def plot(rows_path: Path, out: Path) -> None:
         legend=False,
     )
     axes[1].set(
-        xscale="log",
         yscale="log",
         ylabel="claim latency ms (p99 solid, p50 dashed)",
         title="claim latency",
     )
+    ticks = sorted(int(w) for w in runs.workers.unique())
     for ax in axes:
-        ax.set_xticks(
-            sorted(runs.workers.unique()), labels=[str(w) for w in sorted(runs.workers.unique())]
-        )
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(ticks, labels=[str(w) for w in ticks])
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
