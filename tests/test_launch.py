@@ -225,6 +225,11 @@ def test_warning_signal_hands_back_and_requeues(
     sub = launch.submit_slurm(cfg, overrides=[])
     wait_running(study)
     in_flight = {t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.RUNNING,))}
+    # a claimed cell is logged when its training starts: signal once every claimed cell trains
+    deadline = time.monotonic() + 240
+    while {cell for (_, cell) in wq.read_training_log(logs)} < in_flight:
+        assert time.monotonic() < deadline, slurm_cluster.logs()
+        time.sleep(0.2)
     slurm_cluster.run("scancel", f"--signal={launch_signal()}", sub.job_ids[0])
     assert sub.wait(poll_s=0.5, timeout_s=240) == {sub.array_id: "success"}, slurm_cluster.logs()
     assert_preempted_once_and_done(study, preempted=population)

@@ -406,7 +406,8 @@ def test_param_groups_all_rule_and_errors():
     opt = Adam(groups, lr=1e-3)  # the empty second group is fine
     assert len(opt.param_groups) == 2
     with pytest.raises(
-        ValueError, match="rule='hf' is invalid; allowed: timm, names, scale_invariant, all"
+        ValueError,
+        match="rule='hf' is invalid; allowed: timm, names, scale_invariant, scale_invariant_head, scale_invariant_head_norm, all",
     ):
         param_groups(Tiny(), 0.05, rule="hf")
     with pytest.raises(ValueError, match="weight_decay=-1 is invalid"):
