@@ -276,7 +276,8 @@ def test_tables_write_the_rule_with_its_timescale(tmp_path):
 def test_summary_line_in_plain_words():
     flat = {"variant": "adam/independent", "C": 1.6e-3, "s": 0.01, "s_lo": -0.05, "s_hi": 0.06,
             "lr_min": 1e-4, "lr_max": 1e-1}  # fmt: skip
-    assert rule.summary_line(flat).startswith("adam/independent: wd ~ 1.6e-03 at any lr in "
+    # the flat rule's wd at the lr range's geometric middle: 1.6e-3 * (10^-2.5)^0.01 = 1.5e-3
+    assert rule.summary_line(flat).startswith("adam/independent: wd ~ 1.5e-03 at any lr in "
                                               "[1e-04, 1e-01]")  # fmt: skip
     sloped = {**flat, "variant": "adam/decoupled", "C": 1e-5, "s": -1.0, "s_lo": -1.1, "s_hi": -0.9}
     assert "wd ~ 1e-05 * lr^-1.00 for lr in [1e-04, 1e-01]" in rule.summary_line(sloped)
