@@ -146,6 +146,8 @@ TINY = [
 def test_a_tiny_version_of_each_preset_runs_end_to_end(tmp_path, name, arms):
     out = tmp_path / name
     extra = ["train.instruments=false"] if name == "scope_ladder_mnist1d" else []
+    if name == "timescale_mnist1d":  # an arm's own keys win over the command line's train.epochs
+        extra = ["sweep.arms.e80.train.epochs=2", "sweep.arms.e160.train.epochs=4"]
     proc = subprocess.run(
         [sys.executable, "-m", "harness.sweep", f"experiment={name}", f"hydra.run.dir={out}",
          *TINY, *extra],
