@@ -123,12 +123,13 @@ def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster, pop
     in flight. ``scancel`` alone ends the task (submitit ignores the SIGTERM; Slurm's SIGKILL
     follows after KillWait): the test fails if the worker process outlives it."""
     out, logs = tmp_path / "cancel", tmp_path / "trainings"
-    # ~4 s trials: long enough to be caught (and killed) mid-trial
+    # ~10 s trials: a trial caught in its first 1.5 s still trains well past scancel's SIGTERM,
+    # KillWait (2 s) and the SIGKILL that follows, so it is killed mid-trial, not as it finishes
     pop = f"sweep.population={population}"
-    slow = [*SLURM, "storage=journal", "train.epochs=60", "model.width=256", pop]
+    slow = [*SLURM, "storage=journal", "train.epochs=150", "model.width=256", pop]
     proc = run_sweep(out, *slow, "launcher.wait=false", timeout=300, env=_logged(logs))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    overrides = [*TINY, *SLOW, "train.epochs=60", "model.width=256", pop]
+    overrides = [*TINY, *SLOW, "train.epochs=150", "model.width=256", pop]
     deadline, victim, trial_no, victim_pid = time.time() + 240, None, None, 0
     while victim is None and time.time() < deadline:
         trials = load(out, "journal", overrides).get_trials(deepcopy=False)
