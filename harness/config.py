@@ -326,13 +326,17 @@ def name_targets(cfg: Any) -> None:
             node.name = target.replace(":", ".").rsplit(".", 1)[-1]
 
 
-def _check_ranges(key: str, value: Any, sweep: Any) -> None:
+def _is_variant_key(key: str) -> bool:
+    """Whether ``key`` names an optimizer, a decay form or optimizer/decay (or optimizer-decay)."""
     parts = key.replace("-", "/").split("/")
     optimizers, decays = registry.names("optimizer"), registry.names("decay")
-    ok = (len(parts) == 1 and key in optimizers + decays) or (
+    return (len(parts) == 1 and key in optimizers + decays) or (
         len(parts) == 2 and parts[0] in optimizers and parts[1] in decays
     )
-    if not ok:
+
+
+def _check_ranges(key: str, value: Any, sweep: Any) -> None:
+    if not _is_variant_key(key):
         raise ConfigError(
             f"sweep.ranges: key '{key}' is not an optimizer, a decay or optimizer/decay "
             "(optimizer-decay on the command line); "
@@ -397,12 +401,7 @@ def _check_arms(cfg: Any) -> None:
 
 
 def _check_box(key: str, value: Any) -> None:
-    parts = key.replace("-", "/").split("/")
-    optimizers, decays = registry.names("optimizer"), registry.names("decay")
-    ok = (len(parts) == 1 and key in optimizers + decays) or (
-        len(parts) == 2 and parts[0] in optimizers and parts[1] in decays
-    )
-    if not ok:
+    if not _is_variant_key(key):
         raise ConfigError(
             f"analysis.boxes: key '{key}' is not an optimizer, a decay or optimizer/decay; "
             "e.g. analysis.boxes.adam.lr=[1e-4,1e-2]"

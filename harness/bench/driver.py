@@ -14,32 +14,17 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from omegaconf import OmegaConf
 
+from harness.bench.queue import StandInResult
 from harness.config import compose_config
 from harness.results import write_results
 from harness.storage import open_storage
 from harness.sweep.plan import create_study, enqueue_grid, variants
 from harness.sweep.worker import run_worker
-
-
-@dataclass
-class _Result:
-    test_error: float = 0.5
-    val_error: float = 0.5
-    final_val_error: float = 0.5
-    train_loss: float = 1.0
-    weight_norm: float = 10.0
-    steps: int = 100
-    wall_s: float = 0.0
-    diverged: bool = False
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def _cfg(kind: str, out: Path, n_lr: int, n_wd: int):
@@ -71,7 +56,7 @@ def bench_storage(kind: str, n_lr: int, n_wd: int) -> dict:
 
         def train(cfgs, reports):
             stamps.append(time.perf_counter())
-            return [_Result() for _ in cfgs]
+            return [StandInResult() for _ in cfgs]
 
         t0 = time.perf_counter()
         run_worker(cfg, train=train)

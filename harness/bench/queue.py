@@ -45,7 +45,7 @@ READY_WAIT_S = 300.0
 
 
 @dataclass
-class _Result:
+class StandInResult:
     """What the stand-in training returns for a cell (the fields a trial result records)."""
 
     test_error: float = 0.5
@@ -104,7 +104,7 @@ def _worker(spec: dict) -> int:
             if started is not None:
                 started()
         time.sleep(train_s)
-        return [_Result(wall_s=train_s) for _ in cfgs]
+        return [StandInResult(wall_s=train_s) for _ in cfgs]
 
     folder = Path(spec["dir"])
     me = f"{socket.gethostname()}-{os.getpid()}"
