@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slurm
 # trials of ~1 s, so that the three workers really share the grid
 SLOW = ["train.epochs=4", "data.num_samples=3000"]
 SLURM = [*TINY, *SLOW, "launcher=slurm", "sweep.workers=3", "sweep.heartbeat_s=2"]
+# training a victim must have left when scancel is sent: KillWait (2 s) plus polling slack
+KILL_MARGIN_S = 4.0
 
 
 def _squeue(ids: str = "") -> list[str]:
@@ -123,30 +125,34 @@ def test_scancel_one_worker_mid_trial_loses_nothing(tmp_path, slurm_cluster, pop
     in flight. ``scancel`` alone ends the task (submitit ignores the SIGTERM; Slurm's SIGKILL
     follows after KillWait): the test fails if the worker process outlives it."""
     out, logs = tmp_path / "cancel", tmp_path / "trainings"
-    # ~10 s trials: a trial caught in its first 1.5 s still trains well past scancel's SIGTERM,
-    # KillWait (2 s) and the SIGKILL that follows, so it is killed mid-trial, not as it finishes
     pop = f"sweep.population={population}"
-    slow = [*SLURM, "storage=journal", "train.epochs=150", "model.width=256", pop]
+    long = ["train.epochs=400", "model.width=256", pop]
+    slow = [*SLURM, "storage=journal", *long]
     proc = run_sweep(out, *slow, "launcher.wait=false", timeout=300, env=_logged(logs))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    overrides = [*TINY, *SLOW, "train.epochs=150", "model.width=256", pop]
-    deadline, victim, trial_no, victim_pid = time.time() + 240, None, None, 0
+    overrides = [*TINY, *SLOW, *long]
+    # The victim is a trial with at least KILL_MARGIN_S of training left, judged by the shortest
+    # trial completed so far on this machine under this load: scancel's SIGTERM is ignored and
+    # the SIGKILL follows KillWait (2 s) later, so a trial closer to its end could finish first.
+    deadline, victim, trial_no, victim_pid, shortest = time.time() + 400, None, None, 0, None
     while victim is None and time.time() < deadline:
         trials = load(out, "journal", overrides).get_trials(deepcopy=False)
-        if any(t.state == TrialState.COMPLETE for t in trials):
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        if done:
+            shortest = min((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
             for t in trials:
-                # a trial that started under 1.5 s ago has ~2 s of training left: killed mid-trial
-                # for sure, not as it finishes (which made this test flaky under load)
-                fresh = t.datetime_start is not None and (
-                    datetime.now(t.datetime_start.tzinfo) - t.datetime_start
-                ) < timedelta(seconds=1.5)
-                if t.state == TrialState.RUNNING and fresh and "lrwd:lease" in t.system_attrs:
+                if t.state != TrialState.RUNNING or "lrwd:lease" not in t.system_attrs:
+                    continue
+                elapsed = (datetime.now(t.datetime_start.tzinfo) - t.datetime_start).total_seconds()
+                if elapsed < shortest - KILL_MARGIN_S:
                     pid = int(t.system_attrs["lrwd:lease"][0].rsplit(":", 1)[1])
                     victim, trial_no, victim_pid = _job_of(pid), t.number, pid
                     if victim:
                         break
         time.sleep(0.3)
-    assert victim, "no worker caught mid-trial"
+    assert victim, (
+        f"no worker caught mid-trial (shortest trial {shortest} s, margin {KILL_MARGIN_S} s)"
+    )
     owner = f"{victim_pid}"
     in_flight = {
         t.user_attrs["cell"]
