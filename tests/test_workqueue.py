@@ -289,6 +289,23 @@ def test_failed_cells_are_retried_at_most_max_retries_times(study):
     assert status.requeued == 1
 
 
+def test_stale_cell_behind_a_cell_failed_for_good_is_queued_again(study):
+    """A cell out of retries does not stop the pass: the cells after it are still judged."""
+    wq.enqueue_cells(study, CELLS[:2], DISTS, heartbeat_s=30, max_retries=0)
+    failed, lost = wq.WaitingQueue(study).claim(2)
+    assert failed.params == CELLS[0] and lost.params == CELLS[1]
+    wq.fail_claim(study, failed, "RuntimeError: boom", requeue_cell=False)
+    study._storage.set_trial_system_attr(
+        lost.trial._trial_id, wq.LEASE_KEY, ["elsewhere:1", time.time() - 100]
+    )
+    for run, counts in enumerate([(1, 1, 0), (1, 0, 1)]):  # (failed, requeued, queued)
+        status = wq.enqueue_cells(study, CELLS[:2], DISTS, heartbeat_s=30, max_retries=0)
+        assert (status.failed, status.requeued, status.queued) == counts, run
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        assert [t.user_attrs[wq.CELL_KEY] for t in waiting] == [lost.cell], run
+    assert sorted(states(study)) == ["FAIL", "FAIL", "WAITING"]
+
+
 def test_pid_dead_only_for_a_dead_process_on_this_host():
     import subprocess
     import sys
