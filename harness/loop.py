@@ -37,7 +37,7 @@ from torch import nn
 from harness.data import Dataset, load_data
 from harness.instruments import Instruments
 from harness.models import build_model
-from harness.optim import normalized_weight_decay
+from harness.optim import normalized_weight_decay, param_groups
 from harness.optim.groups import INVARIANT_RULES, scale_invariant_names
 from harness.results import Preempted, TrialResult, with_layers
 from harness.schedules import lr_multiplier
@@ -155,6 +155,32 @@ def invariant_names(cfg: Any, run: Run) -> list[str] | None:
     return scale_invariant_names(run.model, probe_batch(run))
 
 
+def decay_scope(cfg: Any, model: nn.Module, invariant: list[str] | None) -> dict[str, Any]:
+    """The ``decayed_numel`` and ``decayed_si_numel`` fields of every member's
+    :class:`TrialResult`: the elements of the tensors ``optimizer.param_groups`` decays and, of
+    those, the elements of the scale-invariant tensors ``invariant`` (the names
+    :func:`invariant_names` found; None when it did not run: NaN, unless nothing decays).
+    Counts are ints, NaN a float."""
+    o = cfg.optimizer
+    _, rep = param_groups(
+        model,
+        0.0,
+        rule=o.param_groups,
+        no_decay_names=list(o.no_decay_names),
+        invariant=invariant,
+    )
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    decayed = rep["decay"]["names"]
+    total = sum(sizes[n] for n in decayed)
+    if invariant is None:
+        return {"decayed_numel": total, "decayed_si_numel": 0 if not total else math.nan}
+    si = set(invariant)
+    return {
+        "decayed_numel": total,
+        "decayed_si_numel": sum(sizes[n] for n in decayed if n in si),
+    }
+
+
 def instrument_fields(summary: dict[str, float] | None, diverged: bool) -> dict[str, float]:
     """The instrument fields of a :class:`TrialResult`: NaN but the tensor count for a trial
     that diverged, nothing when the instruments are off."""
@@ -211,6 +237,7 @@ class Members(Protocol):
     p: int
     lrs: list[float]  # each member's base lr, as configured
     instruments: Instruments | None
+    scope: dict[str, Any]  # decay_scope of the members' shared config and model
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each member's loss on the batch ``[P]`` (detached), gradients computed."""
@@ -373,7 +400,9 @@ def _results(
             out.append(outcome[m])
         elif outcome[m] == "diverged" or not math.isfinite(float(norms[m])):
             result = TrialResult.of_divergence(steps[m], wall_s)
-            result = dataclasses.replace(result, **instrument_fields(summaries[m], True))
+            result = dataclasses.replace(
+                result, **instrument_fields(summaries[m], True), **members.scope
+            )
             out.append(with_layers(result, layers[m], True))
         else:
             result = TrialResult(
@@ -387,6 +416,7 @@ def _results(
                 diverged=False,
                 steps_to_target=reached[m],
                 **instrument_fields(summaries[m], False),
+                **members.scope,
             )
             out.append(with_layers(result, layers[m], False))
     return out

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 
 from harness import registry
 from harness.instruments import Instruments
-from harness.loop import Run, effective_weight_decay, instruments_on, invariant_names
+from harness.loop import (
+    Run,
+    decay_scope,
+    effective_weight_decay,
+    instruments_on,
+    invariant_names,
+)
 from harness.models import loss_function, model_spec
 from harness.optim.functional import adam_step, sgd_step
 from harness.optim.groups import param_groups
@@ -301,6 +307,7 @@ class BatchedMembers:
             no_decay_names=list(o.no_decay_names),
             invariant=invariant,
         )
+        self.scope = decay_scope(base, model, invariant)
         decayed = {id(q) for q in groups[0]["params"]}
         decays = [id(q) in decayed for q in model.parameters()]
         zero = torch.zeros_like(self.wd)

@@ -41,6 +41,13 @@ class TrialResult:
     rest_norm: float = math.nan
     eq_eta: float = math.nan
     si_tensors: float = math.nan
+    # how far the scale-invariance theory reaches in this trial: the elements of the tensors the
+    # decay rule (optimizer.param_groups) decays, whatever the wd, and of those the elements of
+    # the tensors the detector finds scale-invariant; counted once at set-up. decayed_si_numel
+    # is NaN when the detector did not run (train.instruments=false and a rule that does not
+    # decay the invariant tensors: the probe is not run for this count alone)
+    decayed_numel: float = math.nan
+    decayed_si_numel: float = math.nan
     # the per-layer summary (Instruments.layer_summary: {name: {"angle", "norm",
     # "scale_invariant"}}), set by the trainers when the instruments are on; a plain attribute,
     # not a field, so it is no result key nor a results.csv column (stored as the trial's

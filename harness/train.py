@@ -29,6 +29,7 @@ from harness.loop import (  # noqa: F401 - the set-up helpers, importable from h
     EVAL_BATCH,
     Report,
     Run,
+    decay_scope,
     effective_weight_decay,
     first_at_target,
     instruments_on,
@@ -116,6 +117,7 @@ class ModuleMembers:
         wd = effective_weight_decay(cfg, run.data)
         invariant = invariant_names(cfg, run)
         opt, penalty_params, penalty_wd = build_optimizer(cfg, model, wd, invariant=invariant)
+        self.scope = decay_scope(cfg, model, invariant)
         self.instruments = None
         if instruments_on(cfg):
             self.instruments = Instruments.of_module(model, invariant or [], total)
