@@ -32,6 +32,7 @@ import pandas as pd
 
 from harness import registry
 from harness.results import LAYER_COLUMNS, RESULTS_COLUMNS, layer_rows, trial_row
+from harness.secrets import mask_secrets
 
 # The results.csv schema: harness.results defines it, the sweep writes it.
 ERROR_COLUMNS = ("test_error", "val_error", "final_val_error")
@@ -42,13 +43,6 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 class SourceError(ValueError):
     """A source that cannot be read: one line naming it and what to pass instead."""
-
-
-def _mask(url: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://user:***@host`` (errors never leak it)."""
-    from harness.secrets import mask_secrets
-
-    return mask_secrets(url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,51 +70,14 @@ def read_csv(path: str | Path) -> pd.DataFrame:
 
 
 def _open_storage(spec: str):
-    import optuna
+    """The Optuna storage ``spec`` names, read-only (``harness.storage.open_read_only``)."""
+    from harness.errors import ConfigError
+    from harness.storage import open_read_only
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if "://" in spec:
-        if spec.startswith("sqlite:///"):
-            path = spec[len("sqlite:///") :]
-            if path and path != ":memory:" and not Path(path).is_file():
-                raise SourceError(f"{spec}: no such SQLite file; check the path after sqlite:///")
-        from harness.errors import ConfigError
-        from harness.storage import with_driver
-
-        try:
-            spec = with_driver(spec)  # postgresql://: the PostgreSQL driver installed here
-        except ConfigError as exc:
-            raise SourceError(str(exc)) from None
-        try:
-            return optuna.storages.RDBStorage(spec, skip_table_creation=True)
-        except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
-            raise SourceError(
-                f"{_mask(spec)}: cannot open the Optuna storage ({type(exc).__name__}); "
-                "check the URL, the server and the driver"
-            ) from None
-    path = Path(spec)
-    if not path.is_file():
-        raise SourceError(f"{spec}: no such journal file")
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    if head == SQLITE_MAGIC:
-        return _open_storage(f"sqlite:///{path.resolve()}")
-    from optuna.storages.journal import JournalFileBackend
-
-    with path.open("rb") as fh:
-        first = fh.readline().strip()
     try:
-        is_journal = not first or "op_code" in json.loads(first)
-    except (ValueError, TypeError):
-        is_journal = False
-    if not is_journal:
-        raise SourceError(
-            f"{spec}: not a results.csv, an SQLite database or an Optuna journal file"
-        )
-    try:
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    except Exception as exc:  # noqa: BLE001
-        raise SourceError(f"{spec}: not an Optuna journal file ({type(exc).__name__})") from None
+        return open_read_only(spec)
+    except ConfigError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def _config_name(cfg: Any, group: str) -> str:
@@ -164,7 +121,7 @@ def read_optuna(storage: str | Any, studies: Sequence[str] | None = None) -> pd.
     import optuna
     from optuna.trial import TrialState
 
-    label = _mask(storage) if isinstance(storage, str) else type(storage).__name__
+    label = mask_secrets(storage) if isinstance(storage, str) else type(storage).__name__
     if isinstance(storage, str | Path):
         storage = _open_storage(str(storage))
     try:

@@ -447,9 +447,18 @@ DATASETS: dict[str, DataSpec] = {
 # Storages, launchers and the other named settings
 
 
+@functools.cache
+def _built(path: str) -> Any:
+    """One instance of the class named ``"module:attribute"`` (storage backends and sampler
+    planners hold no state)."""
+    return resolve(path)()
+
+
 @dataclass(frozen=True)
 class StorageSpec:
-    """One value of ``storage.kind`` (the Optuna storage)."""
+    """One value of ``storage.kind`` (the Optuna storage): who may share it, and its backend,
+    which opens it, describes it, says whether it exists and opens a source read-only for the
+    analysis (a class like ``harness.storage.SQLite``)."""
 
     name: str
     label: str
@@ -457,18 +466,78 @@ class StorageSpec:
     persistent: bool  # outlives the process
     shared: bool  # several worker processes may use it at once
     cluster: bool  # safe for workers on other hosts (Slurm)
+    backend: str = ""  # "module:attribute" of its backend class
+
+    @property
+    def impl(self) -> Any:
+        """The backend (imported on first use)."""
+        if not self.backend:
+            raise LookupError(f"storage {self.name!r} names no backend")
+        return _built(self.backend)
+
+    def url(self, cfg: Any, output_dir: Any) -> str:
+        """The storage's URL or file path (for messages, after masking)."""
+        return self.impl.url(cfg, output_dir)
+
+    def open(self, cfg: Any, output_dir: Any, *, create: bool = True) -> Any:
+        """The Optuna storage, made with ``create``; errors are one ``ConfigError`` line."""
+        return self.impl.open(cfg, output_dir, create=create)
+
+    def describe(self, cfg: Any) -> str:
+        """The storage as ``optuna-dashboard`` takes it (file path or URL), password masked."""
+        return self.impl.describe(cfg)
+
+    def exists(self, cfg: Any, output_dir: Any) -> bool:
+        """Opening the storage would create nothing."""
+        return self.impl.exists(cfg, output_dir)
+
+    def reads(self, source: str) -> bool:
+        """``source`` (a URL or a file path given to the analysis) is a storage of this kind."""
+        return self.impl.reads(source)
+
+    def open_read_only(self, source: str) -> Any:
+        """``source`` opened for reading: creates nothing; errors are one ``ConfigError`` line."""
+        return self.impl.open_read_only(source)
 
 
 STORAGES: dict[str, StorageSpec] = {
     s.name: s
     for s in (
-        StorageSpec("sqlite", "SQLite", "an SQLite file in the output dir", True, False, False),
         StorageSpec(
-            "journal", "journal", "an Optuna journal file (shared filesystem)", True, True, True
+            "sqlite",
+            "SQLite",
+            "an SQLite file in the output dir",
+            True,
+            False,
+            False,
+            "harness.storage:SQLite",
         ),
-        StorageSpec("url", "URL", "any SQLAlchemy URL (PostgreSQL tested)", True, True, True),
         StorageSpec(
-            "memory", "memory", "in-memory: one process, nothing saved", False, False, False
+            "journal",
+            "journal",
+            "an Optuna journal file (shared filesystem)",
+            True,
+            True,
+            True,
+            "harness.storage:Journal",
+        ),
+        StorageSpec(
+            "url",
+            "URL",
+            "any SQLAlchemy URL (PostgreSQL tested)",
+            True,
+            True,
+            True,
+            "harness.storage:URL",
+        ),
+        StorageSpec(
+            "memory",
+            "memory",
+            "in-memory: one process, nothing saved",
+            False,
+            False,
+            False,
+            "harness.storage:Memory",
         ),
     )
 }
@@ -491,6 +560,51 @@ LAUNCHERS: dict[str, LauncherSpec] = {
     )
 }
 
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One value of ``sweep.sampler``: the Optuna sampler it makes and, for a sampler that
+    enqueues its own cells, its planner (a class like ``harness.sweep.plan.GridPlanner``: the
+    cells' budget, the driver's enqueueing, the check of a recorded study, a worker's tracer).
+    A sampler without a planner draws its budget one point at a time from enqueued slots."""
+
+    name: str
+    summary: str
+    sampler: str  # "module:attribute" of the optuna.samplers.BaseSampler class, built with seed=
+    planner: str | None = None  # "module:attribute" of its planner class
+
+    @property
+    def enqueues(self) -> bool:
+        """The planner enqueues the cells (no point is drawn by the sampler)."""
+        return self.planner is not None
+
+    def make(self, seed: int) -> Any:
+        """The Optuna sampler, seeded."""
+        return resolve(self.sampler)(seed=int(seed))
+
+    def make_planner(self) -> Any:
+        """The planner (None for a sampler that draws its points)."""
+        return _built(self.planner) if self.planner else None
+
+
+_RANDOM = "optuna.samplers:RandomSampler"
+SAMPLERS: dict[str, SamplerSpec] = {
+    s.name: s
+    for s in (
+        SamplerSpec(
+            "grid", "every lr x wd cell once per seed", _RANDOM, "harness.sweep.plan:GridPlanner"
+        ),
+        SamplerSpec("random", "random cells from the log ranges", _RANDOM),
+        SamplerSpec("tpe", "Optuna's TPE sampler", "optuna.samplers:TPESampler"),
+        SamplerSpec(
+            "valley",
+            "a coarse grid, then per lr row refinement rounds around the best wd",
+            _RANDOM,
+            "harness.sweep.plan:ValleyPlanner",
+        ),
+    )
+}
+
 # name -> meaning, for the settings that are one word each
 SCHEDULES: dict[str, str] = {
     "constant": "eta_t = 1",
@@ -498,12 +612,6 @@ SCHEDULES: dict[str, str] = {
     "step": "x gamma at each milestone",
     "warmup_cosine": "linear warmup, then cosine",
     "warmup_constant": "linear warmup, then 1",
-}
-SAMPLERS: dict[str, str] = {
-    "grid": "every lr x wd cell once per seed",
-    "random": "random cells from the log ranges",
-    "tpe": "Optuna's TPE sampler",
-    "valley": "a coarse grid, then per lr row refinement rounds around the best wd",
 }
 PRUNERS: dict[str, str] = {
     "none": "every trial runs to the end",
@@ -598,6 +706,10 @@ def storage(name: str) -> StorageSpec:
 
 def launcher(name: str) -> LauncherSpec:
     return _get(LAUNCHERS, name, "launcher")
+
+
+def sampler(name: str) -> SamplerSpec:
+    return _get(SAMPLERS, name, "sampler")
 
 
 def resolve(path: str) -> Any:

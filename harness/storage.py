@@ -7,8 +7,12 @@
 | ``url`` | ``storage.url``: any SQLAlchemy URL, e.g. ``postgresql://user:pw@host/db`` | processes and hosts that reach the server |
 | ``memory`` | this process | nothing: one in-process worker |
 
-Errors opening a storage are one :class:`~harness.config.ConfigError` line with the password
-masked. Two processes creating a fresh database's tables at once is retried, not an error.
+Each kind is a backend class here (:class:`SQLite`, :class:`Journal`, :class:`URL`,
+:class:`Memory`) named by its :class:`harness.registry.StorageSpec` entry, which opens it,
+describes it, says whether it exists and opens a source read-only for the analysis
+(:func:`open_read_only`). Errors opening a storage are one :class:`~harness.errors.ConfigError`
+line with the password masked. Two processes creating a fresh database's tables at once is
+retried, not an error.
 
 A URL without a driver (``postgresql://``) means SQLAlchemy's default driver for the database,
 which depends on the SQLAlchemy version (psycopg2 up to 2.0, psycopg 3 from 2.1). The storage
@@ -37,37 +41,215 @@ def shared_by_hosts(kind: str) -> bool:
 
 
 def exists(cfg: DictConfig, output_dir: str | Path) -> bool:
-    """Whether the configured storage already exists (opening it would create nothing): its
-    file for ``sqlite`` / ``journal``; a server (``url``) is taken to exist; ``memory`` never."""
-    kind = cfg.storage.kind
-    if kind in ("sqlite", "journal"):
-        url = storage_url(cfg, output_dir)
-        return Path(url.removeprefix("sqlite:///")).is_file()
-    return kind == "url"
+    """Whether the configured storage already exists (opening it would create nothing)."""
+    return registry.storage(cfg.storage.kind).exists(cfg, output_dir)
 
 
 def describe(cfg: DictConfig) -> str:
     """The storage as ``optuna-dashboard`` takes it (file path or URL), password masked."""
-    out = cfg.get("output_dir") or "."
-    try:
-        return mask_secrets(storage_url(real_url(cfg), out))
-    except ConfigError:  # env:NAME not set here: say so by name
-        return str(cfg.storage.url)
+    return registry.storage(cfg.storage.kind).describe(cfg)
 
 
 def storage_url(cfg: DictConfig, output_dir: str | Path) -> str:
     """The storage's URL or file path as a string (for messages, after masking)."""
-    kind = cfg.storage.kind
-    if kind == "sqlite":
-        path = Path(cfg.storage.path or Path(output_dir) / "study.db").expanduser().resolve()
-        return f"sqlite:///{path}"
-    if kind == "journal":
-        return str(
-            Path(cfg.storage.path or Path(output_dir) / "study.journal").expanduser().resolve()
-        )
-    if kind == "url":
+    return registry.storage(cfg.storage.kind).url(cfg, output_dir)
+
+
+def open_storage(cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+    """Open (and with ``create`` make) the configured storage. Errors are one ``ConfigError`` line."""
+    return registry.storage(cfg.storage.kind).open(cfg, output_dir, create=create)
+
+
+def open_read_only(source: str):
+    """The storage ``source`` names (an SQLAlchemy URL, an SQLite or journal file path), opened
+    for reading by the first kind of :data:`harness.registry.STORAGES` that reads it: creates
+    nothing. Errors are one :class:`ConfigError` line, password masked."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for spec in registry.STORAGES.values():
+        if spec.reads(source):
+            return spec.open_read_only(source)
+    raise ConfigError(
+        f"{mask_secrets(source)}: not an Optuna storage URL, SQLite database or journal file"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: one class per kind, named by its harness.registry.StorageSpec entry
+
+
+class Backend:
+    """What a kind of storage does. A new kind subclasses it (``url``, ``open``; ``exists``,
+    ``reads`` and ``open_read_only`` where it can) and names the class in its entry."""
+
+    def url(self, cfg: DictConfig, output_dir: str | Path) -> str:
+        raise NotImplementedError
+
+    def open(self, cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+        raise NotImplementedError
+
+    def exists(self, cfg: DictConfig, output_dir: str | Path) -> bool:
+        """Opening it would create nothing (default: never)."""
+        return False
+
+    def describe(self, cfg: DictConfig) -> str:
+        """The URL or path, password masked; a URL naming an unset ``env:NAME`` as given."""
+        out = cfg.get("output_dir") or "."
+        try:
+            return mask_secrets(self.url(real_url(cfg), out))
+        except ConfigError:  # env:NAME not set here: say so by name
+            return str(cfg.storage.url)
+
+    def reads(self, source: str) -> bool:
+        """``source`` is a storage of this kind (default: none is)."""
+        return False
+
+    def open_read_only(self, source: str):
+        raise ConfigError(f"{mask_secrets(source)}: cannot be opened read-only")
+
+
+class _File(Backend):
+    """A storage in one file: ``storage.path``, else ``<output dir>/<filename>``."""
+
+    filename = ""
+
+    def path(self, cfg: DictConfig, output_dir: str | Path) -> Path:
+        return Path(cfg.storage.path or Path(output_dir) / self.filename).expanduser().resolve()
+
+    def exists(self, cfg: DictConfig, output_dir: str | Path) -> bool:
+        return self.path(cfg, output_dir).is_file()
+
+
+def _rdb_read_only(url: str):
+    """An RDB storage opened without creating its tables (the analysis's reader)."""
+    url = with_driver(url)  # postgresql://: the PostgreSQL driver installed here
+    try:
+        return optuna.storages.RDBStorage(url, skip_table_creation=True)
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
+        raise ConfigError(
+            f"{mask_secrets(url)}: cannot open the Optuna storage ({type(exc).__name__}); "
+            "check the URL, the server and the driver"
+        ) from None
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+class SQLite(_File):
+    """``storage=sqlite``: ``<output dir>/study.db`` (WAL, ``synchronous=NORMAL``)."""
+
+    filename = "study.db"
+
+    def url(self, cfg: DictConfig, output_dir: str | Path) -> str:
+        return f"sqlite:///{self.path(cfg, output_dir)}"
+
+    def open(self, cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+        path = self.path(cfg, output_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _rdb(f"sqlite:///{path}", cfg)
+
+    def reads(self, source: str) -> bool:
+        if source.startswith("sqlite:"):
+            return True
+        path = Path(source)
+        return "://" not in source and path.is_file() and _head(path) == SQLITE_MAGIC
+
+    def open_read_only(self, source: str):
+        if "://" not in source:
+            source = f"sqlite:///{Path(source).resolve()}"
+        path = source.removeprefix("sqlite:///")
+        if source.startswith("sqlite:///") and path and path != ":memory:":
+            if not Path(path).is_file():
+                raise ConfigError(f"{source}: no such SQLite file; check the path after sqlite:///")
+        return _rdb_read_only(source)
+
+
+class Journal(_File):
+    """``storage=journal``: an Optuna journal file, ``<output dir>/study.journal`` (a lock file
+    beside it), shared by processes and hosts on one filesystem."""
+
+    filename = "study.journal"
+
+    def url(self, cfg: DictConfig, output_dir: str | Path) -> str:
+        return str(self.path(cfg, output_dir))
+
+    def open(self, cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+        path = self.path(cfg, output_dir)
+        if not path.parent.exists():
+            if not create:
+                raise ConfigError(f"storage.path: {path.parent} does not exist")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
+
+    def reads(self, source: str) -> bool:
+        return "://" not in source  # any other file path: checked when opened
+
+    def open_read_only(self, source: str):
+        import json
+
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{source}: no such journal file")
+        with path.open("rb") as fh:
+            first = fh.readline().strip()
+        try:
+            is_journal = not first or "op_code" in json.loads(first)
+        except (ValueError, TypeError):
+            is_journal = False
+        if not is_journal:
+            raise ConfigError(
+                f"{source}: not a results.csv, an SQLite database or an Optuna journal file"
+            )
+        from optuna.storages.journal import JournalFileBackend
+
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(
+                f"{source}: not an Optuna journal file ({type(exc).__name__})"
+            ) from None
+
+
+class URL(Backend):
+    """``storage=url``: any SQLAlchemy URL (``storage.url``); a server is taken to exist."""
+
+    def url(self, cfg: DictConfig, output_dir: str | Path) -> str:
         return with_driver(cfg.storage.url, strict=False)
-    return "memory"
+
+    def open(self, cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+        return _rdb(self.url(cfg, output_dir), cfg)
+
+    def exists(self, cfg: DictConfig, output_dir: str | Path) -> bool:
+        return True
+
+    def reads(self, source: str) -> bool:
+        return "://" in source
+
+    def open_read_only(self, source: str):
+        return _rdb_read_only(source)
+
+
+_MEMORY: dict[str, optuna.storages.BaseStorage] = {}
+
+
+class Memory(Backend):
+    """``storage=memory``: this process's, one per output folder; nothing is saved."""
+
+    def url(self, cfg: DictConfig, output_dir: str | Path) -> str:
+        return "memory"
+
+    def open(self, cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
+        return _MEMORY.setdefault(str(output_dir), optuna.storages.InMemoryStorage())
 
 
 # The package to install for each driver module SQLAlchemy imports (SQLAlchemy's driver names).
@@ -133,31 +315,6 @@ def with_driver(url: str, *, strict: bool = True) -> str:
             f"pip install {package}"
         )
     return url
-
-
-_MEMORY: dict[str, optuna.storages.BaseStorage] = {}
-
-
-def open_storage(cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
-    """Open (and with ``create`` make) the configured storage. Errors are one ``ConfigError`` line."""
-    kind = cfg.storage.kind
-    url = storage_url(cfg, output_dir)
-    if kind == "memory":
-        return _MEMORY.setdefault(str(output_dir), optuna.storages.InMemoryStorage())
-    if kind == "journal":
-        path = Path(url)
-        if not path.parent.exists():
-            if not create:
-                raise ConfigError(f"storage.path: {path.parent} does not exist")
-            path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-        return optuna.storages.JournalStorage(backend)
-    if kind == "sqlite":
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        return _rdb(url, cfg)
-    return _rdb(url, cfg)
 
 
 def _rdb(url: str, cfg: DictConfig) -> optuna.storages.RDBStorage:

@@ -1,4 +1,4 @@
-"""The sweep's time-left estimate (harness.sweep.launch.CompletionRate) on synthetic completion
+"""The sweep's time-left estimate (harness.sweep.progress.CompletionRate) on synthetic completion
 times: populations that record their cells in bursts, steady streams, staggered workers, a
 resumed sweep."""
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness.sweep.cli import _LogProgress
-from harness.sweep.launch import CompletionRate, clock
+from harness.sweep.progress import CompletionRate, clock
 
 POLL_S = 0.5  # how often the driver counts finished cells
 

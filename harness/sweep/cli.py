@@ -33,6 +33,7 @@ from harness.storage import exists as storage_exists
 from harness.sweep import plan, worker
 from harness.sweep.launch import LaunchError
 from harness.sweep.plan import prepare, total_cells
+from harness.sweep.progress import CompletionRate, clock
 from harness.sweep.queue import Claim, cell_counts
 from harness.sweep.report import count_done, next_commands, report
 from harness.usage import error_line, fail
@@ -97,8 +98,6 @@ class _LogProgress:
     """
 
     def __init__(self, total: int, done0: int, every_s: float = 30.0) -> None:
-        from harness.sweep.launch import CompletionRate
-
         self.total, self.done0, self.every_s = total, done0, every_s
         self.enabled = not sys.stdout.isatty()
         self.t0 = self.last = time.monotonic()
@@ -116,16 +115,10 @@ class _LogProgress:
         pct = 100 * done / max(self.total, 1)
         tail = f"; last: {last}" if last else ""
         print(
-            f"progress: {done}/{self.total} cells ({pct:.0f}%), {_clock(elapsed)} elapsed{eta}"
+            f"progress: {done}/{self.total} cells ({pct:.0f}%), {clock(elapsed)} elapsed{eta}"
             f"{tail}",
             flush=True,
         )
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 def run_local(cfg: DictConfig, studies: list[Any]) -> int:
@@ -144,7 +137,7 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
     plain = _LogProgress(total, done0)
 
     class TimeLeftColumn(ProgressColumn):
-        """Time left from the cells' completion rate (launch.CompletionRate), counting down."""
+        """Time left from the cells' completion rate (progress.CompletionRate), counting down."""
 
         def render(self, task: Any) -> Text:
             return Text(plain.rate.text(), style="progress.remaining")

@@ -7,7 +7,9 @@ overrides such as another training-set size). Each variant gets a study named
 ``sweep.models``); an arm's studies record the experiment ``<name>-<arm>``. Grid sweeps enqueue every
 (lr, weight decay, seed) cell; random and TPE sweeps enqueue their budget as slots
 (:mod:`harness.sweep.queue`); the valley tracer enqueues its coarse grid, and its workers the
-refinement rounds (:mod:`harness.sweep.valley`).
+refinement rounds (:mod:`harness.sweep.valley`). Each ``sweep.sampler`` is a
+``harness.registry.SamplerSpec`` entry: its Optuna sampler and, for the grid and the valley
+tracer, its planner (:class:`GridPlanner`, :class:`ValleyPlanner`).
 """
 
 from __future__ import annotations
@@ -288,11 +290,16 @@ def sampler_seed(cfg: DictConfig, n_trials: int = 0) -> int:
 
 
 def make_sampler(cfg: DictConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    kind = cfg.sweep.sampler
+    """The ``sweep.sampler`` entry's Optuna sampler, seeded with ``seed`` (default
+    ``train.seed``)."""
     seed = int(cfg.train.seed) if seed is None else int(seed)
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
+    return registry.sampler(cfg.sweep.sampler).make(seed)
+
+
+def planner(cfg: DictConfig) -> Any:
+    """The ``sweep.sampler`` entry's planner (:class:`GridPlanner`, :class:`ValleyPlanner`), or
+    None for a sampler that draws its points from enqueued slots."""
+    return registry.sampler(cfg.sweep.sampler).make_planner()
 
 
 def enqueue_grid(study: optuna.Study, cfg: DictConfig) -> CellStatus:
@@ -326,13 +333,50 @@ def valley_tracer(study: optuna.Study, cfg: DictConfig) -> valley.Tracer:
     return valley.Tracer(study, valley_spec(cfg), valley.gates_study(study))
 
 
-def enqueue_study(study: optuna.Study, cfg: DictConfig) -> CellStatus:
-    """The grid's cells, a valley's coarse grid and due rounds, or a sampled study's budget as
-    slots. Driver only."""
-    if cfg.sweep.sampler == "grid":
+class GridPlanner:
+    """``sweep=grid``: the driver enqueues every (lr, weight decay, seed) cell once.
+
+    A planner is what a sampler that enqueues its own cells supplies (named by its
+    ``harness.registry.SamplerSpec`` entry): the number of cells, the driver's enqueueing, the
+    check of a study recorded by an earlier run, and a worker's tracer (``advance()`` enqueues
+    what has become due; ``held`` keeps the worker waiting for it), or None."""
+
+    def budget(self, cfg: DictConfig) -> int:
+        return len(grid_cells(cfg.sweep))
+
+    def enqueue(self, study: optuna.Study, cfg: DictConfig) -> CellStatus:
         return enqueue_grid(study, cfg)
-    if cfg.sweep.sampler == "valley":
+
+    def check(self, study: optuna.Study, cfg: DictConfig) -> None:
+        """Raise ``ConfigError`` (writing nothing) when the study cannot take this run."""
+
+    def tracer(self, study: optuna.Study, cfg: DictConfig) -> Any:
+        return None
+
+
+class ValleyPlanner(GridPlanner):
+    """``sweep=valley``: the driver enqueues the coarse grid and the rounds that are due; each
+    worker's :class:`harness.sweep.valley.Tracer` opens the further rounds."""
+
+    def budget(self, cfg: DictConfig) -> int:
+        return valley_spec(cfg).budget()  # at most: rounds clipped at the wd range add fewer
+
+    def enqueue(self, study: optuna.Study, cfg: DictConfig) -> CellStatus:
         return valley.Tracer.prepare(study, valley_spec(cfg))[1]
+
+    def check(self, study: optuna.Study, cfg: DictConfig) -> None:
+        valley.check_recorded(study, valley_spec(cfg))
+
+    def tracer(self, study: optuna.Study, cfg: DictConfig) -> valley.Tracer:
+        return valley_tracer(study, cfg)
+
+
+def enqueue_study(study: optuna.Study, cfg: DictConfig) -> CellStatus:
+    """The planner's cells (the grid's; a valley's coarse grid and due rounds), or a sampled
+    study's budget as slots. Driver only."""
+    plan = planner(cfg)
+    if plan is not None:
+        return plan.enqueue(study, cfg)
     return enqueue_slots(study, sampled_budget(cfg), float(cfg.sweep.heartbeat_s))
 
 
@@ -355,11 +399,8 @@ def sampled_budget(cfg: DictConfig) -> int:
 
 def cells(cfg: DictConfig, variant: Variant) -> int:
     vcfg = variant_config(cfg, variant)
-    if vcfg.sweep.sampler == "grid":
-        return len(grid_cells(vcfg.sweep))
-    if vcfg.sweep.sampler == "valley":
-        return valley_spec(vcfg).budget()  # at most: rounds clipped at the wd range add fewer
-    return sampled_budget(vcfg)
+    plan = planner(vcfg)
+    return sampled_budget(vcfg) if plan is None else plan.budget(vcfg)
 
 
 def total_cells(cfg: DictConfig) -> int:
@@ -400,8 +441,9 @@ def prepare(cfg: DictConfig) -> tuple[Any, list[Any]]:
             vcfg = variant_config(cfg, variant)
             new = grid_record(vcfg.sweep)
             merge_grid(study.study_name, recorded_grid(study), new, extend=extend)
-            if vcfg.sweep.sampler == "valley":
-                valley.check_recorded(study, valley_spec(vcfg))
+            plan = planner(vcfg)
+            if plan is not None:
+                plan.check(study, vcfg)
     studies = []
     for variant in variants(cfg):
         vcfg = variant_config(cfg, variant)

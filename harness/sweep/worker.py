@@ -28,8 +28,8 @@ from harness.sweep.plan import (
     create_study,
     distributions,
     make_sampler,
+    planner,
     sampler_seed,
-    valley_tracer,
     variant_config,
     variants,
 )
@@ -216,9 +216,10 @@ def run_worker(
         for variant in variants(cfg):
             vcfg = variant_config(cfg, variant)
             study = create_study(vcfg, storage, variant, load_only=True)
-            sampled = vcfg.sweep.sampler not in ("grid", "valley")
+            plan = planner(vcfg)
+            sampled = plan is None
             # sweep=valley: this worker also opens the refinement rounds that become due
-            tracer = valley_tracer(study, vcfg) if vcfg.sweep.sampler == "valley" else None
+            tracer = None if plan is None else plan.tracer(study, vcfg)
             if sampled:
                 n_before = len(study.get_trials(deepcopy=False))
                 study.sampler = make_sampler(vcfg, sampler_seed(vcfg, n_before))
