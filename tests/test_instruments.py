@@ -425,7 +425,8 @@ def test_instruments_off_measure_nothing_on_change_nothing_and_divergence_is_nan
 
 
 def test_instrument_fields_are_appended_to_the_result_columns():
-    assert RESULT_KEYS[-len(INSTRUMENT_FIELDS) :] == INSTRUMENT_FIELDS
+    start = RESULT_KEYS.index("steps_to_target") + 1  # right after the trial's own fields
+    assert RESULT_KEYS[start : start + len(INSTRUMENT_FIELDS)] == INSTRUMENT_FIELDS
     r = TrialResult.of_divergence(3, 1.0)
     assert all(math.isnan(getattr(r, k)) for k in INSTRUMENT_FIELDS)
 
