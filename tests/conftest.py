@@ -5,8 +5,10 @@
                   ``os.environ`` for the session, so sbatch/squeue/scancel and submitit use it.
 
 A test that uses one of them gets the ``postgres`` / ``slurm`` marker automatically (so
-``pytest -m "not slurm"`` deselects it). When the binaries are missing the test is skipped with
-the reason; with ``LRWD_REQUIRE_SERVERS=1`` (for CI, which installs them) it fails instead.
+``pytest -m "not slurm"`` deselects it), and ``slow`` too: starting a server takes seconds, so
+the fast tier (``pytest -m "not slow"``) leaves these tests to the full suite. When the
+binaries are missing the test is skipped with the reason; with ``LRWD_REQUIRE_SERVERS=1`` (for
+CI, which installs them) it fails instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def pytest_collection_modifyitems(config, items):
         for fixture, marker in _MARKED_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(getattr(pytest.mark, marker))
+                item.add_marker(pytest.mark.slow)
 
 
 def _unavailable(what: str, why: str) -> None:

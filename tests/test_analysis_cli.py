@@ -97,6 +97,7 @@ def test_cli_from_a_directory_of_results(results_dir, tmp_path, capsys):
     assert (full.groupby("variant")["expected_error"].first() > last["expected_error"]).all()
 
 
+@pytest.mark.slow
 def test_cli_process_from_an_optuna_storage(tmp_path):
     """The real command on a real SQLite study, as a subprocess."""
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -103,6 +103,7 @@ def test_fig2_mnist1d_scaled_down_end_to_end(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_committed_figures_come_from_the_committed_run(tmp_path):
     """analysis/gallery/mnist1d (quoted in analysis/RESULTS.md) regenerates from its results.csv."""
     gallery = ROOT / "analysis" / "gallery" / "mnist1d"

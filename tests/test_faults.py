@@ -85,6 +85,7 @@ print(" ".join(str(i) for i in ids if claim_trial(study._storage, i)))
 """
 
 
+@pytest.mark.slow
 def test_sqlite_claim_has_one_winner_under_a_race(tmp_path):
     """Three processes claim the same 300 waiting trials at the same instant on one SQLite file.
 
@@ -133,6 +134,7 @@ def test_claim_trial_refuses_running_and_finished_trials(tmp_path, kind):
     assert wq.claim_trial(study._storage, b) is True
 
 
+@pytest.mark.slow
 def test_trial_failed_under_a_worker_is_not_trained_by_it(tmp_path):
     """Another worker declares a claimed trial stale (fails and re-enqueues it) before its
     owner starts it: the owner drops it untrained, and the cell is trained once, later."""
@@ -184,6 +186,7 @@ class _Result:
         return {"test_error": 0.5, "val_error": 0.5, "diverged": False, "steps": 1}
 
 
+@pytest.mark.slow
 def test_training_log_records_each_start_of_an_out_of_memory_split(tmp_path, monkeypatch):
     """A population of 4 that runs out of memory at its first step is trained again as two
     halves: the training log shows every cell started twice, each finished once."""
@@ -226,6 +229,7 @@ def test_training_log_records_each_start_of_an_out_of_memory_split(tmp_path, mon
 # Several workers, populations
 
 
+@pytest.mark.slow
 def test_population_workers_journal_train_each_cell_once(tmp_path):
     out, logs = tmp_path / "j", tmp_path / "log"
     proc = run_logged(out, logs, *POP, "storage=journal", "sweep.workers=3")
@@ -248,6 +252,7 @@ def test_population_workers_postgres_train_each_cell_once(tmp_path, postgres_url
     assert len(owners(study)) >= 2
 
 
+@pytest.mark.slow
 def test_sigkill_mid_population_then_resume(tmp_path):
     """Populations of 2 in a 16-cell grid, two workers; the whole sweep is SIGKILLed once both
     workers have trained and some cells have finished, with populations in flight. The rerun
@@ -317,6 +322,7 @@ def test_sigkill_mid_population_then_resume(tmp_path):
 # Sampled studies: budgets, distinct points
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_sampled_sweep_with_two_workers_keeps_its_budget(tmp_path, sampler):
     out, logs = tmp_path / sampler, tmp_path / "log"
@@ -367,6 +373,7 @@ PRUNE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("population", ["1", "3"])
 def test_median_pruner_prunes_through_optuna(tmp_path, population):
     """Optuna's MedianPruner on the real training loop, sequential and in populations: the
@@ -399,6 +406,7 @@ def test_median_pruner_prunes_through_optuna(tmp_path, population):
     assert again.returncode == 0 and len(load(out, "sqlite", args).get_trials()) == 18
 
 
+@pytest.mark.slow
 def test_memory_storage_runs_a_sweep_in_one_process(tmp_path):
     out = tmp_path / "mem"
     proc = subprocess.run(

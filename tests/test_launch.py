@@ -135,6 +135,7 @@ def assert_preempted_once_and_done(study: optuna.Study, preempted: int = 1) -> N
 # ---- local workers --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_local_workers_exit_codes(tmp_path):
     cfg = compose_config(["storage=journal", f"output_dir={tmp_path}"])
     assert launch.run_local_workers(cfg, 3, target=write_pid) == [0, 0, 0]
@@ -145,6 +146,7 @@ def test_run_local_workers_exit_codes(tmp_path):
     assert codes == [-signal.SIGTERM] and time.monotonic() - t0 < 60
 
 
+@pytest.mark.slow
 def test_run_local_workers_real_grid_exactly_once(tmp_path):
     out = tmp_path / "local"
     overrides = [*SLOW2, "train.epochs=1", "sweep.workers=2"]

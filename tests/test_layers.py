@@ -102,6 +102,7 @@ def _storage(out: Path) -> str:
     return f"sqlite:///{dbs[0]}"
 
 
+@pytest.mark.slow
 def test_every_trial_stores_its_layers_and_the_sweep_writes_layers_csv(swept):
     storage = _storage(swept)
     (summary,) = optuna.get_all_study_summaries(storage)
@@ -126,6 +127,7 @@ def test_every_trial_stores_its_layers_and_the_sweep_writes_layers_csv(swept):
     assert (swept / "figures" / "layers.png").is_file()
 
 
+@pytest.mark.slow
 def test_figures_cli_from_the_storage_writes_one_facet_per_layer(swept, tmp_path):
     out = tmp_path / "figs"
     proc = subprocess.run(
@@ -149,6 +151,7 @@ def test_figures_cli_from_the_storage_writes_one_facet_per_layer(swept, tmp_path
     assert {t.split("\n")[0] for t in titles} == set(written["layer"])
 
 
+@pytest.mark.slow
 def test_a_results_csv_without_layers_gets_no_layer_figure(swept, tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()

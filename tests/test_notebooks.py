@@ -26,6 +26,7 @@ def test_every_notebook_is_tested():
     assert sorted(p.stem for p in notebooks()) == sorted(FIGURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
 def test_notebook_runs(path, tiny_results, tmp_path, monkeypatch):
     import jupytext

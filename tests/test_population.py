@@ -302,6 +302,7 @@ def test_unsupported_configs_fall_back_to_sequential():
         assert_same(r, run_trial(cfg))
 
 
+@pytest.mark.slow
 def test_resnet_members_equal_sequential_trials_on_fake_cifar(tmp_path):
     """The CIFAR ResNet population (grouped 2-D convs, BatchNorm over P*C channels, projection
     shortcuts, augmentation shared by the members) equals its sequential trials."""
@@ -347,6 +348,7 @@ def test_normalized_weight_decay_members_equal_sequential_trials():
     )  # normalization really changed the decay
 
 
+@pytest.mark.slow
 def test_compiled_step_equals_sequential_trials(monkeypatch):
     """train.compile=true runs the torch.compile'd loss and update (no eager fallback: the log
     says so and no compile warning is issued), and its members equal their sequential trials.

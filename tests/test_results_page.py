@@ -195,6 +195,7 @@ def test_formatting_rules():
     assert results_page.sci(0.00359381) == "3.6e-3" and results_page.sci(0.1) == "0.1"
 
 
+@pytest.mark.slow
 def test_the_analysis_output_renders(tmp_path: Path):
     """The page reads what ``python -m analysis.figures`` writes: every variant's row carries
     its noise floor and its wd gain with an interval and a verdict."""

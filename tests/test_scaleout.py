@@ -125,6 +125,7 @@ def test_threads_note_and_warnings():
     assert launch.threads_note(cfg, 1, cores=2)[1] == ""
 
 
+@pytest.mark.slow
 def test_eight_local_workers_on_two_cores_run_one_thread_each(tmp_path):
     cpus = two_cores()
     out, logs = tmp_path / "out", tmp_path / "log"
@@ -144,6 +145,7 @@ def test_eight_local_workers_on_two_cores_run_one_thread_each(tmp_path):
     finished_once(load_study(out, args), N_CELLS)
 
 
+@pytest.mark.slow
 def test_worker_entry_point_takes_slurm_cpus_per_task(tmp_path):
     cpus = two_cores()
     if len(cpus) < 2:

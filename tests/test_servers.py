@@ -57,6 +57,7 @@ def test_optuna_rdb_storage_three_concurrent_processes(postgres_url):
     assert study.best_value < 0.25  # (x - 0.5)^2 at some x in [-1, 1] sampled 24 times
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_server_cleans_up():
     why = postgres_missing()

@@ -131,6 +131,7 @@ def test_schema_rejects_typo_and_wrong_type(tmp_path):
 # One worker, resume, SIGKILL
 
 
+@pytest.mark.slow
 def test_sweep_runs_and_resumes(tmp_path):
     out = tmp_path / "run"
     proc = run_sweep(out, *TINY)
@@ -166,6 +167,7 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_completes_grid(tmp_path):
     out = tmp_path / "kill"
     slow = [*TINY, "train.epochs=40", "data.num_samples=3000"]  # ~0.5 s trials: caught mid-trial
@@ -223,6 +225,7 @@ def _owners(trials) -> set[str]:
     return {t.system_attrs[wq.LEASE_KEY][0] for t in trials}
 
 
+@pytest.mark.slow
 def test_three_workers_journal_exactly_once(tmp_path):
     out = tmp_path / "journal"
     _three_workers(out, ["storage=journal"])
@@ -348,6 +351,7 @@ def test_bad_ranges_are_one_line(override, message):
         validate(compose_config([override]))
 
 
+@pytest.mark.slow
 def test_multirun_over_decay_runs_one_sweep_per_variant(tmp_path):
     import pandas as pd
 
@@ -393,6 +397,7 @@ def test_status_and_report_on_an_empty_folder_write_nothing(tmp_path):
         assert files == [], files
 
 
+@pytest.mark.slow
 def test_status_and_report_are_read_only_and_a_changed_grid_is_refused(tmp_path):
     out = tmp_path / "grid"
     assert run_sweep(out, *TINY).returncode == 0

@@ -19,6 +19,7 @@ TRACKED = [o for o in TINY if not o.startswith("tracking=")] + [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("population", ["1", "4"])
 def test_offline_runs_match_trials(tmp_path, population):
     """One offline run per trial, sequential or trained as one population of four."""
@@ -74,6 +75,7 @@ def test_offline_runs_match_trials(tmp_path, population):
         assert run["exit_code"] == 0
 
 
+@pytest.mark.slow
 def test_secrets_never_written(tmp_path):
     out = tmp_path / "sec"
     key = "0123456789abcdef0123456789abcdef01234567"

@@ -449,6 +449,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_auto_mode_falls_back_to_offline_when_wandb_is_unreachable(tmp_path):
     """With a key, auto means online; a W&B server that cannot be reached (a closed loopback
     port here) must not stop the sweep: the tracker warns once and goes on offline."""

@@ -269,6 +269,7 @@ def _assert_valley_done(study: optuna.Study, log_dir: Path) -> list:
     return trials
 
 
+@pytest.mark.slow
 def test_two_workers_trace_each_cell_once_on_a_journal(tmp_path, monkeypatch):
     from harness.sweep import launch
 
