@@ -17,7 +17,10 @@ an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or 
   ``collapse.png/.pdf`` then puts every variant's equilibrated cells against the measured
   angle per step on one axis (:mod:`analysis.collapse`);
 - ``decay_rule.csv`` (grid sweeps): the fitted rule ``wd = C * lr^s`` per variant with its
-  intervals, validity range and timescale (:mod:`analysis.rule`); metrics.csv gains
+  intervals, validity range and timescale (:mod:`analysis.rule`); when the sweep's config holds
+  lrs out (``analysis.heldout.lr`` in the ``config.yaml`` beside results.csv) the rule is fitted
+  without them and ``decay_rule_heldout.csv`` gives their predicted against found best wd, as a
+  factor with its interval; metrics.csv gains
   ``collapse_r2_1d``, ``collapse_r2_2d`` and ``collapse_cells`` (:mod:`analysis.collapse`);
 - ``layers.png/.pdf`` and ``layers.csv`` when the trials carry per-layer summaries (an Optuna
   storage, or the ``layers.csv`` beside a results.csv): each layer's angle per step against
@@ -26,6 +29,10 @@ an ``.db`` or journal file; ``#study1,study2`` or ``--study`` picks studies) or 
   (variant, k), ``regret_seeds.csv`` (variant, seed, k), ``valley.csv`` (best wd per lr),
   ``identity.csv`` (equivalent decoupled / independent cells and their difference) and
   ``cells.csv`` (mean/std/count per grid cell);
+- ``ladder.csv`` and ``ladder.png/.pdf`` in ``DIR`` itself when the results hold the arms
+  ``<name>-<rung>`` of one experiment (``sweep.arms``): each variant's slope, transfer regret
+  and wd gain across the rungs, with the share of decayed parameters that are scale-invariant
+  (:mod:`analysis.ladder`);
 
 and prints the metrics as a table. Results of several experiments (or models, or data sets) are
 never mixed: each gets a subdirectory ``DIR/<experiment>[-<model>-<data>]/``, and ``DIR/metrics.csv``
@@ -46,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collapse import collapse_figure, collapse_table
+from analysis.ladder import ladder_table, write_ladder
 from analysis.load import (
     SourceError,
     aggregate,
@@ -72,7 +80,7 @@ from analysis.metrics import (
     tables,
     variant_surface,
 )
-from analysis.rule import decay_rule_table, settings
+from analysis.rule import configured_heldout, decay_rule_table, heldout_table, settings
 from analysis.theory import cell_equilibrium, has_angles, study_hyperparameters, trial_theory
 
 METRICS = ("test_error", "val_error", "final_val_error")
@@ -107,6 +115,8 @@ class Analysis:
     options: Options = field(default_factory=Options)
     # decay_rule.csv: the fitted wd = C * lr^s per variant (analysis.rule), for grid sweeps
     rule: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # decay_rule_heldout.csv: the held-out lrs' predicted against found best wd
+    heldout: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def analyze(
@@ -117,13 +127,16 @@ def analyze(
     label: str = "",
     surface: bool | None = None,
     layers: pd.DataFrame | None = None,
+    holdout_lrs: tuple[float, ...] | list[float] = (),
     **overrides,
 ) -> Analysis:
     """Cells, metrics, regret, valley, budget and identity tables of one experiment's tidy frame.
 
     ``opts`` (:class:`analysis.metrics.Options`) holds every choice of the analysis; ``metric``
     and ``overrides`` (Options fields) change some of them. ``surface=None`` fits surfaces when
-    the trials do not fill a grid (:func:`is_grid`)."""
+    the trials do not fill a grid (:func:`is_grid`). ``holdout_lrs``: lr rows the decay rule
+    is not fitted on; the held-out table compares its prediction there with the found best wd
+    (:func:`analysis.rule.heldout_table`)."""
     if frame.empty:
         raise ValueError("frame: no COMPLETE trials to analyze")
     o = options(opts, **overrides)
@@ -160,7 +173,13 @@ def analyze(
         # how much of each variant's surface its invariant explains (analysis.collapse)
         metrics = metrics.merge(collapse_table(frame, metric), on="variant", how="left")
     sel = o.selection if o.selection in frame and frame[o.selection].notna().any() else metric
-    rule = pd.DataFrame() if surface else decay_rule_table(frame, metric=sel, valleys=valleys)
+    held = list(holdout_lrs)
+    rule = (
+        pd.DataFrame()
+        if surface
+        else decay_rule_table(frame, metric=sel, valleys=valleys, holdout_lrs=held)
+    )
+    heldout = heldout_table(frame, held, metric=sel) if held and not surface else pd.DataFrame()
     return Analysis(
         label,
         frame,
@@ -180,6 +199,7 @@ def analyze(
         t.budget,
         o,
         rule,
+        heldout,
     )
 
 
@@ -205,6 +225,12 @@ def config_boxes(sources) -> dict[str, dict]:
                 boxes = (cfg.get("analysis") or {}).get("boxes") or {}
                 found.setdefault(str(cfg["name"]), dict(boxes))
     return found
+
+
+def _part_heldout(part: pd.DataFrame, held: dict[str, dict]) -> list[float]:
+    """The lrs the sweep of ``part``'s experiment holds out (``analysis.heldout.lr``)."""
+    exps = set(part["experiment"].astype(str))
+    return sorted({x for e in exps for x in held.get(e, {}).get("lr", [])})
 
 
 def _part_boxes(part: pd.DataFrame, boxes: dict[str, dict]) -> dict:
@@ -327,6 +353,8 @@ def write(
                 a.budget.to_csv(d / "budget.csv", index=False)
             if len(a.rule):
                 a.rule.to_csv(d / "decay_rule.csv", index=False)
+            if len(a.heldout):
+                a.heldout.to_csv(d / "decay_rule_heldout.csv", index=False)
             if len(a.theory) and has_angles(a.theory):
                 a.theory.to_csv(d / "theory.csv", index=False)
             if len(a.layers):
@@ -336,9 +364,11 @@ def write(
                     fig.savefig(d / f"{name}.{fmt}", dpi=dpi)
                 plt.close(fig)
         if len(analyses) > 1 or analyses[0].label:
-            pd.concat([a.metrics for a in analyses], ignore_index=True).to_csv(
-                tmp / "metrics.csv", index=False
-            )
+            every = pd.concat([a.metrics for a in analyses], ignore_index=True)
+            every.to_csv(tmp / "metrics.csv", index=False)
+            # the arms <name>-<rung> of one experiment: the ladder across them
+            trials = pd.concat([a.trials for a in analyses], ignore_index=True)
+            write_ladder(ladder_table(every, trials), tmp, formats, dpi)
         written = []
         for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
             dest = out / f.relative_to(tmp)
@@ -348,6 +378,23 @@ def write(
         return written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def heldout_lines(heldout: pd.DataFrame) -> list[str]:
+    """The held-out check in plain words, one line per (variant, held-out lr): the found best
+    wd over the rule's prediction, with its interval."""
+    lines = []
+    for _, r in heldout.iterrows():
+        interval = (
+            f" [{r['factor_lo']:.2g}, {r['factor_hi']:.2g}]"
+            if np.isfinite(r["factor_lo"]) and np.isfinite(r["factor_hi"])
+            else ""
+        )
+        lines.append(
+            f"  held out {r['variant']} at lr {r['lr']:.3g}: predicted wd {r['predicted_wd']:.2g}, "
+            f"found {r['found_wd']:.2g}, found/predicted {r['factor']:.2g}{interval}"
+        )
+    return (["held-out check (lrs left out of the decay rule's fit):", *lines]) if lines else []
 
 
 def _slope_cell(m: pd.Series) -> str:
@@ -722,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
             chance=args.chance,
         )
         boxes = config_boxes(args.sources)
+        held = configured_heldout(args.sources)
         analyses = [
             analyze(
                 part,
@@ -729,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
                 label=label,
                 surface=False if bins and bins != (0, 0) else None,
                 layers=layers if len(layers) else None,
+                holdout_lrs=_part_heldout(part, held),
             )
             for label, part in split_groups(frame)
         ]
@@ -745,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{a.label or 'results'}: {len(a.trials)} trials, {args.metric}",
                 a.trials,
             )
+            for line in heldout_lines(a.heldout):
+                print(line)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 

@@ -33,6 +33,10 @@ arm's overrides on top).
 
 ``python -m analysis.rule RESULTS... --variant adam/independent --lr 3e-3 [--n-train N]
 [--epochs E] [--extrapolate]`` prints the recommended wd with its interval.
+
+The held-out check: the lrs (and training-set sizes) a sweep's config lists under
+``analysis.heldout`` (or ``--holdout-lr`` / ``--holdout-n-train``) are left out of the fit, and
+:func:`heldout_table` reports the found best wd over the prediction there, with its interval.
 """
 
 from __future__ import annotations
@@ -99,9 +103,11 @@ __all__ = [
     "RULE_COLUMNS",
     "Bootstrap",
     "RuleError",
+    "configured_heldout",
     "decay_rule_table",
     "fit_rule",
     "heldout_table",
+    "heldout_values",
     "main",
     "predicted_exponent",
     "recommend",
@@ -206,11 +212,9 @@ def _config_settings(cfg: dict) -> dict[str, float]:
     }
 
 
-def experiment_settings(sources: Any) -> dict[str, dict[str, float]]:
-    """``{experiment: {"n_train", "epochs", "batch_size"}}`` from the ``config.yaml`` beside each
-    ``results.csv`` among ``sources`` (files or directories); an arm of ``sweep.arms`` is the
-    experiment ``<name>-<arm>`` with the arm's overrides applied."""
-    found: dict[str, dict[str, float]] = {}
+def _configs(sources: Any):
+    """The sweep configs (dicts with a ``name``) of the ``config.yaml`` beside each
+    ``results.csv`` among ``sources`` (files or directories; storages have none)."""
     for src in sources if isinstance(sources, list | tuple) else [sources]:
         if not isinstance(src, str | Path) or "://" in str(src):
             continue
@@ -220,14 +224,46 @@ def experiment_settings(sources: Any) -> dict[str, dict[str, float]]:
         )
         for cfg_path in files:
             cfg = _read_yaml(cfg_path) if cfg_path.is_file() else None
-            if not cfg or cfg.get("name") is None:
-                continue
-            name = str(cfg["name"])
-            found.setdefault(name, _config_settings(cfg))
-            arms = (cfg.get("sweep") or {}).get("arms") or {}
-            for arm, over in arms.items():
-                found.setdefault(f"{name}-{arm}", _config_settings(_merge(cfg, over or {})))
+            if cfg and cfg.get("name") is not None:
+                yield cfg
+
+
+def experiment_settings(sources: Any) -> dict[str, dict[str, float]]:
+    """``{experiment: {"n_train", "epochs", "batch_size"}}`` from the ``config.yaml`` beside each
+    ``results.csv`` among ``sources`` (files or directories); an arm of ``sweep.arms`` is the
+    experiment ``<name>-<arm>`` with the arm's overrides applied."""
+    found: dict[str, dict[str, float]] = {}
+    for cfg in _configs(sources):
+        name = str(cfg["name"])
+        found.setdefault(name, _config_settings(cfg))
+        arms = (cfg.get("sweep") or {}).get("arms") or {}
+        for arm, over in arms.items():
+            found.setdefault(f"{name}-{arm}", _config_settings(_merge(cfg, over or {})))
     return found
+
+
+def configured_heldout(sources: Any) -> dict[str, dict[str, list[float]]]:
+    """``{experiment: {"lr": [...], "n_train": [...]}}``: the held-out lrs and training-set sizes
+    (``analysis.heldout``) of the ``config.yaml`` beside each ``results.csv`` among ``sources``;
+    every arm ``<name>-<arm>`` of ``sweep.arms`` holds out its sweep's. Experiments whose config
+    holds out nothing are left out."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for cfg in _configs(sources):
+        held = (cfg.get("analysis") or {}).get("heldout") or {}
+        values = {axis: [float(x) for x in held.get(axis) or []] for axis in ("lr", "n_train")}
+        if not any(values.values()):
+            continue
+        name = str(cfg["name"])
+        found.setdefault(name, values)
+        for arm in (cfg.get("sweep") or {}).get("arms") or {}:
+            found.setdefault(f"{name}-{arm}", values)
+    return found
+
+
+def heldout_values(held: dict[str, dict[str, list[float]]], axis: str) -> list[float]:
+    """Every value of ``axis`` (``lr`` or ``n_train``) that :func:`configured_heldout` found,
+    sorted, each once."""
+    return sorted({x for h in held.values() for x in h.get(axis, [])})
 
 
 def settings(frame: pd.DataFrame, sources: Any = None) -> pd.DataFrame:
@@ -836,14 +872,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="an lr row left out of "
-        "the fit, whose best wd the rule then predicts (repeat the flag for several)",
+        "the fit, whose best wd the rule then predicts (repeat the flag for several; default: "
+        "the sweep's analysis.heldout.lr)",
     )
     ap.add_argument(
         "--holdout-n-train",
         type=float,
         action="append",
         default=[],
-        help="an N left out of the exponent fit, whose best wd the exponent then predicts",
+        help="an N left out of the exponent fit, whose best wd the exponent then predicts "
+        "(default: the sweep's analysis.heldout.n_train)",
     )
     return ap
 
@@ -948,11 +986,22 @@ def _tables(args: argparse.Namespace) -> int:
             have = ", ".join(variants_in_order(frame))
             raise RuleError(f"--variant: {args.variant} is not in the results; pass one of {have}")
         frame = frame[frame["variant"] == args.variant]
+    # held out: the flags, else the sweep's analysis.heldout (config.yaml beside the results)
+    held = configured_heldout(args.sources)
+    holdout_lrs = args.holdout_lr or heldout_values(held, "lr")
+    holdout_n = args.holdout_n_train or heldout_values(held, "n_train")
+    for flag, given, values in (
+        ("--holdout-lr", args.holdout_lr, holdout_lrs),
+        ("--holdout-n-train", args.holdout_n_train, holdout_n),
+    ):
+        if values and not given:
+            shown = ", ".join(f"{x:g}" for x in values)
+            print(f"held out (analysis.heldout; {flag} overrides): {shown}")
     paths = write_tables(
         frame,
         args.tables,
-        holdout_lrs=args.holdout_lr,
-        holdout_n_train=args.holdout_n_train,
+        holdout_lrs=holdout_lrs,
+        holdout_n_train=holdout_n,
         metric=args.metric,
         reps=args.reps,
     )

@@ -192,12 +192,22 @@ class LauncherConfig:
 
 
 @dataclass
+class HeldoutConfig:
+    # learning rates (grid values) the decay rule is not fitted on; the held-out check
+    # (decay_rule_heldout.csv) reports the rule's predicted against their found best wd
+    lr: list[float] = field(default_factory=list)
+    # training-set sizes (arms over data.n_train) the N exponent is not fitted on, likewise
+    n_train: list[float] = field(default_factory=list)
+
+
+@dataclass
 class AnalysisConfig:
     # the search box of each variant for the tuning cost per trial budget (analysis.metrics:
     # budget.csv, trials_to_within_1pt), keyed like sweep.ranges (optimizer, decay or
     # optimizer/decay, the most specific wins), e.g. {adam: {lr: [1e-4, 1e-2],
     # weight_decay: [1e-6, 1e-2]}}; a variant without one uses its whole grid
     boxes: dict[str, Any] = field(default_factory=dict)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
 
 
 @dataclass
@@ -524,6 +534,9 @@ def validate(cfg: Any) -> None:
         _check_ranges(str(key), value, s)
     for key, value in ((cfg.get("analysis") or {}).get("boxes") or {}).items():
         _check_box(str(key), value)
+    for axis, values in (((cfg.get("analysis") or {}).get("heldout")) or {}).items():
+        for x in values or []:
+            _positive(x, f"analysis.heldout.{axis}")
     _check_arms(cfg)
     if (model_target or data_target) and list(s.get("models") or []):
         raise ConfigError(
