@@ -32,6 +32,7 @@ import torch
 
 from harness import registry
 from harness.errors import ConfigError
+from harness.phases import phase
 
 
 class DataError(ConfigError):
@@ -353,16 +354,17 @@ def load_data(
     """The configured dataset on ``device`` (memoized per process: a worker loads it once)."""
     key = (json.dumps({k: cfg[k] for k in cfg}, sort_keys=True, default=str), str(device), dtype)
     if key not in _CACHE:
-        if cfg.get("_target_"):
-            data = load_target(cfg)
-        elif cfg.name not in registry.DATASETS:
-            raise DataError(
-                f"data.name: '{cfg.name}' is not one of {', '.join(registry.DATASETS)}; pass "
-                "data=<one of those> or data._target_=<your loader>"
-            )
-        else:
-            data = registry.resolve(registry.dataset(cfg.name).loader)(cfg)
-        if len(_CACHE) > 4:
-            _CACHE.clear()
-        _CACHE[key] = data.to(device, dtype)
+        with phase("data"):
+            if cfg.get("_target_"):
+                data = load_target(cfg)
+            elif cfg.name not in registry.DATASETS:
+                raise DataError(
+                    f"data.name: '{cfg.name}' is not one of {', '.join(registry.DATASETS)}; pass "
+                    "data=<one of those> or data._target_=<your loader>"
+                )
+            else:
+                data = registry.resolve(registry.dataset(cfg.name).loader)(cfg)
+            if len(_CACHE) > 4:
+                _CACHE.clear()
+            _CACHE[key] = data.to(device, dtype)
     return _CACHE[key]

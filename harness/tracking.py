@@ -44,7 +44,7 @@ off; config values, tags and summary strings are masked with
 :func:`harness.secrets.mask_secrets`. Reading runs back into a results frame:
 :mod:`analysis.wandb_runs`.
 
-Start-up cost: ``python -m harness.tracking bench`` (figures in docs/tracking.md).
+Start-up cost: ``python -m harness.bench tracking`` (figures in docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -52,14 +52,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from harness import registry
+from harness.phases import phase
 from harness.results import (  # noqa: F401 - flatten_config is part of this module's API
     ANALYSIS_JOB_TYPE,
     flatten_config,
@@ -303,7 +302,12 @@ class Tracker:
         if not self.enabled:
             return TrackedRun(None)
         os.environ.setdefault("WANDB_SILENT", "true")
-        import wandb
+        if self.mode == "offline":
+            # no W&B usage telemetry from runs that stay on this machine: it costs each history
+            # row most of its CPU time (an explicit WANDB_ERROR_REPORTING wins)
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+        with phase("imports"):
+            import wandb
 
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -393,79 +397,3 @@ class Tracker:
         else:
             self.finish_all("failed", {"error": mask_secrets(f"{exc_type.__name__}: {exc}")[:500]})
         return False
-
-
-# ------------------------------------------------------------------------------------------------
-# Benchmark: python -m harness.tracking bench [--runs N] [--rows R] [--mode offline|disabled]
-
-
-def bench(runs: int = 20, rows: int = 20, mode: str = "offline", out: str | Path = "") -> dict:
-    """Time ``import wandb``, the first run, and start/log/finish of the next ``runs`` runs."""
-    import tempfile
-    from types import SimpleNamespace
-
-    tmp = tempfile.TemporaryDirectory(prefix="lrwd-track-bench-")
-    out = Path(out or tmp.name)
-    cfg = SimpleNamespace(mode=mode, project="lrwd-bench", entity="", tags=[], dir=str(out))
-    t0 = time.perf_counter()
-    if mode != "disabled":
-        import wandb  # noqa: F401
-
-    t_import = time.perf_counter() - t0
-    tracker = Tracker(cfg, out, "bench")
-    config = {"optimizer": {"name": "adam", "lr": 1e-3}, "trial": 0}
-
-    def one(i: int) -> tuple[float, float, float]:
-        a = time.perf_counter()
-        run = tracker.start(run_name("adam/independent", 1e-3, 1e-4, i), "adam/independent", config)
-        b = time.perf_counter()
-        for step in range(rows):
-            run.log(step, {"train_loss": 1.0 / (step + 1), "val_error": 0.5, "lr_t": 1e-3})
-        c = time.perf_counter()
-        run.finish({"test_error": 0.5}, "finished")
-        return b - a, c - b, time.perf_counter() - c
-
-    first = sum(one(-1))
-    times = [one(i) for i in range(runs)]
-    res = {
-        "mode": mode,
-        "import_s": t_import,
-        "first_run_s": first,
-        "start_s": sum(t[0] for t in times) / runs,
-        "log_row_s": sum(t[1] for t in times) / (runs * max(rows, 1)),
-        "finish_s": sum(t[2] for t in times) / runs,
-    }
-    res["per_run_s"] = res["start_s"] + res["finish_s"] + res["log_row_s"] * rows
-    tmp.cleanup()
-    return res
-
-
-def _main(argv: list[str]) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="python -m harness.tracking", description=__doc__.split("\n")[0]
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bench", help="time W&B run start/finish (offline by default)")
-    b.add_argument("--runs", type=int, default=20)
-    b.add_argument("--rows", type=int, default=20, help="history rows logged per run")
-    b.add_argument("--mode", default="offline", choices=("offline", "disabled"))
-    args = p.parse_args(argv)
-    res = bench(args.runs, args.rows, args.mode)
-    print(f"W&B {args.mode}: {args.runs} runs x {args.rows} history rows (after 1 warm-up run)")
-    print(f"{'what':<28}{'seconds':>12}")
-    for key, label in (
-        ("import_s", "import wandb (once)"),
-        ("first_run_s", "first run (service start)"),
-        ("start_s", "start, per run"),
-        ("log_row_s", "log, per row"),
-        ("finish_s", "finish, per run"),
-        ("per_run_s", "total, per run"),
-    ):
-        print(f"{label:<28}{res[key]:>12.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

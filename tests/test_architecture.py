@@ -155,7 +155,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "harness.workloads.transformer",
         ),
     ),
-    ("names", ("harness.registry", "harness.results", "harness.errors", "harness.secrets")),
+    (
+        "names",
+        (
+            "harness.registry",
+            "harness.results",
+            "harness.errors",
+            "harness.secrets",
+            "harness.phases",
+        ),
+    ),
     ("config", ("harness.config", "harness.usage")),
     ("workloads", ("harness.data", "harness.models", "harness.workloads.modular")),
     ("trainers", ("harness.loop", "harness.train", "harness.population*")),

@@ -1,4 +1,5 @@
-"""``python -m harness.bench {optim,population,driver,generic} [options]``."""
+"""``python -m harness.bench {optim,population,driver,valley,generic,instruments,queue,overhead,
+tracking} [options]``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ COMMANDS = {
     "generic": "harness.bench.generic",
     "instruments": "harness.bench.instruments",
     "queue": "harness.bench.queue",
+    "overhead": "harness.bench.overhead",
+    "tracking": "harness.bench.tracking",
 }
 
 
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  generic     the vmap population path vs the hand-written one and sequential")
         print("  instruments time per step with train.instruments off and on")
         print("  queue       N workers on one study per storage: claims/s, latency, duplicates")
+        print("  overhead    the default job's wall time by phase, populations vs sequential")
+        print("  tracking    W&B run start / log / finish cost (offline by default)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]])
     return int(module.main(argv[1:]) or 0)

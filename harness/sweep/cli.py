@@ -19,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from harness import phases
 from harness.config import (
     CONF_DIR,
     compose_config,
@@ -197,7 +198,8 @@ def run_local(cfg: DictConfig, studies: list[Any]) -> int:
 
 
 def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
-    cfg = resolve(cfg, overrides, output_dir)
+    with phases.phase("config"):
+        cfg = resolve(cfg, overrides, output_dir)
     out = Path(cfg.output_dir)
     url = describe(cfg)
     action = cfg.sweep.action
@@ -216,15 +218,18 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
                     print(f"{s.study_name}: {counts}")
             return 0
     else:
-        from harness.models import check_workload
+        with phases.phase("imports"):
+            from harness.models import check_workload
 
         # missing CIFAR, a user's model that does not fit its data: one line, before any study
-        check_workload(cfg)
+        with phases.phase("config"):
+            check_workload(cfg)
         if cfg.launcher.name == "slurm" and action in ("run", "extend"):
             from harness.sweep.launch import check_slurm
 
             check_slurm()  # an unreachable controller: one line, before anything is enqueued
-        storage, studies = prepare(cfg)
+        with phases.phase("study"):
+            storage, studies = prepare(cfg)
         save_config(cfg, out / "config.yaml")
     if action in ("run", "extend"):
         where = ""
@@ -250,7 +255,8 @@ def sweep(cfg: DictConfig, overrides: list[str], output_dir: str) -> int:
             rc = run_local(cfg, studies)
             if rc:
                 return rc
-    paths = report(cfg, studies)
+    with phases.phase("report"):
+        paths = report(cfg, studies)
     print("\nOutputs:")
     print(f"  study      {url}")
     for key, path in paths.items():
@@ -268,6 +274,11 @@ register_schema()
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
+    if _composing[0]:
+        # Hydra composed the config
+        phases.add(
+            "config", time.perf_counter() - _composing[0], time.process_time() - _composing[1]
+        )
     hc = HydraConfig.get()
     try:
         rc = sweep(cfg, list(hc.overrides.task), hc.runtime.output_dir)
@@ -278,6 +289,8 @@ def _app(cfg: DictConfig) -> None:
     if rc:
         sys.exit(rc)
 
+
+_composing = [0.0, 0.0]  # when main() handed over to Hydra (wall, CPU)
 
 # Hydra's flags that stop before composing a config (help, version, completion)
 _NO_CONFIG_FLAGS = ("help", "hydra_help", "version", "shell_completion", "info")
@@ -356,13 +369,16 @@ def main(argv: list[str] | None = None) -> None:
     the wrong type, a failed validation) is one line on stderr and exit code 2, nothing written."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    line = check_command_line(sys.argv[1:])
+    phases.started()
+    with phases.phase("config"):
+        line = check_command_line(sys.argv[1:])
     if line:
         sys.exit(fail(line))
     # Hydra prints its own errors as a traceback and exits 1; HYDRA_FULL_ERROR=1 makes it raise
     # them here instead (a user who set it gets the full traceback).
     user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    _composing[:] = [time.perf_counter(), time.process_time()]
     try:
         _app()
     except Exception as exc:  # noqa: BLE001 - a config error is one line, anything else raises

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from harness.phases import phase
 from harness.results import write_layers, write_results
 from harness.secrets import mask_secrets
 from harness.storage import describe
@@ -27,11 +28,13 @@ def count_done(studies: list[Any]) -> int:
 def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     """results.csv, a summary table and figures from the storage alone."""
     out = Path(cfg.output_dir)
-    paths = {"results": write_results(studies, out / "results.csv")}
-    layers = write_layers(studies, out / "layers.csv")  # read by analysis.figures beside it
+    with phase("results"):
+        paths = {"results": write_results(studies, out / "results.csv")}
+        layers = write_layers(studies, out / "layers.csv")  # read by analysis.figures beside it
     if layers is not None:
         paths["layers"] = layers
-    import pandas as pd
+    with phase("imports"):
+        import pandas as pd
 
     frame = pd.read_csv(paths["results"])
     totals = {study_name(cfg, v): cells(cfg, v) for v in variants(cfg)}
@@ -47,7 +50,8 @@ def report(cfg: DictConfig, studies: list[Any]) -> dict[str, Path]:
     for line in decay_rule_lines(paths["figures"]):
         print(line)
     try:
-        track_analysis(cfg, paths["figures"])
+        with phase("wandb"):
+            track_analysis(cfg, paths["figures"])
     except Exception as exc:  # noqa: BLE001 - tracking never loses the results
         log.warning("W&B analysis run skipped: %s", mask_secrets(str(exc)))
     return paths
@@ -237,7 +241,8 @@ def print_summary(frame, total_per_study: dict[str, int]) -> None:
 
 def draw_figures(results_csv: Path, out: Path) -> dict[str, Path]:
     """Heatmaps and metrics via ``analysis`` (the paper-style figure)."""
-    from analysis.figures import main as figures_main
+    with phase("imports"):
+        from analysis.figures import main as figures_main
 
     out.mkdir(parents=True, exist_ok=True)
     rc = figures_main([str(results_csv), "--out", str(out)])

@@ -22,6 +22,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
+from harness.phases import flush as flush_phases
+from harness.phases import phase
 from harness.results import Preempted, layer_attrs, result_attrs
 from harness.storage import open_storage
 from harness.sweep.plan import (
@@ -202,20 +204,24 @@ def run_worker(
     from harness.tracking import Tracker
 
     output_dir = cfg.output_dir
-    storage = open_storage(cfg, output_dir)
+    with phase("study"):
+        storage = open_storage(cfg, output_dir)
     heartbeat_s = float(cfg.sweep.heartbeat_s)
     beat = Heartbeat(storage, heartbeat_s)
     state = _WorkerState()
     _CURRENT = state
     stats = WorkerStats()
-    p = population_size(cfg)
-    train = train or _train_fn(p)
+    with phase("imports"):
+        p = population_size(cfg)
+        train = train or _train_fn(p)
     pruning = cfg.sweep.pruner != "none"
-    env = environment()
+    with phase("claims"):
+        env = environment()
     try:
         for variant in variants(cfg):
             vcfg = variant_config(cfg, variant)
-            study = create_study(vcfg, storage, variant, load_only=True)
+            with phase("study"):
+                study = create_study(vcfg, storage, variant, load_only=True)
             plan = planner(vcfg)
             sampled = plan is None
             # sweep=valley: this worker also opens the refinement rounds that become due
@@ -228,13 +234,16 @@ def run_worker(
             vplain = trial_plain(vcfg)
             while not state.stop.is_set():
                 # A sampled study draws one point at a time, so that TPE sees every result so far.
-                claims = queue.claim(1 if sampled else p)
+                with phase("claims"):
+                    claims = queue.claim(1 if sampled else p)
+                    stale = not claims and reclaim_stale(study, heartbeat_s)
                 if not claims:
-                    if reclaim_stale(study, heartbeat_s):
+                    if stale:
                         continue
                     if tracer is not None and tracer.advance():
                         continue
-                    waiting, running = pending(study, heartbeat_s)
+                    with phase("claims"):
+                        waiting, running = pending(study, heartbeat_s)
                     if waiting == 0 and running == 0 and not (tracer and tracer.held):
                         break
                     time.sleep(min(1.0, heartbeat_s / 4))
@@ -261,6 +270,7 @@ def run_worker(
     finally:
         beat.close()
         _CURRENT = None
+        flush_phases()
     log.info(
         "worker %s done: %d complete, %d failed, %d pruned, %d lost, %d handed back",
         owner_id(),
@@ -285,16 +295,17 @@ def _run_claims(
         record_cfg = trial_record_config(plain)
         beat.add(trial_id(claim.trial))
         state.held.append((study, claim))
-        ok = start_claim(
-            claim,
-            {
-                "optimizer": variant.optimizer,
-                "decay": variant.decay,
-                "config": record_cfg,
-                "git_rev": env["git_rev"],
-                "versions": env["versions"],
-            },
-        )
+        with phase("claims"):
+            ok = start_claim(
+                claim,
+                {
+                    "optimizer": variant.optimizer,
+                    "decay": variant.decay,
+                    "config": record_cfg,
+                    "git_rev": env["git_rev"],
+                    "versions": env["versions"],
+                },
+            )
         if not ok:  # failed under us (stale) before it started: another worker has the cell
             beat.discard(trial_id(claim.trial))
             state.held.remove((study, claim))
@@ -304,19 +315,21 @@ def _run_claims(
         name = run_name(
             variant.label, claim.params["lr"], claim.params["weight_decay"], claim.params["seed"]
         )
-        run = tracker.start(
-            name,
-            job_type=variant.key,
-            config={
-                **record_cfg,  # flattened to dotted keys by the tracker
-                **claim.params,
-                "trial": claim.number,
-                "study": study.study_name,
-                **_round(claim),
-            },
-        )
+        with phase("wandb"):
+            run = tracker.start(
+                name,
+                job_type=variant.key,
+                config={
+                    **record_cfg,  # flattened to dotted keys by the tracker
+                    **claim.params,
+                    "trial": claim.number,
+                    "study": study.study_name,
+                    **_round(claim),
+                },
+            )
         if run.id:
-            start_claim(claim, {"wandb_run_id": run.id})
+            with phase("claims"):
+                start_claim(claim, {"wandb_run_id": run.id})
         started.append(claim)
         cfgs.append(tcfg)
         runs.append(run)
@@ -324,7 +337,8 @@ def _run_claims(
     if not started:
         return
     try:
-        results = train(cfgs, reports)
+        with phase("training"):
+            results = train(cfgs, reports)
     except Preempted:
         results = [Preempted()] * len(started)
     for claim, run, result in zip(started, runs, results):
@@ -332,26 +346,33 @@ def _run_claims(
         if (study, claim) in state.held:
             state.held.remove((study, claim))
         if isinstance(result, optuna.TrialPruned):
-            prune_claim(study, claim)
-            run.finish({"pruned": True}, state="pruned")
+            summary, outcome = {"pruned": True}, "pruned"
+            with phase("results"):
+                prune_claim(study, claim)
             stats.pruned += 1
         elif isinstance(result, Preempted):
-            fail_claim(study, claim, "preempted", requeue_cell=True)
-            run.finish({"preempted": True}, state="preempted")
+            summary, outcome = {"preempted": True}, "preempted"
+            with phase("results"):
+                fail_claim(study, claim, "preempted", requeue_cell=True)
             stats.preempted += 1
         elif isinstance(result, BaseException):
             reason = f"{type(result).__name__}: {result}"
             log.error("trial %d failed: %s", claim.number, reason)
-            fail_claim(study, claim, reason, requeue_cell=False)
-            run.finish({"error": reason[:500]}, state="failed")
+            summary, outcome = {"error": reason[:500]}, "failed"
+            with phase("results"):
+                fail_claim(study, claim, reason, requeue_cell=False)
             stats.failed += 1
         else:
             rec = result.to_dict()
-            if finish_claim(study, claim, result_attrs(rec) | layer_attrs(result)):
+            summary, outcome = rec, "diverged" if rec.get("diverged") else "finished"
+            with phase("results"):
+                done = finish_claim(study, claim, result_attrs(rec) | layer_attrs(result))
+            if done:
                 stats.completed += 1
             else:
                 stats.lost += 1
-            run.finish(rec, state="diverged" if rec.get("diverged") else "finished")
+        with phase("wandb"):
+            run.finish(summary, state=outcome)
         if on_result is not None:
             on_result(study.study_name, claim, result)
 
@@ -369,7 +390,8 @@ def _report_hook(study_name: str, claim: Claim, run, state: _WorkerState, prunin
     def report(step: int, metrics: dict) -> None:
         if state.stop.is_set():
             raise Preempted()
-        run.log(step, metrics)
+        with phase("wandb"):
+            run.log(step, metrics)
         if pruning and "val_error" in metrics:
             claim.trial.report(float(metrics["val_error"]), step)
             if claim.trial.should_prune():
