@@ -99,3 +99,34 @@ def test_the_coupling_slope_interval_is_at_the_stated_level(requested):
     lo, hi = bootstrap_coupling_slope(lrs, wds, S, reps=200)
     assert set(requested) == {2.5, 97.5}
     assert lo <= -1.0 <= hi
+
+
+def test_seed_bootstrap_uses_the_level_the_seed_and_the_draws_it_is_given():
+    """The interval of an arbitrary statistic is the stated percentiles of the statistic on the
+    resamples that ``resample_picks`` draws (the same draws as ``resample_counts``)."""
+    from analysis.metrics.selection import resample_counts, resample_picks
+
+    data = np.array([0.31, 0.12, 0.57, 0.44, 0.05, 0.29])
+
+    def stat(idx):
+        return float(data[idx].mean())
+
+    def expected(level, seed, reps=500):
+        vals = [stat(idx) for idx in resample_picks(len(data), reps, seed)]
+        a = 100 * (1 - level) / 2
+        return np.percentile(vals, a), np.percentile(vals, 100 - a)
+
+    for level, seed in [(0.8, 3), (0.5, 0), (0.95, 7)]:
+        iv = seed_bootstrap(stat, len(data), reps=500, seed=seed, level=level)
+        assert (iv.lo, iv.hi) == pytest.approx(expected(level, seed), abs=1e-12), (level, seed)
+    # the default draws are resample_counts' default draws
+    default = seed_bootstrap(stat, len(data), reps=500)
+    counts = resample_counts(len(data), 500)
+    assert np.sort(default.values) == pytest.approx(np.sort(counts @ data / len(data)), abs=1e-12)
+    # an interval from min_seeds seeds on, never from one seed
+    assert np.isfinite(seed_bootstrap(stat, 3, reps=50, min_seeds=3).lo)
+    assert np.isnan(seed_bootstrap(stat, 2, reps=50, min_seeds=3).lo)
+    assert np.isfinite(seed_bootstrap(stat, 2, reps=50, min_seeds=2).lo)
+    assert np.isnan(seed_bootstrap(stat, 1, reps=50, min_seeds=1).lo)
+    assert np.isnan(seed_bootstrap(stat, 6, reps=0).lo)
+    assert np.isfinite(seed_bootstrap(stat, 6, reps=1).lo)
