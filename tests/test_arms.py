@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -162,6 +163,16 @@ def test_a_tiny_version_of_each_preset_runs_end_to_end(tmp_path, name, arms):
     assert {"collapse_r2_1d", "collapse_r2_2d"} <= set(m.columns)
     folders = [d for d in (out / "figures").iterdir() if d.is_dir()]
     assert len(folders) == arms and all((d / "decay_rule.csv").is_file() for d in folders)
+    if name == "scope_ladder_mnist1d":
+        # the instruments are off: rung f (param_groups=all) runs no detector, its share is unknown
+        share = (res["decayed_si_numel"] / res["decayed_numel"]).groupby(res["experiment"]).first()
+        share.index = [e.rpartition("-")[2] for e in share.index]
+        assert share[["a", "b", "c"]].tolist() == [1.0, 1.0, 1.0]
+        assert 0 < share["d"] < share["c"] and 0 < share["e"] < share["d"]
+        assert np.isnan(share["f"])
+        ladder = pd.read_csv(out / "figures" / "ladder.csv")
+        assert list(ladder["rung"]) == list("abcdef")
+        assert (out / "figures" / "ladder.png").is_file()
     if name == "timescale_mnist1d":
         steps = res.groupby("experiment")["steps"].first()
         assert steps["timescale_mnist1d-n8000"] == 8 * steps["timescale_mnist1d-n1000"]
