@@ -130,3 +130,20 @@ def test_seed_bootstrap_uses_the_level_the_seed_and_the_draws_it_is_given():
     assert np.isnan(seed_bootstrap(stat, 1, reps=50, min_seeds=1).lo)
     assert np.isnan(seed_bootstrap(stat, 6, reps=0).lo)
     assert np.isfinite(seed_bootstrap(stat, 6, reps=1).lo)
+
+
+def test_evaluation_noise_is_the_binomial_error_of_each_live_cell():
+    """Each cell's draw is N(0, p (1 - p) / n_eval) at its mean error p; a diverged (error 1) or
+    unmeasured (nan) cell gets none; ``sd`` replaces the binomial; ``seed`` picks the draws."""
+    from analysis.metrics.selection import evaluation_noise
+
+    mean = np.array([[0.1, 0.5], [1.0, np.nan]])
+    z = np.random.default_rng(5).normal(0.0, 1.0, (4, 2, 2))
+    binomial = np.array([[np.sqrt(0.09 / 400), np.sqrt(0.25 / 400)], [0.0, 0.0]])
+    assert evaluation_noise(mean, 400, 4, seed=5) == pytest.approx(z * binomial, abs=1e-15)
+    fixed = np.array([[0.02, 0.02], [0.0, 0.0]])
+    assert evaluation_noise(mean, 400, 4, seed=5, sd=0.02) == pytest.approx(z * fixed, abs=1e-15)
+    # an evaluation set of unknown size (0) counts as one sample: p clipped to 1/2, sd 1/2
+    half = np.array([[0.5, 0.5], [0.0, 0.0]])
+    assert evaluation_noise(mean, 0, 4, seed=5) == pytest.approx(z * half, abs=1e-15)
+    assert evaluation_noise(mean, 400, 0).shape == (0, 2, 2)
