@@ -12,25 +12,14 @@ from pathlib import Path
 import pytest
 
 from harness import phases
+from tests.test_sweep import TINY as SWEEP_TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# the test suite's tiny grid, trained as populations with W&B offline runs
 TINY = [
-    "sweep.variants=[]",
-    "optimizer=adam",
-    "optimizer.decay=independent",
-    "sweep.lr.min=1e-3",
-    "sweep.lr.max=1e-2",
-    "sweep.lr.num=3",
-    "sweep.weight_decay.min=1e-4",
-    "sweep.weight_decay.max=1e-2",
-    "sweep.weight_decay.num=3",
+    *(o for o in SWEEP_TINY if not o.startswith(("sweep.population=", "tracking"))),
     "sweep.population=auto",
-    "model.width=32",
-    "data.num_samples=1000",
-    "data.val_size=200",
-    "train.epochs=1",
-    "train.threads=1",
     "tracking.mode=offline",
 ]
 
