@@ -837,7 +837,8 @@ def load_section(gallery: Path, regime: Regime, band: float) -> Section:
         if col in metrics and metrics[col].notna().any():
             values = list(dict.fromkeys(metrics[col].dropna().astype(str)))
             if col == "budget_box" and len(values) > 1:
-                values = [f"{v}: {b}" for v, b in zip(metrics["variant"], metrics[col])]
+                pairs = zip(metrics["variant"], metrics[col], strict=True)
+                values = list(dict.fromkeys(f"{v}: {b}" for v, b in pairs))
             sec.facts.append(f"{what}: {'; '.join(values)}.")
     seeds = pd.to_numeric(metrics.get("n_seeds"), errors="coerce")
     sec.seeds = int(seeds.max()) if seeds is not None and seeds.notna().any() else 0
