@@ -108,8 +108,8 @@ def test_committed_figures_come_from_the_committed_run(tmp_path):
     """analysis/gallery/mnist1d (quoted in analysis/RESULTS.md) regenerates from its results.csv."""
     gallery = ROOT / "analysis" / "gallery" / "mnist1d"
     res = pd.read_csv(gallery / "results.csv")
-    assert len(res) == 2016 and (res.state == "COMPLETE").all()
-    assert res.groupby(["model", "optimizer", "decay"]).size().eq(168).all()
+    assert len(res) == 3780 and (res.state == "COMPLETE").all()
+    assert res.groupby(["model", "optimizer", "decay"]).size().eq(7 * 9 * 5).all()
     proc = subprocess.run(
         [sys.executable, "-m", "analysis.figures", str(gallery / "results.csv"),
          "--out", str(tmp_path), "--formats", "png", "--dpi", "40", "--quiet"],
