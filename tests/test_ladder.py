@@ -118,6 +118,7 @@ def test_cli_writes_the_ladder_and_refuses_results_that_are_not_one(tmp_path, ca
     assert "not the arms <name>-<rung> of one experiment" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_figures_write_the_ladder_beside_metrics_for_arms_only(tmp_path):
     from analysis.figures import analyze, write
     from analysis.load import split_groups

@@ -53,6 +53,7 @@ def test_without_the_variable_nothing_is_written(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_every_phase_within_its_wall_time(tmp_path):
     record = tmp_path / "phases.jsonl"
     env = dict(os.environ, PYTHONPATH=str(ROOT), **{phases.ENV: str(record)})

@@ -185,6 +185,7 @@ def test_cli_recommends_inside_the_data_and_refuses_outside(tmp_path):
     assert "EXTRAPOLATION: lr 1 is outside the lrs the data cover" in forced.stdout
 
 
+@pytest.mark.slow
 def test_cli_other_N_needs_a_measured_exponent_or_says_it_extrapolates(tmp_path):
     cfg = {"name": "synth", "data": {"n_train": 1000, "batch_size": 100}, "train": {"epochs": 40}}
     folder = _write(tmp_path, sweep(2e-3, 0.0), cfg)
@@ -200,6 +201,7 @@ def test_cli_other_N_needs_a_measured_exponent_or_says_it_extrapolates(tmp_path)
     assert "timescale argument's exponent -1 (not measured here)" in forced.stdout
 
 
+@pytest.mark.slow
 def test_cli_uses_measured_exponents_across_results_files(tmp_path):
     sources = []
     for n in (1000, 2000, 4000):

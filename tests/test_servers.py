@@ -144,6 +144,7 @@ def test_scancel_stops_a_running_job(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_testcluster_stop_leaves_no_daemons(tmp_path):
     why = slurm_missing()
     if why:

@@ -11,6 +11,7 @@ import multiprocessing as mp
 import time
 
 import optuna
+import pytest
 
 from harness.config import compose_config
 from harness.storage import open_storage
@@ -27,6 +28,7 @@ def _open(cfg_overrides: list[str], out: str, start_at: float, queue) -> None:
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_concurrent_first_open_of_sqlite(tmp_path):
     ctx = mp.get_context("fork")
     for attempt in range(3):

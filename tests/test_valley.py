@@ -284,6 +284,7 @@ def test_two_workers_trace_each_cell_once_on_a_journal(tmp_path, monkeypatch):
     assert failed and all(t.params["weight_decay"] >= 0.09 for t in failed)
 
 
+@pytest.mark.slow
 def test_resume_adds_only_missing_cells(tmp_path, monkeypatch):
     logs = tmp_path / "log"
     monkeypatch.setenv(wq.TRAINING_LOG_ENV, str(logs))
@@ -321,6 +322,7 @@ def test_resume_adds_only_missing_cells(tmp_path, monkeypatch):
     assert {c for c, n in failed.items() if n == 2} == failed_first and failed_first
 
 
+@pytest.mark.slow
 def test_a_grid_study_rerun_as_a_valley_is_refined(tmp_path, monkeypatch):
     logs = tmp_path / "log"
     monkeypatch.setenv(wq.TRAINING_LOG_ENV, str(logs))
