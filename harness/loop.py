@@ -155,26 +155,29 @@ def invariant_names(cfg: Any, run: Run) -> list[str] | None:
     return scale_invariant_names(run.model, probe_batch(run))
 
 
-def decay_scope(cfg: Any, model: nn.Module, invariant: list[str] | None) -> dict[str, Any]:
+def decay_scope(
+    cfg: Any, model: nn.Module, invariant: list[str] | None, report: dict | None = None
+) -> dict[str, Any]:
     """The ``decayed_numel`` and ``decayed_si_numel`` fields of every member's
     :class:`TrialResult`: the elements of the tensors ``optimizer.param_groups`` decays and, of
     those, the elements of the scale-invariant tensors ``invariant`` (the names
     :func:`invariant_names` found; None when it did not run: NaN, unless nothing decays).
-    Counts are ints, NaN a float."""
-    o = cfg.optimizer
-    _, rep = param_groups(
-        model,
-        0.0,
-        rule=o.param_groups,
-        no_decay_names=list(o.no_decay_names),
-        invariant=invariant,
-    )
-    sizes = {n: p.numel() for n, p in model.named_parameters()}
-    decayed = rep["decay"]["names"]
-    total = sum(sizes[n] for n in decayed)
+    ``report`` is :func:`param_groups`' report when the caller already has it. Counts are ints,
+    NaN a float."""
+    if report is None:
+        o = cfg.optimizer
+        _, report = param_groups(
+            model,
+            0.0,
+            rule=o.param_groups,
+            no_decay_names=list(o.no_decay_names),
+            invariant=invariant,
+        )
+    decayed, total = report["decay"]["names"], report["decay"]["elements"]
     if invariant is None:
         return {"decayed_numel": total, "decayed_si_numel": 0 if not total else math.nan}
     si = set(invariant)
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
     return {
         "decayed_numel": total,
         "decayed_si_numel": sum(sizes[n] for n in decayed if n in si),

@@ -300,14 +300,14 @@ class BatchedMembers:
         self.lr = torch.tensor(self.lrs, device=device, dtype=dtype)
         self.wd = torch.tensor(self.wds, device=device, dtype=dtype)
         invariant = invariant_names(base, run)
-        groups, _ = param_groups(
+        groups, report = param_groups(
             model,
             0.0,
             rule=o.param_groups,
             no_decay_names=list(o.no_decay_names),
             invariant=invariant,
         )
-        self.scope = decay_scope(base, model, invariant)
+        self.scope = decay_scope(base, model, invariant, report)
         decayed = {id(q) for q in groups[0]["params"]}
         decays = [id(q) in decayed for q in model.parameters()]
         zero = torch.zeros_like(self.wd)
