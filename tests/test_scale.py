@@ -10,8 +10,6 @@ and starts two new ones. Trainings are counted from the training log, not from t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -25,8 +23,7 @@ from harness.config import compose_config, validate
 from harness.errors import ConfigError
 from harness.storage import POOL_SIZE, check_connections, open_storage
 from harness.sweep import queue as wq
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_sweep import run_sweep
 
 
 def _url_storage(url: str, tmp_path: Path):
@@ -63,21 +60,13 @@ def test_workers_beyond_max_connections_are_refused_in_one_line(tmp_path, postgr
 
 
 def test_the_sweep_refuses_too_many_workers_before_any_study_exists(tmp_path, postgres_url):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.sweep",
-            "storage=url",
-            f"storage.url={postgres_url}",
-            "sweep.workers=150",
-            "name=toomany",
-            "tracking=disabled",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_sweep(
+        tmp_path / "out",
+        "storage=url",
+        f"storage.url={postgres_url}",
+        "sweep.workers=150",
+        "name=toomany",
+        "tracking=disabled",
         timeout=600,
     )
     assert proc.returncode != 0
@@ -168,20 +157,8 @@ def _cells(trials) -> list[dict]:
 
 def test_sqlite_serves_one_local_worker_and_refuses_more_before_writing(tmp_path):
     validate(compose_config(["storage=sqlite", "sweep.workers=1"]))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.sweep",
-            "storage=sqlite",
-            "sweep.workers=4",
-            "tracking=disabled",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_sweep(
+        tmp_path / "out", "storage=sqlite", "sweep.workers=4", "tracking=disabled", timeout=600
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
