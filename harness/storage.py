@@ -151,9 +151,8 @@ class SQLite(_File):
         return f"sqlite:///{self.path(cfg, output_dir)}"
 
     def open(self, cfg: DictConfig, output_dir: str | Path, *, create: bool = True):
-        path = self.path(cfg, output_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _rdb(f"sqlite:///{path}", cfg)
+        self.path(cfg, output_dir).parent.mkdir(parents=True, exist_ok=True)
+        return _rdb(self.url(cfg, output_dir), cfg)
 
     def reads(self, source: str) -> bool:
         if source.startswith("sqlite:"):
