@@ -106,9 +106,9 @@ def test_presets_compose_and_every_arm_validates(name):
         assert [arms[f"n{n}"].data.n_train for n in (1000, 2000, 4000, 8000)] == [
             1000, 2000, 4000, 8000,
         ]  # fmt: skip
-        assert {arms[f"n{n}"].train.epochs for n in (1000, 2000, 4000, 8000)} == {40}
-        assert (arms["e80"].train.epochs, arms["e160"].train.epochs) == (80, 160)
-        assert arms["e160"].data.n_train == 2000
+        assert {arms[f"n{n}"].train.epochs for n in (1000, 2000, 4000, 8000)} == {20}
+        assert (arms["e40"].train.epochs, arms["e80"].train.epochs) == (40, 80)
+        assert arms["e80"].data.n_train == 2000
         # N = 8000 fits the generated training split after the validation split
         assert 8000 <= arms["n8000"].data.num_samples * 0.5 - arms["n8000"].data.val_size
     else:
@@ -148,7 +148,7 @@ def test_a_tiny_version_of_each_preset_runs_end_to_end(tmp_path, name, arms):
     out = tmp_path / name
     extra = ["train.instruments=false"] if name == "scope_ladder_mnist1d" else []
     if name == "timescale_mnist1d":  # an arm's own keys win over the command line's train.epochs
-        extra = ["sweep.arms.e80.train.epochs=2", "sweep.arms.e160.train.epochs=4"]
+        extra = ["sweep.arms.e40.train.epochs=2", "sweep.arms.e80.train.epochs=4"]
     proc = subprocess.run(
         [sys.executable, "-m", "harness.sweep", f"experiment={name}", f"hydra.run.dir={out}",
          *TINY, *extra],
@@ -176,4 +176,4 @@ def test_a_tiny_version_of_each_preset_runs_end_to_end(tmp_path, name, arms):
     if name == "timescale_mnist1d":
         steps = res.groupby("experiment")["steps"].first()
         assert steps["timescale_mnist1d-n8000"] == 8 * steps["timescale_mnist1d-n1000"]
-        assert steps["timescale_mnist1d-e160"] == 4 * steps["timescale_mnist1d-n2000"]
+        assert steps["timescale_mnist1d-e80"] == 4 * steps["timescale_mnist1d-n2000"]
