@@ -1051,7 +1051,19 @@ def build(gallery: Path = GALLERY) -> dict:
     variants = list(
         dict.fromkeys(v for s in sections for p in s.parts for v in p.metrics["variant"])
     )
+    from analysis import results_arms as arms
+
+    timescale = arms.load_timescale(gallery)
+    ladder = arms.load_ladder(gallery)
+    collapse = arms.load_collapse(
+        gallery,
+        [(r, r.title) for r in REGIMES] + [(arms.LADDER, "Ladder"), (arms.TIMESCALE, "Timescale")],
+    )
     return {
+        "timescale": timescale,
+        "ladder": ladder,
+        "collapse": collapse,
+        "collapse_tol": arms.COLLAPSE_TOL,
         "synthetic": load_synthetic(gallery),
         "sections": sections,
         "by_key": {s.regime.key: s for s in sections},
