@@ -51,6 +51,11 @@ def test_offline_runs_match_trials(tmp_path, population):
     assert row["tables/metrics/_type"] == "table-file" and row["tables/metrics/nrows"] == 1
     table = json.loads((files / row["tables/metrics/path"]).read_text())
     assert table["data"][0][table["columns"].index("variant")] == "adam/independent"
+    # the decay rule travels as a table too: one row per variant with its fit and validity range
+    assert row["tables/decay_rule/_type"] == "table-file" and row["tables/decay_rule/nrows"] == 1
+    rule = json.loads((files / row["tables/decay_rule/path"]).read_text())
+    assert {"variant", "C", "s", "lr_min", "lr_max", "tau_epoch"} <= set(rule["columns"])
+    assert rule["data"][0][rule["columns"].index("variant")] == "adam/independent"
     # what to run next: the dashboard on the study, the upload of the offline runs
     assert f"optuna-dashboard sqlite:///{out.resolve()}/study.db" in proc.stdout
     assert f"wandb sync {(out / 'wandb').resolve()}/offline-run-*" in proc.stdout
