@@ -35,7 +35,6 @@ from analysis.results_page import (
     _facts,
     _read,
     _yaml,
-    disjoint,
     finite,
     num,
     pts,
@@ -308,7 +307,13 @@ def heldout_findings(held: pd.DataFrame) -> Findings:
             f"{num(worst, 'factor_hi'):.2f}] ({_arm_of(worst['experiment'])} "
             f"{worst['variant']} at lr {sci(num(worst, 'lr'))})"
         )
-    (out.supports if hit.sum() >= miss.sum() else out.contradicts).append(text + ".")
+    n = int(ok.sum())
+    if 3 * int(miss.sum()) <= n:
+        out.supports.append(text + ".")
+    elif 2 * int(miss.sum()) >= n:
+        out.contradicts.append(text + f": the rule misses {int(miss.sum())} of {n}.")
+    else:
+        out.open.append(text + ".")
     return out
 
 
@@ -402,22 +407,26 @@ def ladder_rungs(lad: pd.DataFrame, changes: dict[str, str]) -> list[Rung]:
     return rungs
 
 
-def _place(r: Rung) -> tuple[str, bool | None]:
-    """Where the independent form stands in the rung's transfer regret: ``lowest``,
-    ``highest`` or ``between``, and whether its interval is disjoint from every other's."""
-    names = [v for v, *_ in r.order]
-    ind = [i for i, v in enumerate(names) if v.endswith(f"/{INDEPENDENT}")]
-    if not ind or len(names) < 2:
-        return "", None
-    i = ind[0]
-    mine = r.order[i][2:]
-    seps = [disjoint(mine, o[2:]) for j, o in enumerate(r.order) if j != i]
-    sep = None if any(s is None for s in seps) else all(seps)
-    place = "lowest" if i == 0 else "highest" if i == len(names) - 1 else "between"
-    return place, sep
+def _status(r: Rung) -> str:
+    """The independent form's standing in the rung's transfer regret: ``best`` (lowest, its
+    interval disjoint from every other form's), ``worse`` (some form's interval lies wholly
+    below its own), ``unresolved`` (neither), or ``""`` without the numbers."""
+    mine = [o for o in r.order if o[0].endswith(f"/{INDEPENDENT}")]
+    others = [o for o in r.order if not o[0].endswith(f"/{INDEPENDENT}")]
+    if not mine or not others or not all(finite(*o[2:]) for o in r.order):
+        return ""
+    _, _, lo, hi = mine[0]
+    if any(o[3] < lo for o in others):
+        return "worse"
+    if all(o[2] > hi for o in others):
+        return "best"
+    return "unresolved"
 
 
-def ladder_findings(rungs: list[Rung]) -> Findings:
+def ladder_findings(rungs: list[Rung], gains: dict[str, list[str]] | None = None) -> Findings:
+    """Per rung, the independent form against the others in transfer regret (judged by the
+    intervals), the changes after which its standing turns, and where tuning wd buys anything
+    resolved (``gains``: rung -> the variants whose wd gain is resolved above 0)."""
     out = Findings()
     if not rungs:
         return out
@@ -428,38 +437,51 @@ def ladder_findings(rungs: list[Rung]) -> Findings:
         )
         for r in rungs
     }
-    places = {r.rung: _place(r) for r in rungs}
-    low = [r.rung for r in rungs if places[r.rung] == ("lowest", True)]
-    high = [r.rung for r in rungs if places[r.rung] == ("highest", True)]
-    rest = [r.rung for r in rungs if r.rung not in low + high]
-    if low:
+    status = {r.rung: _status(r) for r in rungs}
+    best = [k for k, st in status.items() if st == "best"]
+    worse = [k for k, st in status.items() if st == "worse"]
+    rest = [k for k, st in status.items() if st not in ("best", "worse")]
+    if best:
         out.supports.append(
             "easier to tune: the independent form has the lowest transfer regret, its interval "
-            "disjoint from the others', at " + "; ".join(text[k] for k in low) + "."
+            "disjoint from the others', at " + "; ".join(text[k] for k in best) + "."
         )
-    if high:
+    if worse:
         out.contradicts.append(
-            "easier to tune: the independent form has the highest transfer regret, its interval "
-            "disjoint from the others', at " + "; ".join(text[k] for k in high) + "."
+            "easier to tune: another form loses less than the independent form when lr moves, "
+            "with disjoint intervals, at " + "; ".join(text[k] for k in worse) + "."
         )
     if rest:
         out.open.append(
             "transfer regret does not separate the independent form from the others at "
-            + "; ".join(f"{text[k]} (independent {places[k][0] or NA})" for k in rest)
+            + "; ".join(text[k] for k in rest)
             + "."
         )
-    # where it flips: the first rung after one where independent was lowest at which it no
-    # longer is
-    seq = [(r, places[r.rung][0]) for r in rungs]
-    for (a, pa), (b, pb) in zip(seq, seq[1:]):
-        if pa == "lowest" and pb != "lowest":
-            out.open.append(
-                f"the independent form stops having the lowest transfer regret between rung "
-                f"{a.rung} and rung {b.rung} ({b.change}; scale-invariant share of the decayed "
-                f"parameters {_share(a.share)} -> {_share(b.share)}); whether the change is more "
-                "than noise is decided by the intervals above."
+    turns = []
+    for a, b in zip(rungs, rungs[1:]):
+        sa, sb = status[a.rung], status[b.rung]
+        if sa != sb and "worse" in (sa, sb) and "" not in (sa, sb):
+            turns.append(
+                f"from rung {a.rung} to rung {b.rung} ({b.change}; scale-invariant share of the "
+                f"decayed parameters {_share(a.share)} -> {_share(b.share)}) it goes from "
+                f"{sa} to {sb}"
             )
-            break
+    if turns:
+        out.open.append(
+            "where the independent form's standing turns (best: lowest with disjoint intervals; "
+            "worse: another form resolved below it): " + "; ".join(turns) + "."
+        )
+    if gains is not None:
+        with_gain = [f"rung {k} ({', '.join(v)})" for k, v in gains.items() if v]
+        without = [k for k, v in gains.items() if not v]
+        if without:
+            out.open.append(
+                "tuning the decay buys nothing resolved above 0 for any form at rung(s) "
+                + ", ".join(without)
+                + ": there the best wd, and so the transfer regret, is mostly chosen among "
+                "cells that noise separates"
+                + (f"; the wd gain is resolved at {'; '.join(with_gain)}." if with_gain else ".")
+            )
     return out
 
 
@@ -510,7 +532,15 @@ def load_ladder(gallery: Path) -> ArmSection:
     lad["rung"] = lad["rung"].astype(str)
     changes = _rung_changes(_yaml(root / "config.yaml"), rungs)
     sec.tables["ladder"] = ladder_table_rows(lad, changes)
-    sec.findings.extend(ladder_findings(ladder_rungs(lad, changes)))
+    gains = {
+        rung: [
+            str(r["variant"]).rpartition("/")[2]
+            for _, r in g.iterrows()
+            if finite(num(r, "wd_gain_lo")) and num(r, "wd_gain_lo") > 0
+        ]
+        for rung, g in lad.groupby("rung", sort=False)
+    }
+    sec.findings.extend(ladder_findings(ladder_rungs(lad, changes), gains))
     order = _arm_order(metrics["experiment"].unique())
     held = _arm_rules(root, "decay_rule_heldout")
     if held is not None and len(held):

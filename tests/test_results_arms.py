@@ -82,14 +82,24 @@ def test_the_ladder_names_where_the_independent_form_stops_transferring_best():
     changes = arms._rung_changes(CFG, ["a", "b", "c"])
     assert changes["b"] == "model.frozen_head=false"
     assert changes["c"] == "optimizer.param_groups=all"
-    f = arms.ladder_findings(arms.ladder_rungs(lad, changes))
+    rungs = arms.ladder_rungs(lad, changes)
+    assert [arms._status(r) for r in rungs] == ["best", "unresolved", "worse"]
+    f = arms.ladder_findings(rungs, {"a": ["l2"], "b": [], "c": []})
     assert len(f.supports) == 1 and "rung a:" in f.supports[0] and "rung b" not in f.supports[0]
     assert "independent 0.10 [0.05, 0.15]" in f.supports[0]
     assert len(f.contradicts) == 1 and "rung c:" in f.contradicts[0]
-    assert any("rung b" in t and "independent between" in t for t in f.open)
-    flip = [t for t in f.open if "stops having the lowest" in t]
-    assert len(flip) == 1 and "between rung a and rung b" in flip[0]
-    assert "model.frozen_head=false" in flip[0] and "1.00 -> 0.90" in flip[0]
+    assert any("rung b:" in t and "does not separate" in t for t in f.open)
+    turn = [t for t in f.open if "standing turns" in t]
+    assert len(turn) == 1 and "from rung b to rung c" in turn[0] and "rung a to" not in turn[0]
+    assert "optimizer.param_groups=all" in turn[0] and "0.90 -> 0.50" in turn[0]
+    assert "from unresolved to worse" in turn[0]
+    gain = [t for t in f.open if "buys nothing" in t]
+    assert len(gain) == 1 and "rung(s) b, c" in gain[0] and "rung a (l2)" in gain[0]
+    # an interval of another form wholly below the independent form's makes the rung "worse"
+    # even when the independent form is not the highest
+    mixed = _ladder({"a": {"adam/l2": (0.05, 0.04, 0.06), "adam/decoupled": (0.01, 0.005, 0.015),
+                           "adam/independent": (0.03, 0.02, 0.035)}})  # fmt: skip
+    assert arms._status(arms.ladder_rungs(mixed, {})[0]) == "worse"
 
 
 def test_heldout_checks_count_the_rows_whose_interval_holds_one():
@@ -131,6 +141,7 @@ def gallery(tmp_path: Path) -> Path:
     # a ladder gallery: metrics.csv (one row per arm and variant), ladder.csv, config.yaml
     lad = _ladder(LADDER)
     root = dest / "scope_ladder"
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     lad.to_csv(root / "ladder.csv", index=False)
     pd.DataFrame(
@@ -140,6 +151,7 @@ def gallery(tmp_path: Path) -> Path:
     (root / "config.yaml").write_text(yaml.safe_dump(CFG))
     # a timescale gallery: metrics.csv and timescale_exponents.csv
     root = dest / "timescale"
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     pd.DataFrame(
         {"experiment": ["T-n1000", "T-n2000"], "variant": "adam/independent", "n_seeds": 5}
@@ -161,7 +173,7 @@ def test_the_sections_render_from_the_gallery_tables(gallery: Path):
     assert "4000: predicted/found 1.1 [0.9, 1.3]" in page
     assert "| c | optimizer.param_groups=all | 0.50 | adam/l2 |" in page
     short = page.split("## In short", 1)[1].split("## How the numbers", 1)[0]
-    assert "between rung a and rung b" in short
+    assert "from rung b to rung c" in short
     assert "Ladder (c)" in page.split("## Collapse", 1)[1]
     # a missing exponent table is said, not skipped silently
     (gallery / "timescale" / "timescale_exponents.csv").unlink()
