@@ -317,6 +317,14 @@ def heldout_findings(held: pd.DataFrame) -> Findings:
     return out
 
 
+def _add_heldout(sec: ArmSection, root: Path, order: list[str]) -> None:
+    """The held-out lrs' table and verdict, from the arms' ``decay_rule_heldout.csv``."""
+    held = _arm_rules(root, "decay_rule_heldout")
+    if held is not None and len(held):
+        sec.tables["heldout"] = heldout_rows(held, order)
+        sec.findings.extend(heldout_findings(held))
+
+
 def load_timescale(gallery: Path) -> ArmSection:
     sec, metrics = _base(gallery, TIMESCALE)
     if not sec.present or metrics is None:
@@ -353,10 +361,7 @@ def load_timescale(gallery: Path) -> ArmSection:
         sec.findings.open.append(
             "no timescale_exponents.csv: run the analysis.rule --tables command of this section."
         )
-    held = _arm_rules(root, "decay_rule_heldout")
-    if held is not None and len(held):
-        sec.tables["heldout"] = heldout_rows(held, order)
-        sec.findings.extend(heldout_findings(held))
+    _add_heldout(sec, root, order)
     return sec
 
 
@@ -542,10 +547,7 @@ def load_ladder(gallery: Path) -> ArmSection:
     }
     sec.findings.extend(ladder_findings(ladder_rungs(lad, changes), gains))
     order = _arm_order(metrics["experiment"].unique())
-    held = _arm_rules(root, "decay_rule_heldout")
-    if held is not None and len(held):
-        sec.tables["heldout"] = heldout_rows(held, order)
-        sec.findings.extend(heldout_findings(held))
+    _add_heldout(sec, root, order)
     return sec
 
 
