@@ -132,11 +132,9 @@ def _base(gallery: Path, regime: Regime) -> tuple[ArmSection, pd.DataFrame | Non
     return sec, metrics
 
 
-def _flat(d: Any, prefix: str = "") -> str:
+def _flat(d: Any) -> str:
     """``{model: {bn_affine: true}}`` -> ``model.bn_affine=true``."""
-    if not isinstance(d, dict):
-        return f"{prefix}={_scalar(d)}"
-    return ", ".join(_flat(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in d.items())
+    return ", ".join(f"{k}={_scalar(v)}" for k, v in _overrides(d).items())
 
 
 def _scalar(x: Any) -> str:
@@ -357,6 +355,10 @@ def load_timescale(gallery: Path) -> ArmSection:
     if exps is not None and len(exps):
         sec.tables["exponents"] = exponent_table(exps)
         sec.findings.extend(exponent_findings(exps))
+    elif exps is not None:
+        sec.findings.open.append(
+            "no exponent measured: fewer than two arms along N or length have a decay rule."
+        )
     else:
         sec.findings.open.append(
             "no timescale_exponents.csv: run the analysis.rule --tables command of this section."
