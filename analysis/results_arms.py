@@ -229,15 +229,20 @@ def exponent_findings(exps: pd.DataFrame) -> Findings:
         agree = _inside(pred, num(r, "exponent_lo"), num(r, "exponent_hi"))
         if agree is None:
             out.open.append(f"{text}, without an interval (predicted {signed(pred)}).")
+        elif agree and num(r, "exponent_lo") <= 0 <= num(r, "exponent_hi"):
+            out.open.append(
+                f"{text}: the interval holds the predicted {signed(pred)} and also 0 (no "
+                "dependence), so it decides nothing."
+            )
         elif agree:
             out.supports.append(f"{text}: the predicted {signed(pred)} lies inside.")
         else:
             lo, hi = num(r, "exponent_lo"), num(r, "exponent_hi")
-            side = "steeper" if hi < pred else "flatter"
-            out.contradicts.append(
-                f"{text}: the predicted {signed(pred)} lies outside (the measured dependence is "
-                f"{side} than predicted{', of the opposite sign' if lo > 0 else ''})."
-            )
+            if lo > 0:
+                how = "the best wd grows with it instead of falling"
+            else:
+                how = f"the measured dependence is {'steeper' if hi < pred else 'flatter'} than predicted"
+            out.contradicts.append(f"{text}: the predicted {signed(pred)} lies outside ({how}).")
     return out
 
 

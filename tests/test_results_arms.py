@@ -40,8 +40,19 @@ def test_exponent_verdicts_follow_the_interval():
     assert "-0.90 [-1.20, -0.60]" in f.supports[0] and "training-set size N" in f.supports[0]
     assert len(f.contradicts) == 2
     assert "flatter than predicted" in f.contradicts[0]
+    grows = arms.exponent_findings(
+        _exps([{"variant": "adam/independent", "axis": "epochs", "exponent": 1.0,
+                "exponent_lo": 0.2, "exponent_hi": 1.9, "predicted": -1.0}])
+    )  # fmt: skip
+    assert "grows with it instead of falling" in grows.contradicts[0]
     assert "steeper than predicted" in f.contradicts[1] and "training length" in f.contradicts[1]
     assert len(f.open) == 1 and "predicts none" in f.open[0]
+    # an interval that holds the prediction and 0 as well decides nothing
+    wide = arms.exponent_findings(
+        _exps([{"variant": "adam/decoupled", "exponent": -0.4, "exponent_lo": -1.1,
+                "exponent_hi": 1.2, "predicted": -1.0}])
+    )  # fmt: skip
+    assert not wide.supports and not wide.contradicts and "decides nothing" in wide.open[0]
     # the same numbers without an interval decide nothing
     no_iv = arms.exponent_findings(
         _exps([{"variant": "adam/decoupled", "exponent": -0.4, "exponent_lo": float("nan"),
