@@ -337,6 +337,18 @@ def load_timescale(gallery: Path) -> ArmSection:
     sec.extra_commands.append(
         f"python -m analysis.rule analysis/{sec.path}/results.csv --tables analysis/{sec.path}"
     )
+    if "wd_gain_lo" in metrics:
+        rank = {e: i for i, e in enumerate(order)}
+        ordered = metrics.assign(_k=metrics["experiment"].map(rank)).sort_values(
+            "_k", kind="stable"
+        )
+        sec.findings.extend(
+            gain_findings(
+                resolved_gains(ordered, "experiment"),
+                "arm",
+                "the best wd, and so every rule and exponent built on it,",
+            )
+        )
     rules = _arm_rules(root, "decay_rule")
     if rules is not None and len(rules):
         sec.tables["rules"] = rule_table(rules, order)
@@ -484,16 +496,36 @@ def ladder_findings(rungs: list[Rung], gains: dict[str, list[str]] | None = None
             "worse: another form resolved below it): " + "; ".join(turns) + "."
         )
     if gains is not None:
-        with_gain = [f"rung {k} ({', '.join(v)})" for k, v in gains.items() if v]
-        without = [k for k, v in gains.items() if not v]
-        if without:
-            out.open.append(
-                "tuning the decay buys nothing resolved above 0 for any form at rung(s) "
-                + ", ".join(without)
-                + ": there the best wd, and so the transfer regret, is mostly chosen among "
-                "cells that noise separates"
-                + (f"; the wd gain is resolved at {'; '.join(with_gain)}." if with_gain else ".")
-            )
+        out.extend(gain_findings(gains, "rung", "the best wd, and so the transfer regret,"))
+    return out
+
+
+def resolved_gains(frame: pd.DataFrame, by: str) -> dict[str, list[str]]:
+    """``{arm: [decay forms whose wd gain is resolved above 0]}``, arms in ``frame``'s order;
+    ``by`` names the arm column (``rung`` in ladder.csv, ``experiment`` in metrics.csv)."""
+    return {
+        _arm_of(arm): [
+            str(r["variant"]).rpartition("/")[2]
+            for _, r in g.iterrows()
+            if finite(num(r, "wd_gain_lo")) and num(r, "wd_gain_lo") > 0
+        ]
+        for arm, g in frame.groupby(by, sort=False)
+    }
+
+
+def gain_findings(gains: dict[str, list[str]], word: str, what: str) -> Findings:
+    """Open: the arms where tuning the decay buys nothing resolved for any form, so that what
+    is read off the best wd there (``what``) rests on cells that noise separates."""
+    out = Findings()
+    with_gain = [f"{word} {k} ({', '.join(v)})" for k, v in gains.items() if v]
+    without = [k for k, v in gains.items() if not v]
+    if without:
+        out.open.append(
+            f"tuning the decay buys nothing resolved above 0 for any form at {word}(s) "
+            + ", ".join(without)
+            + f": there {what} is mostly chosen among cells that noise separates"
+            + (f"; the wd gain is resolved at {'; '.join(with_gain)}." if with_gain else ".")
+        )
     return out
 
 
@@ -544,14 +576,7 @@ def load_ladder(gallery: Path) -> ArmSection:
     lad["rung"] = lad["rung"].astype(str)
     changes = _rung_changes(_yaml(root / "config.yaml"), rungs)
     sec.tables["ladder"] = ladder_table_rows(lad, changes)
-    gains = {
-        rung: [
-            str(r["variant"]).rpartition("/")[2]
-            for _, r in g.iterrows()
-            if finite(num(r, "wd_gain_lo")) and num(r, "wd_gain_lo") > 0
-        ]
-        for rung, g in lad.groupby("rung", sort=False)
-    }
+    gains = resolved_gains(lad, "rung")
     sec.findings.extend(ladder_findings(ladder_rungs(lad, changes), gains))
     order = _arm_order(metrics["experiment"].unique())
     _add_heldout(sec, root, order)
