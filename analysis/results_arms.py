@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.ladder import ladder_arms
-from analysis.results_page import (
+from analysis.page_text import (
     INDEPENDENT,
     NA,
     Findings,
