@@ -155,6 +155,20 @@ def invariant_names(cfg: Any, run: Run) -> list[str] | None:
     return scale_invariant_names(run.model, probe_batch(run))
 
 
+def configured_groups(cfg, model: nn.Module, wd: float, *, invariant=None, sample=None):
+    """:func:`harness.optim.param_groups` with the run's ``optimizer.param_groups`` rule and
+    ``optimizer.no_decay_names``: ``(groups, report)``."""
+    o = cfg.optimizer
+    return param_groups(
+        model,
+        wd,
+        rule=str(o.param_groups),
+        no_decay_names=list(o.no_decay_names),
+        sample=sample,
+        invariant=invariant,
+    )
+
+
 def decay_scope(
     cfg: Any, model: nn.Module, invariant: list[str] | None, report: dict | None = None
 ) -> dict[str, Any]:
@@ -165,14 +179,7 @@ def decay_scope(
     ``report`` is :func:`param_groups`' report when the caller already has it. Counts are ints,
     NaN a float."""
     if report is None:
-        o = cfg.optimizer
-        _, report = param_groups(
-            model,
-            0.0,
-            rule=o.param_groups,
-            no_decay_names=list(o.no_decay_names),
-            invariant=invariant,
-        )
+        _, report = configured_groups(cfg, model, 0.0, invariant=invariant)
     decayed, total = report["decay"]["names"], report["decay"]["elements"]
     if invariant is None:
         return {"decayed_numel": total, "decayed_si_numel": 0 if not total else math.nan}

@@ -31,6 +31,7 @@ from harness import registry
 from harness.instruments import Instruments
 from harness.loop import (
     Run,
+    configured_groups,
     decay_scope,
     effective_weight_decay,
     instruments_on,
@@ -38,7 +39,6 @@ from harness.loop import (
 )
 from harness.models import loss_function, model_spec
 from harness.optim.functional import adam_step, sgd_step
-from harness.optim.groups import param_groups
 from harness.population_generic import GenericStacked
 from harness.population_kernels import Stacked, batched_forward
 
@@ -300,13 +300,7 @@ class BatchedMembers:
         self.lr = torch.tensor(self.lrs, device=device, dtype=dtype)
         self.wd = torch.tensor(self.wds, device=device, dtype=dtype)
         invariant = invariant_names(base, run)
-        groups, report = param_groups(
-            model,
-            0.0,
-            rule=o.param_groups,
-            no_decay_names=list(o.no_decay_names),
-            invariant=invariant,
-        )
+        groups, report = configured_groups(base, model, 0.0, invariant=invariant)
         self.scope = decay_scope(base, model, invariant, report)
         decayed = {id(q) for q in groups[0]["params"]}
         decays = [id(q) in decayed for q in model.parameters()]

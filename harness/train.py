@@ -29,6 +29,7 @@ from harness.loop import (  # noqa: F401 - the set-up helpers, importable from h
     EVAL_BATCH,
     Report,
     Run,
+    configured_groups,
     decay_scope,
     effective_weight_decay,
     first_at_target,
@@ -43,7 +44,7 @@ from harness.loop import (  # noqa: F401 - the set-up helpers, importable from h
     training_starts,
 )
 from harness.models import loss_function
-from harness.optim import WeightDecayScheduler, l2_penalty, param_groups
+from harness.optim import WeightDecayScheduler, l2_penalty
 from harness.results import TrialResult
 from harness.schedules import lr_multiplier
 
@@ -65,14 +66,7 @@ def build_optimizer(
     ``l2_penalty(decayed params, wd)`` (= wd/2 * ||w||^2) to the loss.
     """
     o = cfg.optimizer
-    groups, _ = param_groups(
-        model,
-        wd,
-        rule=o.param_groups,
-        no_decay_names=list(o.no_decay_names),
-        sample=sample,
-        invariant=invariant,
-    )
+    groups, _ = configured_groups(cfg, model, wd, sample=sample, invariant=invariant)
     penalty_params: list[nn.Parameter] = []
     penalty_wd = 0.0
     form = registry.decay(o.decay)

@@ -147,18 +147,12 @@ def theory_scope(cfg: DictConfig) -> dict[str, int] | None:
     """How much of what decays the scale-invariance theory covers: ``{"si": tensors found
     scale-invariant that decay, "decayed": tensors that decay, "si_elements", "elements"}``
     for the configured model on a probe batch; None when it cannot be built."""
-    from harness.loop import probe_batch, set_up
-    from harness.optim.groups import param_groups, scale_invariant_names
+    from harness.loop import configured_groups, probe_batch, set_up
+    from harness.optim.groups import scale_invariant_names
 
     run = set_up(cfg)
     invariant = scale_invariant_names(run.model, probe_batch(run))
-    _, rep = param_groups(
-        run.model,
-        1.0,
-        rule=str(cfg.optimizer.param_groups),
-        no_decay_names=list(cfg.optimizer.no_decay_names),
-        invariant=invariant,
-    )
+    _, rep = configured_groups(cfg, run.model, 1.0, invariant=invariant)
     decayed = list(rep["decay"]["names"])
     sizes = {n: p.numel() for n, p in run.model.named_parameters()}
     si = [n for n in decayed if n in set(invariant)]
